@@ -1,0 +1,133 @@
+"""Input validation shared by the reference and the fused path.
+
+Every public entry point runs these checks first, so bad input raises the same ``TypeError`` or
+``ValueError`` (naming the argument and the expected shape) on every backend, before anything is
+computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+BACKENDS = ("auto", "triton", "reference")
+
+
+def _check_tensor(t, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), "
+            f"got {t.dtype}"
+        )
+
+
+def _check_same(t: torch.Tensor, x: torch.Tensor, name: str) -> None:
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move them to one device")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but x has dtype {x.dtype}; they must match")
+
+
+def _check_x(x) -> None:
+    _check_tensor(x, "x")
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (N, C, H, W), got a {x.dim()}-d tensor {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"x must be non-empty, got shape {tuple(x.shape)}")
+
+
+def _as_list(value, name: str, what: str = "tensors") -> list:
+    if isinstance(value, (torch.Tensor, str)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a list or tuple of {what}, got {type(value).__name__}")
+    return list(value)
+
+
+def check_backend(backend) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def check_pyramid_pool_conv(x, weights, bins, scale=None, shift=None):
+    """Validate ``pyramid_pool_conv`` arguments.
+
+    Returns ``(weights_2d, bins, scale, shift)``: the weights as ``(R_i, C)`` views, the bins as a
+    tuple of ints and ``scale``/``shift`` as lists (or ``None``).
+    """
+    _check_x(x)
+    c = x.shape[1]
+    if isinstance(bins, int):
+        bins = (bins,)
+    bins_list = _as_list(bins, "bins", "ints")
+    if len(bins_list) == 0:
+        raise ValueError("bins must contain at least one bin size, got an empty sequence")
+    for b in bins_list:
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise TypeError(f"bins must be positive ints, got {b!r} in bins={tuple(bins_list)}")
+        if b < 1:
+            raise ValueError(f"bins must be positive ints (bin >= 1), got {b} in bins={tuple(bins_list)}")
+    weights = _as_list(weights, "weights")
+    if len(weights) != len(bins_list):
+        raise ValueError(
+            f"weights must have one tensor per bin: got {len(weights)} weights for "
+            f"{len(bins_list)} bins {tuple(bins_list)}"
+        )
+    weights_2d = []
+    for i, w in enumerate(weights):
+        name = f"weights[{i}]"
+        _check_tensor(w, name)
+        _check_same(w, x, name)
+        if w.dim() == 4 and w.shape[2:] == (1, 1):
+            w = w.flatten(1)
+        if w.dim() != 2 or w.shape[1] != c:
+            raise ValueError(
+                f"{name} must have shape (R, {c}) or (R, {c}, 1, 1) for x with C={c}, "
+                f"got {tuple(weights[i].shape)}"
+            )
+        if w.shape[0] == 0:
+            raise ValueError(f"{name} must have at least one output channel, got {tuple(w.shape)}")
+        weights_2d.append(w)
+    affine = {}
+    for label, value in (("scale", scale), ("shift", shift)):
+        if value is None:
+            affine[label] = None
+            continue
+        value = _as_list(value, label)
+        if len(value) != len(bins_list):
+            raise ValueError(
+                f"{label} must have one tensor per bin: got {len(value)} for {len(bins_list)} bins"
+            )
+        for i, t in enumerate(value):
+            name = f"{label}[{i}]"
+            _check_tensor(t, name)
+            _check_same(t, x, name)
+            r = weights_2d[i].shape[0]
+            if t.dim() != 1 or t.shape[0] != r:
+                raise ValueError(f"{name} must have shape ({r},), got {tuple(t.shape)}")
+        affine[label] = value
+    return weights_2d, tuple(int(b) for b in bins_list), affine["scale"], affine["shift"]
+
+
+def check_upsample_concat(x, branches):
+    """Validate ``upsample_concat`` arguments; returns the branches as a list."""
+    _check_x(x)
+    n = x.shape[0]
+    branches = _as_list(branches, "branches")
+    for i, y in enumerate(branches):
+        name = f"branches[{i}]"
+        _check_tensor(y, name)
+        _check_same(y, x, name)
+        if y.dim() != 4:
+            raise ValueError(
+                f"{name} must have shape (N, R, h, w) with N={n}, got a {y.dim()}-d tensor "
+                f"{tuple(y.shape)}"
+            )
+        if y.shape[0] != n:
+            raise ValueError(f"{name} must have shape ({n}, R, h, w) like x, got {tuple(y.shape)}")
+        if y.numel() == 0:
+            raise ValueError(f"{name} must be non-empty, got shape {tuple(y.shape)}")
+    return branches

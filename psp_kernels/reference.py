@@ -1,0 +1,61 @@
+"""Plain-PyTorch definitions of the two fused operations: the definition of correct.
+
+Both functions validate their input exactly like the fused path and are built only from
+``F.adaptive_avg_pool2d``, ``F.conv2d``, ``F.interpolate`` and ``torch.cat``, so they are
+differentiable, run on any device and trace under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._validate import check_pyramid_pool_conv, check_upsample_concat
+
+__all__ = ["pyramid_pool_conv", "upsample_concat", "upsample"]
+
+
+def pyramid_pool_conv(x, weights, bins=(1, 2, 3, 6), *, scale=None, shift=None, relu=False):
+    """Pool ``x`` at every bin size and apply each bin's bias-free 1x1 convolution.
+
+    Args:
+        x: ``(N, C, H, W)`` feature map.
+        weights: one ``(R_i, C)`` or ``(R_i, C, 1, 1)`` weight per bin.
+        bins: output sizes of the adaptive average pooling, one per weight.
+        scale, shift: optional per-bin ``(R_i,)`` tensors: ``y = conv * scale + shift``.
+        relu: apply ReLU after the affine epilogue.
+
+    Returns:
+        ``[y_i]`` with ``y_i`` of shape ``(N, R_i, b_i, b_i)``.
+    """
+    weights, bins, scale, shift = check_pyramid_pool_conv(x, weights, bins, scale, shift)
+    outs = []
+    for i, (w, b) in enumerate(zip(weights, bins)):
+        pooled = F.adaptive_avg_pool2d(x, b)
+        y = F.conv2d(pooled, w[:, :, None, None])
+        if scale is not None:
+            y = y * scale[i][None, :, None, None]
+        if shift is not None:
+            y = y + shift[i][None, :, None, None]
+        if relu:
+            y = F.relu(y)
+        outs.append(y)
+    return outs
+
+
+def upsample(y: torch.Tensor, size, align_corners: bool) -> torch.Tensor:
+    """Bilinearly resize ``y`` to ``size``.
+
+    A 1x1 map is expanded instead of interpolated: the values are identical and it avoids an
+    inductor CPU bug in the backward of bilinear upsampling from a 1x1 map.
+    """
+    if y.shape[-2:] == (1, 1):
+        return y.expand(-1, -1, *size)
+    return F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+def upsample_concat(x, branches, *, align_corners=True):
+    """Return ``cat([x] + [bilinear(y_i, x.shape[-2:]) for y_i in branches], dim=1)``."""
+    branches = check_upsample_concat(x, branches)
+    size = x.shape[-2:]
+    return torch.cat([x] + [upsample(y, size, align_corners) for y in branches], 1)

@@ -1,0 +1,33 @@
+"""Test set-up: run the Triton kernels through the interpreter when there is no GPU.
+
+TRITON_INTERPRET must be set before triton is imported, so it is set here, before any test module
+imports psp_kernels.
+"""
+
+import os
+
+if os.environ.get("PSP_NO_INTERPRET", "0") == "0":
+    try:
+        import torch
+
+        _has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        _has_cuda = False
+    if not _has_cuda:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def device():
+    return DEVICE
