@@ -1,6 +1,23 @@
-"""PSPNet with fused pyramid pooling kernels: a drop-in replacement for the official PyTorch PSPNet."""
+"""PSPNet with fused pyramid pooling kernels: a drop-in replacement for the official PyTorch PSPNet.
 
+Light on purpose: only the model pieces are imported here (training, data and evaluation code live
+in their own submodules and are imported on use).
+"""
+
+from .checkpoint import load_checkpoint
+from .model import PSPNet
 from .ppm import PPM, convert_ppm
+from .resnet import Bottleneck, ResNet, resnet50, resnet101, resnet152
 
-__all__ = ["PPM", "convert_ppm"]
+__all__ = [
+    "PPM",
+    "convert_ppm",
+    "PSPNet",
+    "load_checkpoint",
+    "ResNet",
+    "Bottleneck",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,157 @@
+"""Loading PSPNet weights: official semseg checkpoints, plain state_dicts, our own checkpoints."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
+__all__ = ["load_checkpoint", "extract_state_dict"]
+
+_PREFIXES = ("module.", "_orig_mod.")
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in _PREFIXES:
+            if key.startswith(p):
+                key = key[len(p) :]
+                changed = True
+    # a wrapped submodule, e.g. "layer1._orig_mod.0.conv1.weight"
+    for p in _PREFIXES:
+        key = key.replace("." + p, ".")
+    return key
+
+
+def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Return the model ``state_dict`` held by a loaded checkpoint object, prefixes stripped.
+
+    Understands ``{'state_dict': sd}`` (official semseg, ``module.`` keys from DataParallel),
+    ``{'model': sd, 'optimizer': ..., 'epoch': ...}`` (our trainer), and a plain ``state_dict``.
+    ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes are removed.
+    """
+    if not isinstance(obj, Mapping):
+        raise ValueError(
+            f"{source} does not hold a state_dict: loaded a {type(obj).__name__}, expected a dict "
+            "of tensors or a dict with a 'state_dict' or 'model' entry"
+        )
+    sd = obj
+    for key in _NESTED_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+            sd = inner
+            break
+    tensors = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        keys = ", ".join(map(repr, list(obj.keys())[:8]))
+        raise ValueError(
+            f"{source} does not hold a state_dict: no tensors found (top-level keys: {keys})"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for k, v in tensors.items():
+        nk = _strip(k)
+        if nk in out:
+            raise ValueError(f"{source}: key {k!r} collides with another after prefix stripping")
+        out[nk] = v
+    return out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(
+            model, (nn.DataParallel, nn.parallel.DistributedDataParallel)
+        ) and isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def _few(keys, n: int = 6) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    strict: bool = True,
+    map_location="cpu",
+    weights_only: bool = True,
+) -> nn.Module:
+    """Load weights from ``path`` into ``model`` and return ``model``.
+
+    Accepts official hszhao/semseg checkpoints (``{'state_dict': {'module.layer0.0.weight': ..}}``),
+    plain ``state_dict`` files (e.g. ``torch.save(model.state_dict(), path)``), and training
+    checkpoints ``{'model': state_dict, 'optimizer': ..., 'epoch': ...}``. ``module.``
+    (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) key prefixes are stripped, and ``model``
+    itself may be wrapped in DataParallel/DDP or ``torch.compile``.
+
+    Args:
+        model: the module to fill (e.g. a :class:`pspnet.PSPNet` of the matching depth/classes).
+        path: the checkpoint file.
+        strict: every key of ``model`` must be present and no extra key may appear (missing
+            BatchNorm ``num_batches_tracked`` counters, absent from old files, are tolerated). With
+            ``strict=False`` the matching keys are loaded and the others reported in a warning.
+        map_location: passed to :func:`torch.load`.
+        weights_only: passed to :func:`torch.load`; set ``False`` only for files you trust that
+            hold other Python objects.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a PyTorch checkpoint, holds no state_dict, a shape differs,
+            or (strict) keys are missing/unexpected; the message lists a few of them.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path!r}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as e:
+        if weights_only and "weights_only" in str(e):
+            raise ValueError(
+                f"{path!r} holds Python objects that torch.load(weights_only=True) refuses; "
+                "if you trust the file, pass weights_only=False"
+            ) from e
+        raise ValueError(f"{path!r} is not a PyTorch checkpoint ({e})") from e
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
+        raise ValueError(f"{path!r} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+
+    sd = extract_state_dict(obj, source=repr(path))
+    target = _unwrap(model)
+    own = target.state_dict()
+    missing = {k for k in own if k not in sd and not k.endswith("num_batches_tracked")}
+    unexpected = set(sd) - set(own)
+    mismatched = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    ]
+    if mismatched:
+        more = f" ... and {len(mismatched) - 6} more" if len(mismatched) > 6 else ""
+        raise ValueError(
+            f"{path!r}: {len(mismatched)} tensor shape(s) differ from the model: "
+            + "; ".join(mismatched[:6])
+            + more
+        )
+    if missing or unexpected:
+        msg = (
+            f"{path!r} does not match the model: {len(missing)} missing key(s) "
+            f"[{_few(missing)}], {len(unexpected)} unexpected key(s) [{_few(unexpected)}]"
+        )
+        if strict:
+            raise ValueError(msg + " (pass strict=False to load the matching keys only)")
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    target.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    return model

@@ -1,0 +1,173 @@
+"""PSPNet (Zhao et al., CVPR 2017): dilated deep-stem ResNet, pyramid pooling module, heads.
+
+A drop-in replacement for the official hszhao/semseg PyTorch ``PSPNet``: same constructor
+arguments, module names and ``state_dict`` keys/shapes, same outputs on the official input sizes,
+so its released checkpoints load (see :func:`pspnet.load_checkpoint`). Differences: any input
+size works, bad arguments raise ``ValueError``, batch size 1 trains, the PPM is the fused one, and
+``torch.compile(fullgraph=True)`` traces it without graph breaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ppm import PPM
+from .resnet import resnet50, resnet101, resnet152
+
+__all__ = ["PSPNet"]
+
+_BACKBONES = {50: resnet50, 101: resnet101, 152: resnet152}
+_HEADS = ("concat",)
+
+
+def _head(in_dim: int, mid_dim: int, classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_dim, mid_dim, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(mid_dim),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(p=dropout),
+        nn.Conv2d(mid_dim, classes, kernel_size=1),
+    )
+
+
+class PSPNet(nn.Module):
+    """Pyramid scene parsing network.
+
+    Args (as the official PSPNet):
+        layers: backbone depth, 50, 101 or 152 (deep-stem ResNet, output stride 8).
+        bins: pyramid bin sizes of the PPM; ``2048 % len(bins) == 0``.
+        dropout: ``Dropout2d`` probability in the heads.
+        classes: number of classes (> 1).
+        zoom_factor: 1, 2, 4 or 8: output resolution relative to the stride-8 features.
+        use_ppm: use the pyramid pooling module (else the head sees the 2048 backbone channels).
+        criterion: loss used in training when labels are given.
+        pretrained: load the ImageNet backbone from ``backbone_path`` or, if found, from
+            ``$PSPNET_HOME``, ``~/.cache/pspnet/`` or ``./initmodel/`` (``resnet{layers}_v2.pth``);
+            without a file, warn once and keep the random initialisation (never downloads).
+
+    Extensions (keyword only; the defaults keep the official behaviour):
+        aux_weight: weight of the auxiliary loss used by :meth:`loss` (official training: 0.4).
+        backbone_path: ImageNet backbone file to load (implies loading; must exist).
+        head: ``"concat"``: the classifier sees ``cat([x, up(bin_1), up(bin_2), ...])``.
+
+    Modules: ``layer0`` (deep stem + maxpool), ``layer1..layer4``, ``ppm``, ``cls``, ``aux``.
+
+    Output size: for an input ``H x W`` the logits are ``((H-1)*zoom//8 + 1, (W-1)*zoom//8 + 1)``.
+    That is the official ``(H-1)/8*zoom+1`` for the official ``8n+1`` sizes, the input size for
+    ``zoom_factor=8`` whatever the size, and the stride-8 feature size for ``zoom_factor=1``.
+    """
+
+    def __init__(
+        self,
+        layers: int = 50,
+        bins: Sequence[int] = (1, 2, 3, 6),
+        dropout: float = 0.1,
+        classes: int = 2,
+        zoom_factor: int = 8,
+        use_ppm: bool = True,
+        criterion: nn.Module = nn.CrossEntropyLoss(ignore_index=255),  # noqa: B008 (official)
+        pretrained: bool = True,
+        *,
+        aux_weight: float = 0.4,
+        backbone_path=None,
+        head: str = "concat",
+    ):
+        super().__init__()
+        if layers not in _BACKBONES:
+            raise ValueError(f"layers must be 50, 101 or 152, got {layers!r}")
+        try:
+            bins = tuple(int(b) for b in bins)
+        except TypeError as e:
+            raise ValueError(f"bins must be a sequence of positive ints, got {bins!r}") from e
+        if not bins or any(b < 1 for b in bins):
+            raise ValueError(f"bins must be a non-empty sequence of positive ints, got {bins!r}")
+        if 2048 % len(bins) != 0:
+            raise ValueError(
+                f"2048 must be divisible by len(bins) (the PPM reduces 2048 channels to "
+                f"2048 // len(bins) per bin), got {len(bins)} bins"
+            )
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes <= 1:
+            raise ValueError(f"classes must be an int > 1, got {classes!r}")
+        if zoom_factor not in (1, 2, 4, 8):
+            raise ValueError(f"zoom_factor must be 1, 2, 4 or 8, got {zoom_factor!r}")
+        if not 0.0 <= float(dropout) <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout!r}")
+        if head not in _HEADS:
+            raise ValueError(f"head must be one of {_HEADS}, got {head!r}")
+        self.layers = layers
+        self.bins = bins
+        self.zoom_factor = zoom_factor
+        self.use_ppm = bool(use_ppm)
+        self.criterion = criterion
+        self.aux_weight = float(aux_weight)
+        self.head = head
+
+        resnet = _BACKBONES[layers](
+            pretrained=pretrained,
+            backbone_path=backbone_path,
+            deep_base=True,
+            replace_stride_with_dilation=[False, True, True],
+        )
+        self.layer0 = resnet.stem()
+        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
+        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
+
+        fea_dim = 2048
+        if self.use_ppm:
+            self.ppm = PPM(fea_dim, fea_dim // len(bins), bins)
+            fea_dim *= 2
+        self.cls = _head(fea_dim, 512, classes, dropout)
+        self.aux = _head(1024, 256, classes, dropout)
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """Logit size for an ``h x w`` input: ``((h-1)*zoom//8 + 1, (w-1)*zoom//8 + 1)``."""
+        z = self.zoom_factor
+        return (h - 1) * z // 8 + 1, (w - 1) * z // 8 + 1
+
+    def _upsample(self, x: torch.Tensor, size) -> torch.Tensor:
+        if self.zoom_factor == 1:  # the output size is the feature size (ceil(H/8))
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        """Segment ``x`` of shape ``(N, 3, H, W)`` (any ``H, W``).
+
+        In training mode with labels ``y`` (``(N, H', W')`` class indices, ``H' x W'`` the output
+        size, 255 ignored by the default criterion) returns ``(prediction, main_loss, aux_loss)``
+        like the official model, with ``prediction = logits.argmax(1)``; combine the losses with
+        :meth:`loss`. Otherwise (eval mode, or no labels) returns the logits
+        ``(N, classes, H', W')``; ``H' x W'`` is the input size for ``zoom_factor=8``.
+        """
+        if x.dim() != 4:
+            raise ValueError(f"x must be (N, 3, H, W), got shape {tuple(x.shape)}")
+        size = self.output_size(x.shape[-2], x.shape[-1])
+
+        x = self.layer0(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x_tmp = self.layer3(x)
+        x = self.layer4(x_tmp)
+        if self.use_ppm:
+            x = self.ppm(x)
+        x = self._upsample(self.cls(x), size)
+
+        if self.training and y is not None:
+            aux = self._upsample(self.aux(x_tmp), size)
+            main_loss = self.criterion(x, y)
+            aux_loss = self.criterion(aux, y)
+            return x.max(1)[1], main_loss, aux_loss
+        return x
+
+    def loss(self, main_loss: torch.Tensor, aux_loss: torch.Tensor) -> torch.Tensor:
+        """The training objective ``main_loss + aux_weight * aux_loss`` (official: weight 0.4)."""
+        return main_loss + self.aux_weight * aux_loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"layers={self.layers}, bins={self.bins}, zoom_factor={self.zoom_factor}, "
+            f"use_ppm={self.use_ppm}, aux_weight={self.aux_weight}, head={self.head!r}"
+        )
