@@ -35,7 +35,9 @@ def _check_same(t: torch.Tensor, x: torch.Tensor, name: str) -> None:
 def _check_x(x) -> None:
     _check_tensor(x, "x")
     if x.dim() != 4:
-        raise ValueError(f"x must have shape (N, C, H, W), got a {x.dim()}-d tensor {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have shape (N, C, H, W), got a {x.dim()}-d tensor {tuple(x.shape)}"
+        )
     if x.numel() == 0:
         raise ValueError(f"x must be non-empty, got shape {tuple(x.shape)}")
 
@@ -69,7 +71,9 @@ def check_pyramid_pool_conv(x, weights, bins, scale=None, shift=None):
         if isinstance(b, bool) or not isinstance(b, int):
             raise TypeError(f"bins must be positive ints, got {b!r} in bins={tuple(bins_list)}")
         if b < 1:
-            raise ValueError(f"bins must be positive ints (bin >= 1), got {b} in bins={tuple(bins_list)}")
+            raise ValueError(
+                f"bins must be positive ints (bin >= 1), got {b} in bins={tuple(bins_list)}"
+            )
     weights = _as_list(weights, "weights")
     if len(weights) != len(bins_list):
         raise ValueError(
@@ -131,3 +135,31 @@ def check_upsample_concat(x, branches):
         if y.numel() == 0:
             raise ValueError(f"{name} must be non-empty, got shape {tuple(y.shape)}")
     return branches
+
+
+def check_shifted_upsample_add(base, maps):
+    """Validate ``shifted_upsample_add`` arguments; returns the maps as a list."""
+    _check_tensor(base, "base")
+    if base.dim() != 4:
+        raise ValueError(
+            f"base must have shape (N, O, H, W), got a {base.dim()}-d tensor {tuple(base.shape)}"
+        )
+    if base.numel() == 0:
+        raise ValueError(f"base must be non-empty, got shape {tuple(base.shape)}")
+    n, o = base.shape[:2]
+    maps = _as_list(maps, "maps")
+    if len(maps) == 0:
+        raise ValueError("maps must contain at least one (N, 9, O, h, w) tensor")
+    for i, m in enumerate(maps):
+        name = f"maps[{i}]"
+        _check_tensor(m, name)
+        if m.device != base.device:
+            raise ValueError(f"{name} is on {m.device} but base is on {base.device}")
+        if m.dtype != base.dtype:
+            raise TypeError(f"{name} has dtype {m.dtype} but base has dtype {base.dtype}")
+        if m.dim() != 5 or m.shape[0] != n or m.shape[1] != 9 or m.shape[2] != o or m.numel() == 0:
+            raise ValueError(
+                f"{name} must have shape ({n}, 9, {o}, h, w) for base of shape "
+                f"{tuple(base.shape)}, got {tuple(m.shape)}"
+            )
+    return maps

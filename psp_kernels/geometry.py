@@ -29,7 +29,13 @@ __all__ = [
     "bilinear_taps",
     "interp_matrix",
     "tap_table",
+    "shifted_interp_matrices",
+    "CONV_TAPS",
 ]
+
+#: The nine taps ``(di, dj)`` of a 3x3 convolution with padding 1, in weight order: tap
+#: ``t = 3 * (di + 1) + (dj + 1)`` reads input pixel ``(h + di, w + dj)`` for output ``(h, w)``.
+CONV_TAPS = tuple((di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1))
 
 
 def pool_window(k: int, length: int, bins: int) -> tuple[int, int]:
@@ -73,7 +79,9 @@ def cell_table(height: int, width: int, bins, device=None) -> torch.Tensor:
     table = _cell_table_cpu(int(height), int(width), tuple(int(b) for b in bins))
     if device is None or torch.device(device).type == "cpu":
         return table
-    return _cell_table_on(int(height), int(width), tuple(int(b) for b in bins), torch.device(device))
+    return _cell_table_on(
+        int(height), int(width), tuple(int(b) for b in bins), torch.device(device)
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -134,3 +142,18 @@ def tap_table(out_size: int, in_size: int, align_corners: bool, device=None, dty
     if device is None or torch.device(device).type == "cpu":
         return _tap_table_cpu(*key)
     return _tap_table_on(*key, torch.device(device))
+
+
+def shifted_interp_matrices(out_size: int, in_size: int, align_corners: bool, dtype=torch.float64):
+    """Return ``(3, out_size, in_size)``: the interpolation matrix with rows shifted by -1, 0, +1.
+
+    Entry ``[d + 1, i]`` is row ``i + d`` of :func:`interp_matrix` (zero where ``i + d`` falls
+    outside ``[0, out_size)``): the upsampled map read at offset ``d`` with a 3x3 convolution's
+    zero padding.
+    """
+    m = interp_matrix(out_size, in_size, align_corners, dtype)
+    out = torch.zeros(3, out_size, in_size, dtype=dtype)
+    out[0, 1:] = m[:-1]
+    out[1] = m
+    out[2, :-1] = m[1:]
+    return out

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_pyramid_pool_conv, check_upsample_concat
+from ._validate import check_pyramid_pool_conv, check_shifted_upsample_add, check_upsample_concat
+from .geometry import CONV_TAPS
 
-__all__ = ["pyramid_pool_conv", "upsample_concat", "upsample"]
+__all__ = ["pyramid_pool_conv", "upsample_concat", "upsample", "shifted_upsample_add"]
 
 
 def pyramid_pool_conv(x, weights, bins=(1, 2, 3, 6), *, scale=None, shift=None, relu=False):
@@ -59,3 +60,27 @@ def upsample_concat(x, branches, *, align_corners=True):
     branches = check_upsample_concat(x, branches)
     size = x.shape[-2:]
     return torch.cat([x] + [upsample(y, size, align_corners) for y in branches], 1)
+
+
+def shifted_upsample_add(base, maps, *, align_corners=True):
+    """Add the nine 3x3-conv-shifted bilinear upsamplings of every map to ``base``.
+
+    ``maps[i]`` has shape ``(N, 9, O, h_i, w_i)``; tap ``t = 3 * (di + 1) + (dj + 1)`` of it is
+    upsampled to ``base``'s ``(H, W)`` and read at ``(h + di, w + dj)``, zero outside the map (the
+    zero padding of a 3x3 convolution). Returns
+    ``base + sum_i sum_t shift_t(upsample(maps[i][:, t]))``, a new tensor.
+
+    This is the pyramid half of a 3x3 convolution over ``cat([x, upsample(y_1), ...])``: with
+    ``maps[i][:, t] = conv1x1(y_i, W_i[:, :, di + 1, dj + 1])`` it equals that convolution's
+    contribution from the upsampled channels, computed at low resolution.
+    """
+    maps = check_shifted_upsample_add(base, maps)
+    height, width = base.shape[-2:]
+    out = base
+    for m in maps:
+        n, taps, o, h, w = m.shape
+        up = upsample(m.reshape(n, taps * o, h, w), (height, width), align_corners)
+        up = F.pad(up.view(n, taps, o, height, width), (1, 1, 1, 1))
+        for t, (di, dj) in enumerate(CONV_TAPS):
+            out = out + up[:, t, :, 1 + di : 1 + di + height, 1 + dj : 1 + dj + width]
+    return out
