@@ -26,6 +26,7 @@ __all__ = [
     "pool_windows",
     "pool_matrix",
     "cell_table",
+    "bilinear_source",
     "bilinear_taps",
     "interp_matrix",
     "tap_table",
@@ -89,34 +90,40 @@ def _cell_table_on(height, width, bins, device):
     return _cell_table_cpu(height, width, bins).to(device)
 
 
-def bilinear_taps(out_size: int, in_size: int, align_corners: bool):
-    """Return ``(i0, i1, lam)`` lists: output ``i`` = ``(1 - lam[i]) * src[i0[i]] + lam[i] * src[i1[i]]``.
+def bilinear_source(out_size: int, in_size: int, align_corners: bool, device=None):
+    """Return tensors ``(i0, i1, lam)`` of PyTorch's bilinear taps along one axis.
 
-    Follows PyTorch's ``upsample_bilinear2d`` source-coordinate rule (computed in float64).
+    Output ``i`` = ``(1 - lam[i]) * src[i0[i]] + lam[i] * src[i1[i]]``; indices are int64, ``lam`` is
+    float64. Built from tensor operations only, so it also traces under ``torch.compile``.
     """
     if out_size < 1 or in_size < 1:
         raise ValueError(f"sizes must be positive, got out_size={out_size}, in_size={in_size}")
-    i0s, i1s, lams = [], [], []
-    for i in range(out_size):
-        if align_corners:
-            src = 0.0 if out_size == 1 else i * (in_size - 1) / (out_size - 1)
-        else:
-            src = max((i + 0.5) * in_size / out_size - 0.5, 0.0)
-        i0 = min(int(src), in_size - 1)
-        i1 = min(i0 + 1, in_size - 1)
-        i0s.append(i0)
-        i1s.append(i1)
-        lams.append(src - i0)
-    return i0s, i1s, lams
+    i = torch.arange(out_size, dtype=torch.float64, device=device)
+    if align_corners:
+        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        src = i * scale
+    else:
+        src = ((i + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
+    i0 = src.floor().long().clamp_max(in_size - 1)
+    i1 = (i0 + 1).clamp_max(in_size - 1)
+    return i0, i1, src - i0
 
 
-def interp_matrix(out_size: int, in_size: int, align_corners: bool, dtype=torch.float64):
+def bilinear_taps(out_size: int, in_size: int, align_corners: bool):
+    """Return :func:`bilinear_source` as Python lists ``(i0, i1, lam)``."""
+    return tuple(t.tolist() for t in bilinear_source(out_size, in_size, align_corners))
+
+
+def interp_matrix(
+    out_size: int, in_size: int, align_corners: bool, dtype=torch.float64, device=None
+):
     """Return the ``(out_size, in_size)`` bilinear interpolation matrix along one axis."""
-    m = torch.zeros(out_size, in_size, dtype=dtype)
-    for i, (i0, i1, lam) in enumerate(zip(*bilinear_taps(out_size, in_size, align_corners))):
-        m[i, i0] += 1.0 - lam
-        m[i, i1] += lam
-    return m
+    i0, i1, lam = bilinear_source(out_size, in_size, align_corners, device)
+    m = torch.zeros(out_size, in_size, dtype=torch.float64, device=device)
+    m = m.scatter_add(1, i0[:, None], (1.0 - lam)[:, None]).scatter_add(
+        1, i1[:, None], lam[:, None]
+    )
+    return m.to(dtype)
 
 
 @functools.lru_cache(maxsize=256)
@@ -144,16 +151,15 @@ def tap_table(out_size: int, in_size: int, align_corners: bool, device=None, dty
     return _tap_table_on(*key, torch.device(device))
 
 
-def shifted_interp_matrices(out_size: int, in_size: int, align_corners: bool, dtype=torch.float64):
+def shifted_interp_matrices(
+    out_size: int, in_size: int, align_corners: bool, dtype=torch.float64, device=None
+):
     """Return ``(3, out_size, in_size)``: the interpolation matrix with rows shifted by -1, 0, +1.
 
     Entry ``[d + 1, i]`` is row ``i + d`` of :func:`interp_matrix` (zero where ``i + d`` falls
     outside ``[0, out_size)``): the upsampled map read at offset ``d`` with a 3x3 convolution's
-    zero padding.
+    zero padding. Tensor operations only (traces under ``torch.compile``).
     """
-    m = interp_matrix(out_size, in_size, align_corners, dtype)
-    out = torch.zeros(3, out_size, in_size, dtype=dtype)
-    out[0, 1:] = m[:-1]
-    out[1] = m
-    out[2, :-1] = m[1:]
-    return out
+    m = interp_matrix(out_size, in_size, align_corners, dtype, device)
+    zero = m.new_zeros(1, in_size)
+    return torch.stack([torch.cat([zero, m[:-1]]), m, torch.cat([m[1:], zero])])
