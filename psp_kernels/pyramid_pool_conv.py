@@ -2,13 +2,840 @@
 
 Layout of this file: Triton kernels, then the launcher (input checks, block sizes), then the
 ``torch.library`` registration, then the public function.
+
+Design (byte counts in ``/work/shared/DESIGN.md``):
+
+* Forward stage 1, ``_pool_cells_kernel``: every pooling cell of every bin (``TOTAL`` cells, 50 for
+  bins 1, 2, 3, 6) is a row of one int32 cell table. A program owns one sample, one block of
+  channels and one block of cells; it streams over the flattened ``H * W`` pixels, builds the 0/1
+  "pixel is in cell" indicator tile on the fly and accumulates ``indicator @ x_tile`` with
+  ``tl.dot`` in fp32. With ``TOTAL <= 64`` there is a single cell block, so ``x`` is read exactly
+  once for all bins. The cell means go to a small fp32 workspace ``(N, TOTAL, C)`` (~400 KB per
+  image at C=2048). When there are too few programs to fill the GPU (batch 1), the pixel range
+  is split over a second grid axis; each split writes its own partial means and they are summed in
+  a fixed order afterwards (``torch.sum`` over the split axis), so the result stays deterministic.
+* Forward stage 2, ``_cells_conv_kernel``: one small launch per bin computes the 1x1 convolution as a
+  GEMM ``W_b (R x C) @ pooled_b^T (C x N*b*b)`` over the workspace, with the affine/ReLU epilogue,
+  and stores ``y_b`` in x's dtype. The reduction over ``C`` stays inside one program (no split-K),
+  so there are no atomics and no cross-program reduction: deterministic by construction. We chose
+  a second launch over an "arrival counter" in stage 1 because the workspace is tiny (it stays in
+  L2) and the weights dominate the bytes of this stage anyway.
+* Backward: the tiny parts (ReLU mask, scale/shift gradients, ``dW_b = dz_b^T pooled_b`` and
+  ``dpooled_b = dz_b W_b``) are plain fp32 torch matmuls on ``N x TOTAL`` rows. The big part,
+  ``dx``, is ``_cells_to_pixels_kernel``: each program gathers, for a tile of pixels and channels,
+  ``indicator^T @ (dpooled / area)`` over all cells and stores the tile once (no atomics).
+
+Accuracy: the indicator is exactly 0/1 in every dtype. For float32 the heavy dots use Triton's
+``"tf32x3"`` input precision instead of ``"ieee"``: with an exact 0/1 operand only the other
+operand's rounding remains (about 2**-22 relative), far inside the 1e-5 contract, while it keeps
+the tensor cores (``"ieee"`` would fall back to FMA and make stage 1 compute-bound at C=2048).
+float16/bfloat16 use the native tensor-core dot with fp32 accumulation; float64 (interpreter only)
+uses ``"ieee"`` and float64 accumulation.
+
+Limitation: because pooling is a dense dot over all cells of a block, a non-finite value (inf or
+NaN) in ``x`` makes every cell of its channel non-finite (``0 * inf = nan``), whereas PyTorch only
+spoils the cells that contain it.
 """
 
 from __future__ import annotations
 
-from . import reference
-from ._backend import resolve_backend
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from . import geometry, reference
+from ._aot import AotSpec
+from ._backend import interpreting, resolve_backend
 from ._validate import check_pyramid_pool_conv
+
+__all__ = ["pyramid_pool_conv", "aot_specs"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _pool_cells_kernel(
+    x_ptr,
+    cells_ptr,
+    ws_ptr,
+    C,
+    H,
+    W,
+    TOTAL,
+    HW_PER_SPLIT,
+    NUM_C_BLOCKS,
+    NUM_CELL_BLOCKS,
+    stride_xn,
+    stride_xc,
+    stride_xh,
+    stride_xw,
+    HW_CONTIG: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_CELLS: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """ws[n, split, cell, c] = mean of x[n, c] over the part of the cell's window in the split."""
+    # program id 0 -> (sample n, channel block, cell block), the cell block fastest so that the
+    #                 programs that read the same x tile run next to each other (L2 reuse);
+    # program id 1 -> split of the flattened H*W pixel range.
+    pid = tl.program_id(0)
+    pid_split = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    pid_cell = pid % NUM_CELL_BLOCKS
+    pid_nc = pid // NUM_CELL_BLOCKS
+    pid_c = pid_nc % NUM_C_BLOCKS
+    n = pid_nc // NUM_C_BLOCKS
+
+    acc_dtype = ws_ptr.dtype.element_ty
+    offs_k = pid_cell * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
+    mask_k = offs_k < TOTAL
+    # padded cells get the empty window [0, 0): their indicator row is all zeros
+    row_start = tl.load(cells_ptr + offs_k, mask=mask_k, other=0)
+    row_end = tl.load(cells_ptr + TOTAL + offs_k, mask=mask_k, other=0)
+    col_start = tl.load(cells_ptr + 2 * TOTAL + offs_k, mask=mask_k, other=0)
+    col_end = tl.load(cells_ptr + 3 * TOTAL + offs_k, mask=mask_k, other=0)
+
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    x_base = x_ptr + n.to(tl.int64) * stride_xn
+    c_off = offs_c.to(tl.int64) * stride_xc
+
+    hw_total = H * W
+    hw_begin = pid_split * HW_PER_SPLIT
+    hw_end = tl.minimum(hw_begin + HW_PER_SPLIT, hw_total)
+    acc = tl.zeros((BLOCK_CELLS, BLOCK_C), dtype=acc_dtype)
+    for hw0 in range(hw_begin, hw_end, BLOCK_HW):
+        offs_hw = hw0 + tl.arange(0, BLOCK_HW)
+        mask_hw = offs_hw < hw_end
+        h = offs_hw // W
+        w = offs_hw - h * W
+        if HW_CONTIG:  # stride_xh == W * stride_xw (NCHW and channels_last): one flat stride
+            sp_off = offs_hw.to(tl.int64) * stride_xw
+        else:
+            sp_off = h.to(tl.int64) * stride_xh + w.to(tl.int64) * stride_xw
+        x_tile = tl.load(
+            x_base + sp_off[:, None] + c_off[None, :],
+            mask=mask_hw[:, None] & mask_c[None, :],
+            other=0.0,
+        )
+        inside = (
+            (h[None, :] >= row_start[:, None])
+            & (h[None, :] < row_end[:, None])
+            & (w[None, :] >= col_start[:, None])
+            & (w[None, :] < col_end[:, None])
+        )
+        indicator = inside.to(x_tile.dtype)  # exact 0/1 in every dtype
+        acc = tl.dot(indicator, x_tile, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
+
+    area = ((row_end - row_start) * (col_end - col_start)).to(acc_dtype)
+    area = tl.where(mask_k, area, 1.0)
+    mean = acc / area[:, None]
+    ws_row = (n.to(tl.int64) * num_splits + pid_split) * TOTAL + offs_k.to(tl.int64)
+    tl.store(
+        ws_ptr + ws_row[:, None] * C + offs_c[None, :],
+        mean,
+        mask=mask_k[:, None] & mask_c[None, :],
+    )
+
+
+@triton.jit
+def _cells_conv_kernel(
+    pooled_ptr,
+    w_ptr,
+    scale_ptr,
+    shift_ptr,
+    y_ptr,
+    R,
+    C,
+    M,
+    CELLS,
+    CELL_OFFSET,
+    TOTAL,
+    stride_wr,
+    stride_wc,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """y[n, r, cell] = act(scale[r] * sum_c W[r, c] * pooled[n, CELL_OFFSET + cell, c] + shift[r]).
+
+    One bin per launch; the GEMM columns are the M = N * CELLS (sample, cell) pairs.
+    """
+    # program id 0 -> block of (sample, cell) columns; program id 1 -> block of output channels.
+    pid_m = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    acc_dtype = pooled_ptr.dtype.element_ty
+
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask_r = offs_r < R
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    n = offs_m // CELLS
+    cell = offs_m - n * CELLS
+    p_row = (n.to(tl.int64) * TOTAL + CELL_OFFSET + cell) * C
+    w_row = offs_r.to(tl.int64) * stride_wr
+
+    acc = tl.zeros((BLOCK_R, BLOCK_M), dtype=acc_dtype)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        w_tile = tl.load(
+            w_ptr + w_row[:, None] + offs_c[None, :].to(tl.int64) * stride_wc,
+            mask=mask_r[:, None] & mask_c[None, :],
+            other=0.0,
+        ).to(acc_dtype)
+        p_tile = tl.load(
+            pooled_ptr + p_row[None, :] + offs_c[:, None],
+            mask=mask_c[:, None] & mask_m[None, :],
+            other=0.0,
+        )
+        # the FLOPs here are tiny (N * TOTAL * C * R): full fp32 ("ieee") costs nothing
+        acc = tl.dot(w_tile, p_tile, acc, input_precision="ieee", out_dtype=acc_dtype)
+
+    if HAS_SCALE:
+        s = tl.load(scale_ptr + offs_r, mask=mask_r, other=0.0).to(acc_dtype)
+        acc = acc * s[:, None]
+    if HAS_SHIFT:
+        b = tl.load(shift_ptr + offs_r, mask=mask_r, other=0.0).to(acc_dtype)
+        acc = acc + b[:, None]
+    if RELU:  # rounding is monotone and keeps 0: same values as relu after the cast
+        acc = tl.maximum(acc, 0.0)
+    y = acc.to(y_ptr.dtype.element_ty)
+    y_off = (
+        (n.to(tl.int64) * R)[None, :] * CELLS + offs_r[:, None].to(tl.int64) * CELLS + cell[None, :]
+    )
+    tl.store(y_ptr + y_off, y, mask=mask_r[:, None] & mask_m[None, :])
+
+
+@triton.jit
+def _cells_to_pixels_kernel(
+    dp_ptr,
+    cells_ptr,
+    dx_ptr,
+    C,
+    H,
+    W,
+    TOTAL,
+    NUM_HW_BLOCKS,
+    stride_dn,
+    stride_dc,
+    stride_dh,
+    stride_dw,
+    HW_CONTIG: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_CELLS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """dx[n, c, h, w] = sum over the cells k that contain (h, w) of dp[n, k, c] / area[k].
+
+    A gather: each program owns a tile of pixels x channels and writes it once (no atomics).
+    """
+    # program id 0 -> (sample n, pixel block), the pixel block fastest; program id 1 -> channel block.
+    pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_hw = pid % NUM_HW_BLOCKS
+    n = pid // NUM_HW_BLOCKS
+    acc_dtype = dp_ptr.dtype.element_ty
+
+    offs_hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    hw_total = H * W
+    mask_hw = offs_hw < hw_total
+    h = offs_hw // W
+    w = offs_hw - h * W
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    dp_base = dp_ptr + n.to(tl.int64) * TOTAL * C
+
+    acc = tl.zeros((BLOCK_HW, BLOCK_C), dtype=acc_dtype)
+    for k0 in range(0, TOTAL, BLOCK_CELLS):
+        offs_k = k0 + tl.arange(0, BLOCK_CELLS)
+        mask_k = offs_k < TOTAL
+        row_start = tl.load(cells_ptr + offs_k, mask=mask_k, other=0)
+        row_end = tl.load(cells_ptr + TOTAL + offs_k, mask=mask_k, other=0)
+        col_start = tl.load(cells_ptr + 2 * TOTAL + offs_k, mask=mask_k, other=0)
+        col_end = tl.load(cells_ptr + 3 * TOTAL + offs_k, mask=mask_k, other=0)
+        area = ((row_end - row_start) * (col_end - col_start)).to(acc_dtype)
+        area = tl.where(mask_k, area, 1.0)
+        dp = tl.load(
+            dp_base + offs_k[:, None].to(tl.int64) * C + offs_c[None, :],
+            mask=mask_k[:, None] & mask_c[None, :],
+            other=0.0,
+        )
+        dp = dp / area[:, None]
+        inside = (
+            (h[:, None] >= row_start[None, :])
+            & (h[:, None] < row_end[None, :])
+            & (w[:, None] >= col_start[None, :])
+            & (w[:, None] < col_end[None, :])
+        )
+        indicator = inside.to(acc_dtype)
+        acc = tl.dot(indicator, dp, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
+
+    if HW_CONTIG:
+        sp_off = offs_hw.to(tl.int64) * stride_dw
+    else:
+        sp_off = h.to(tl.int64) * stride_dh + w.to(tl.int64) * stride_dw
+    dx_off = n.to(tl.int64) * stride_dn + sp_off[:, None] + offs_c[None, :].to(tl.int64) * stride_dc
+    tl.store(
+        dx_ptr + dx_off,
+        acc.to(dx_ptr.dtype.element_ty),
+        mask=mask_hw[:, None] & mask_c[None, :],
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Launcher: configurations, checks, block sizes
+# ----------------------------------------------------------------------------------------------
+
+# The configurations the launchers can pick on a GPU; ``aot_specs`` compiles exactly these.
+# Stage 1 and the dx gather: 16 cells (bins like (1,), (1, 2, 3)) or 64 (bins (1, 2, 3, 6));
+# more cells loop over cell blocks.
+_POOL_CONFIGS = {
+    16: dict(BLOCK_CELLS=16, BLOCK_HW=64, BLOCK_C=64, num_warps=4, num_stages=3),
+    64: dict(BLOCK_CELLS=64, BLOCK_HW=64, BLOCK_C=64, num_warps=4, num_stages=3),
+}
+_DX_CONFIGS = {
+    16: dict(BLOCK_CELLS=16, BLOCK_HW=64, BLOCK_C=64, num_warps=4, num_stages=2),
+    64: dict(BLOCK_CELLS=64, BLOCK_HW=64, BLOCK_C=64, num_warps=4, num_stages=2),
+}
+# Stage 2: few (sample, cell) columns (bin 1 and 2 at small batch) or many.
+_CONV_CONFIGS = {
+    "narrow": dict(BLOCK_R=64, BLOCK_M=16, BLOCK_C=64, num_warps=4, num_stages=3),
+    "wide": dict(BLOCK_R=64, BLOCK_M=64, BLOCK_C=32, num_warps=4, num_stages=3),
+}
+_GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_TRITON_DTYPE = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float64: "fp64",
+}
+
+# Tests set this to force a number of pixel splits in stage 1 (covers the split path on CPU).
+_FORCE_SPLITS: int | None = None
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(int(v) - 1, 0).bit_length()
+
+
+def _clamp(v: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, v))
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _heavy_dot_precision(dtype: torch.dtype) -> str:
+    """input_precision of the indicator dots (stage 1 and dx): see the module docstring."""
+    if dtype == torch.float64:
+        return "ieee"
+    if dtype == torch.float32:
+        return "tf32x3"
+    return "tf32"  # fp16/bf16: ignored for 16-bit operands; fp32 operands (dx): tf32 is enough
+
+
+def _total_cells(bins) -> int:
+    return sum(int(b) * int(b) for b in bins)
+
+
+def _cell_offsets(bins) -> list[int]:
+    offs, acc = [], 0
+    for b in bins:
+        offs.append(acc)
+        acc += int(b) * int(b)
+    return offs
+
+
+@functools.lru_cache(maxsize=16)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _hw_contig(t: torch.Tensor) -> bool:
+    """True when pixel (h, w) sits at (h * W + w) * stride_w: NCHW and channels_last both are."""
+    _, _, h, w = t.shape
+    return h == 1 or t.stride(2) == w * t.stride(3)
+
+
+def _uses_triton(x: torch.Tensor) -> bool:
+    """Whether the op implementation launches the Triton kernels for a tensor like ``x``."""
+    if x.device.type == "cuda":
+        return x.dtype in _GPU_DTYPES
+    return x.device.type == "cpu" and interpreting()
+
+
+def _pool_config(total: int, c: int, hw: int) -> dict:
+    if interpreting():
+        # the interpreter pays per program and per loop step, not per element: few, large blocks
+        return dict(
+            BLOCK_CELLS=_clamp(_next_pow2(total), 16, 64),
+            BLOCK_HW=_clamp(_next_pow2(hw), 16, 1024),
+            BLOCK_C=_clamp(_next_pow2(c), 16, 128),
+            num_warps=4,
+            num_stages=1,
+        )
+    return _POOL_CONFIGS[16 if total <= 16 else 64]
+
+
+def _dx_config(total: int, c: int, hw: int) -> dict:
+    if interpreting():
+        return dict(
+            BLOCK_CELLS=_clamp(_next_pow2(total), 16, 64),
+            BLOCK_HW=_clamp(_next_pow2(hw), 16, 1024),
+            BLOCK_C=_clamp(_next_pow2(c), 16, 128),
+            num_warps=4,
+            num_stages=1,
+        )
+    return _DX_CONFIGS[16 if total <= 16 else 64]
+
+
+def _conv_config(m: int, r: int, c: int) -> dict:
+    if interpreting():
+        return dict(
+            BLOCK_R=_clamp(_next_pow2(r), 16, 128),
+            BLOCK_M=_clamp(_next_pow2(m), 16, 128),
+            BLOCK_C=_clamp(_next_pow2(c), 16, 128),
+            num_warps=4,
+            num_stages=1,
+        )
+    return _CONV_CONFIGS["narrow" if m <= 16 else "wide"]
+
+
+def _launch_opts(cfg: dict) -> tuple[dict, dict]:
+    meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
+    return meta, dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+def _pool_cells(x: torch.Tensor, bins: tuple[int, ...]) -> torch.Tensor:
+    """Stage 1: the (N, TOTAL, C) cell means of x (fp32, or fp64 for fp64 input)."""
+    n, c, h, w = x.shape
+    total = _total_cells(bins)
+    hw = h * w
+    cells = geometry.cell_table(h, w, bins, x.device)
+    cfg = _pool_config(total, c, hw)
+    meta, opts = _launch_opts(cfg)
+    num_c_blocks = triton.cdiv(c, meta["BLOCK_C"])
+    num_cell_blocks = triton.cdiv(total, meta["BLOCK_CELLS"])
+    programs = n * num_c_blocks * num_cell_blocks
+    chunks = triton.cdiv(hw, meta["BLOCK_HW"])
+    if _FORCE_SPLITS is not None:
+        splits = _FORCE_SPLITS
+    elif x.device.type == "cuda":
+        # fill the GPU (two programs per SM) when the batch alone does not; >= 4 chunks per split
+        want = 2 * _num_sms(x.device.index or 0)
+        splits = min(triton.cdiv(want, programs), max(chunks // 4, 1)) if programs < want else 1
+    else:
+        splits = 1
+    splits = _clamp(splits, 1, min(chunks, 65535))
+    hw_per_split = triton.cdiv(chunks, splits) * meta["BLOCK_HW"]
+    splits = triton.cdiv(hw, hw_per_split)  # no empty split
+    ws = torch.empty((n, splits, total, c), device=x.device, dtype=_acc_dtype(x.dtype))
+    grid = (programs, splits)
+    _pool_cells_kernel[grid](
+        x,
+        cells,
+        ws,
+        c,
+        h,
+        w,
+        total,
+        hw_per_split,
+        num_c_blocks,
+        num_cell_blocks,
+        *x.stride(),
+        HW_CONTIG=_hw_contig(x),
+        DOT_PRECISION=_heavy_dot_precision(x.dtype),
+        **meta,
+        **opts,
+    )
+    if splits == 1:
+        return ws.view(n, total, c)
+    return ws.sum(dim=1)  # fixed-order reduction over the splits: deterministic
+
+
+def _cells_conv(pooled, weight, scale, shift, relu, b, cell_offset, out_dtype):
+    """Stage 2 for one bin: y (N, R, b, b) in out_dtype from the pooled workspace."""
+    n, total, c = pooled.shape
+    r = weight.shape[0]
+    cells = b * b
+    m = n * cells
+    y = torch.empty((n, r, b, b), device=pooled.device, dtype=out_dtype)
+    cfg = _conv_config(m, r, c)
+    meta, opts = _launch_opts(cfg)
+    grid = (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(r, meta["BLOCK_R"]))
+    _cells_conv_kernel[grid](
+        pooled,
+        weight,
+        scale if scale is not None else weight,  # dummy pointer when absent (never read)
+        shift if shift is not None else weight,
+        y,
+        r,
+        c,
+        m,
+        cells,
+        cell_offset,
+        total,
+        weight.stride(0),
+        weight.stride(1),
+        HAS_SCALE=scale is not None,
+        HAS_SHIFT=shift is not None,
+        RELU=bool(relu),
+        **meta,
+        **opts,
+    )
+    return y
+
+
+def _cells_to_pixels(dp: torch.Tensor, bins, height: int, width: int, dx: torch.Tensor) -> None:
+    """dx = the gather of dp (N, TOTAL, C) cell gradients (not yet divided by area) to pixels."""
+    n, total, c = dp.shape
+    hw = height * width
+    cells = geometry.cell_table(height, width, bins, dp.device)
+    cfg = _dx_config(total, c, hw)
+    meta, opts = _launch_opts(cfg)
+    num_hw_blocks = triton.cdiv(hw, meta["BLOCK_HW"])
+    grid = (n * num_hw_blocks, triton.cdiv(c, meta["BLOCK_C"]))
+    _cells_to_pixels_kernel[grid](
+        dp,
+        cells,
+        dx,
+        c,
+        height,
+        width,
+        total,
+        num_hw_blocks,
+        *dx.stride(),
+        HW_CONTIG=_hw_contig(dx),
+        DOT_PRECISION=_heavy_dot_precision(dx.dtype),
+        **meta,
+        **opts,
+    )
+
+
+# Plain-torch fallbacks of the two ops, used where the kernels cannot run (CPU without the
+# interpreter, float64 on CUDA). Same outputs and layouts as the Triton path.
+
+
+def _pool_cells_torch(x: torch.Tensor, bins) -> torch.Tensor:
+    xa = x.to(_acc_dtype(x.dtype))
+    parts = [torch.nn.functional.adaptive_avg_pool2d(xa, b).flatten(2) for b in bins]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous()
+
+
+def _cells_to_pixels_torch(dp: torch.Tensor, bins, height: int, width: int) -> torch.Tensor:
+    out = None
+    for b, off in zip(bins, _cell_offsets(bins)):
+        dpb = dp[:, off : off + b * b, :].reshape(dp.shape[0], b, b, dp.shape[2])
+        pr = geometry.pool_matrix(height, b, dtype=dp.dtype).to(dp.device)
+        pc = geometry.pool_matrix(width, b, dtype=dp.dtype).to(dp.device)
+        part = torch.einsum("kh,nklc,lw->nchw", pr, dpb, pc)
+        out = part if out is None else out + part
+    return out
+
+
+def _check_launch(x: torch.Tensor, weights, bins, scale, shift) -> None:
+    """Cheap invariants of the op's arguments (the public function validated them fully)."""
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if len(weights) != len(bins):
+        raise ValueError(
+            f"weights must have one tensor per bin, got {len(weights)} for {len(bins)} bins"
+        )
+    for name, lst in (("scale", scale), ("shift", shift)):
+        if len(lst) not in (0, len(bins)):
+            raise ValueError(f"{name} must be empty or have one tensor per bin, got {len(lst)}")
+    for i, w in enumerate(weights):
+        if w.dim() != 2 or w.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"weights[{i}] must be a 2D (R, {x.shape[1]}) view, got {tuple(w.shape)}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registration
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("psp_kernels::pyramid_pool_conv_fwd", mutates_args=())
+def _fwd_op(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    bins: list[int],
+    scale: list[torch.Tensor],
+    shift: list[torch.Tensor],
+    relu: bool,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Returns ``(ys, pooled)``: the outputs and the (N, TOTAL, C) cell means (for backward)."""
+    bins = [int(b) for b in bins]
+    _check_launch(x, weights, bins, scale, shift)
+    triton_path = _uses_triton(x)
+    pooled = _pool_cells(x, tuple(bins)) if triton_path else _pool_cells_torch(x, bins)
+    ys = []
+    for i, (b, off) in enumerate(zip(bins, _cell_offsets(bins))):
+        s = scale[i] if scale else None
+        t = shift[i] if shift else None
+        if triton_path:
+            ys.append(_cells_conv(pooled, weights[i], s, t, relu, b, off, x.dtype))
+            continue
+        pb = pooled[:, off : off + b * b, :]
+        z = torch.matmul(pb, weights[i].to(pooled.dtype).t()).transpose(1, 2)
+        if s is not None:
+            z = z * s.to(pooled.dtype)[:, None]
+        if t is not None:
+            z = z + t.to(pooled.dtype)[:, None]
+        y = z.to(x.dtype)
+        if relu:
+            y = torch.relu(y)
+        ys.append(y.reshape(x.shape[0], -1, b, b).contiguous())
+    return ys, pooled
+
+
+@_fwd_op.register_fake
+def _fwd_fake(x, weights, bins, scale, shift, relu):
+    n, c = x.shape[0], x.shape[1]
+    ys = [x.new_empty((n, w.shape[0], b, b)) for w, b in zip(weights, bins)]
+    pooled = x.new_empty((n, _total_cells(bins), c), dtype=_acc_dtype(x.dtype))
+    return ys, pooled
+
+
+@torch.library.custom_op("psp_kernels::pyramid_pool_conv_bwd", mutates_args=())
+def _bwd_op(
+    grads: list[torch.Tensor],
+    ys: list[torch.Tensor],
+    pooled: torch.Tensor,
+    weights: list[torch.Tensor],
+    scale: list[torch.Tensor],
+    shift: list[torch.Tensor],
+    bins: list[int],
+    relu: bool,
+    height: int,
+    width: int,
+    channels_last: bool,
+    need_dx: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Returns ``(dx, dweights, dscale, dshift)``; dx is empty when ``need_dx`` is False.
+
+    ``ys`` are the forward outputs when ``relu`` (for the mask), else an empty list.
+    """
+    bins = [int(b) for b in bins]
+    n, total, c = pooled.shape
+    acc = pooled.dtype
+    out_dtype = weights[0].dtype
+    dp = torch.empty((n, total, c), device=pooled.device, dtype=acc)
+    dws, dscales, dshifts = [], [], []
+    for i, (b, off) in enumerate(zip(bins, _cell_offsets(bins))):
+        g = grads[i].to(acc).reshape(n, -1, b * b)  # (N, R, cells)
+        if relu:
+            g = g * (ys[i].reshape(n, -1, b * b) > 0)
+        pb = pooled[:, off : off + b * b, :]  # (N, cells, C)
+        w = weights[i].to(acc)  # (R, C)
+        if shift:
+            dshifts.append(g.sum(dim=(0, 2)).to(shift[i].dtype))
+        if scale:
+            z = torch.matmul(pb, w.t()).transpose(1, 2)  # pre-affine conv (N, R, cells)
+            dscales.append((g * z).sum(dim=(0, 2)).to(scale[i].dtype))
+            g = g * scale[i].to(acc)[:, None]
+        dws.append(torch.einsum("nrk,nkc->rc", g, pb).to(weights[i].dtype))
+        dp[:, off : off + b * b, :] = torch.matmul(g.transpose(1, 2), w)
+    if not need_dx:
+        dx = pooled.new_empty((0,), dtype=out_dtype)
+    else:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        dx = torch.empty(
+            (n, c, height, width), device=pooled.device, dtype=out_dtype, memory_format=fmt
+        )
+        # dx's dtype is x's dtype: decide the path from a tensor of that dtype
+        if _uses_triton(dx):
+            _cells_to_pixels(dp, tuple(bins), height, width, dx)
+        else:
+            dx.copy_(_cells_to_pixels_torch(dp, bins, height, width))
+    return dx, dws, dscales, dshifts
+
+
+@_bwd_op.register_fake
+def _bwd_fake(
+    grads, ys, pooled, weights, scale, shift, bins, relu, height, width, channels_last, need_dx
+):
+    n, _, c = pooled.shape
+    out_dtype = weights[0].dtype
+    if need_dx:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        dx = pooled.new_empty((n, c, height, width), dtype=out_dtype, memory_format=fmt)
+    else:
+        dx = pooled.new_empty((0,), dtype=out_dtype)
+    dws = [torch.empty_like(w) for w in weights]
+    dscales = [torch.empty_like(s) for s in scale]
+    dshifts = [torch.empty_like(t) for t in shift]
+    return dx, dws, dscales, dshifts
+
+
+def _setup_context(ctx, inputs, output):
+    x, weights, bins, scale, shift, relu = inputs
+    ys, pooled = output
+    ctx.bins = list(bins)
+    ctx.relu = bool(relu)
+    ctx.nw, ctx.ns, ctx.nt = len(weights), len(scale), len(shift)
+    ctx.height, ctx.width = x.shape[2], x.shape[3]
+    ctx.channels_last = (not x.is_contiguous()) and x.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    saved_ys = list(ys) if relu else []
+    ctx.save_for_backward(pooled, *weights, *scale, *shift, *saved_ys)
+    ctx.mark_non_differentiable(pooled)
+
+
+def _backward(ctx, grad_ys, grad_pooled):
+    saved = list(ctx.saved_tensors)
+    pooled = saved[0]
+    i = 1
+    weights = saved[i : i + ctx.nw]
+    i += ctx.nw
+    scale = saved[i : i + ctx.ns]
+    i += ctx.ns
+    shift = saved[i : i + ctx.nt]
+    i += ctx.nt
+    ys = saved[i:]
+    grads = []
+    for g, w, b in zip(grad_ys, weights, ctx.bins):
+        if g is None:
+            g = pooled.new_zeros((pooled.shape[0], w.shape[0], b, b), dtype=w.dtype)
+        grads.append(g)
+    need_dx = bool(ctx.needs_input_grad[0])
+    dx, dws, dscales, dshifts = torch.ops.psp_kernels.pyramid_pool_conv_bwd(
+        grads,
+        ys,
+        pooled,
+        weights,
+        scale,
+        shift,
+        ctx.bins,
+        ctx.relu,
+        ctx.height,
+        ctx.width,
+        ctx.channels_last,
+        need_dx,
+    )
+    return (
+        dx if need_dx else None,
+        list(dws),
+        None,
+        list(dscales) if ctx.ns else None,
+        list(dshifts) if ctx.nt else None,
+        None,
+    )
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ahead-of-time compile specifications
+# ----------------------------------------------------------------------------------------------
+
+
+def aot_specs() -> list[AotSpec]:
+    """Every (kernel, configuration, dtype) the launchers can pick on a GPU, for compile_check."""
+    specs = []
+    for dtype in _GPU_DTYPES:
+        t = _TRITON_DTYPE[dtype]
+        prec = _heavy_dot_precision(dtype)
+        for key, cfg in _POOL_CONFIGS.items():
+            meta, opts = _launch_opts(cfg)
+            specs.append(
+                AotSpec(
+                    name=f"pool_cells[{t},cells={key}]",
+                    kernel=_pool_cells_kernel,
+                    signature={
+                        "x_ptr": f"*{t}",
+                        "cells_ptr": "*i32",
+                        "ws_ptr": "*fp32",
+                        **dict.fromkeys(
+                            [
+                                "C",
+                                "H",
+                                "W",
+                                "TOTAL",
+                                "HW_PER_SPLIT",
+                                "NUM_C_BLOCKS",
+                                "NUM_CELL_BLOCKS",
+                            ],
+                            "i32",
+                        ),
+                        **dict.fromkeys(
+                            ["stride_xn", "stride_xc", "stride_xh", "stride_xw"], "i32"
+                        ),
+                    },
+                    constexprs=dict(HW_CONTIG=True, DOT_PRECISION=prec, **meta),
+                    **opts,
+                )
+            )
+        for key, cfg in _CONV_CONFIGS.items():
+            meta, opts = _launch_opts(cfg)
+            specs.append(
+                AotSpec(
+                    name=f"cells_conv[{t},{key}]",
+                    kernel=_cells_conv_kernel,
+                    signature={
+                        "pooled_ptr": "*fp32",
+                        "w_ptr": f"*{t}",
+                        "scale_ptr": f"*{t}",
+                        "shift_ptr": f"*{t}",
+                        "y_ptr": f"*{t}",
+                        **dict.fromkeys(
+                            [
+                                "R",
+                                "C",
+                                "M",
+                                "CELLS",
+                                "CELL_OFFSET",
+                                "TOTAL",
+                                "stride_wr",
+                                "stride_wc",
+                            ],
+                            "i32",
+                        ),
+                    },
+                    constexprs=dict(HAS_SCALE=True, HAS_SHIFT=True, RELU=True, **meta),
+                    **opts,
+                )
+            )
+        for key, cfg in _DX_CONFIGS.items():
+            meta, opts = _launch_opts(cfg)
+            specs.append(
+                AotSpec(
+                    name=f"cells_to_pixels[{t},cells={key}]",
+                    kernel=_cells_to_pixels_kernel,
+                    signature={
+                        "dp_ptr": "*fp32",
+                        "cells_ptr": "*i32",
+                        "dx_ptr": f"*{t}",
+                        **dict.fromkeys(["C", "H", "W", "TOTAL", "NUM_HW_BLOCKS"], "i32"),
+                        **dict.fromkeys(
+                            ["stride_dn", "stride_dc", "stride_dh", "stride_dw"], "i32"
+                        ),
+                    },
+                    constexprs=dict(HW_CONTIG=True, DOT_PRECISION=prec, **meta),
+                    **opts,
+                )
+            )
+    return specs
+
+
+# ----------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------
 
 
 def pyramid_pool_conv(
@@ -16,11 +843,28 @@ def pyramid_pool_conv(
 ):
     """Pool ``x`` at every bin size and apply each bin's bias-free 1x1 convolution, fused.
 
-    Returns ``[y_i]``, ``y_i`` of shape ``(N, R_i, b_i, b_i)`` equal to
-    ``act(scale_i * conv1x1(adaptive_avg_pool2d(x, b_i), W_i) + shift_i)``. See
-    ``psp_kernels.reference.pyramid_pool_conv`` for the arguments.
+    Args:
+        x: ``(N, C, H, W)`` feature map, any strides (channels_last is read in place).
+        weights: one ``(R_i, C)`` or ``(R_i, C, 1, 1)`` weight per bin.
+        bins: output sizes of the adaptive average pooling, one per weight, any order.
+        scale, shift: optional per-bin ``(R_i,)`` tensors: ``y = conv * scale + shift``
+            (an eval-mode BatchNorm folded in); either may be given alone.
+        relu: apply ReLU last.
+        backend: ``"auto"`` (Triton on CUDA, or on CPU with ``TRITON_INTERPRET=1``; the
+            reference otherwise), ``"triton"`` or ``"reference"``.
+
+    Returns:
+        ``[y_i]``, ``y_i`` of shape ``(N, R_i, b_i, b_i)`` in x's dtype, equal to
+        ``act(scale_i * conv1x1(adaptive_avg_pool2d(x, b_i), W_i) + shift_i)``. Differentiable in
+        ``x``, ``weights``, ``scale`` and ``shift``; deterministic (no atomics).
+
+    Example:
+        >>> ys = pyramid_pool_conv(x, [w1, w2, w3, w6], bins=(1, 2, 3, 6), relu=True)
     """
     weights, bins, scale, shift = check_pyramid_pool_conv(x, weights, bins, scale, shift)
     if resolve_backend(backend, x) == "reference":
         return reference.pyramid_pool_conv(x, weights, bins, scale=scale, shift=shift, relu=relu)
-    raise NotImplementedError("the Triton path of pyramid_pool_conv is not written yet")
+    ys, _ = torch.ops.psp_kernels.pyramid_pool_conv_fwd(
+        x, list(weights), list(bins), list(scale or []), list(shift or []), bool(relu)
+    )
+    return list(ys)
