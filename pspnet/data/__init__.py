@@ -12,6 +12,20 @@ from __future__ import annotations
 
 import torch
 
+from .datasets import (
+    ADE20K,
+    ADE20K_CLASSES,
+    CITYSCAPES_CLASSES,
+    DATASETS,
+    VOC,
+    VOC_CLASSES,
+    Cityscapes,
+    ListDataset,
+    SegmentationDataset,
+    build_dataset,
+    read_image,
+    read_label,
+)
 from .synthetic import SHAPE_CLASSES, SyntheticShapes
 from .transforms import (
     MEAN,
@@ -26,27 +40,6 @@ from .transforms import (
     eval_transform,
     train_transform,
 )
-
-try:  # the file-backed datasets (added separately)
-    from .datasets import (
-        ADE20K,
-        DATASETS,
-        VOC,
-        Cityscapes,
-        ListDataset,
-        build_dataset,
-    )
-except ImportError:  # pragma: no cover - transitional
-    DATASETS = {
-        "synthetic": dict(
-            classes=6, crop_size=65, base_size=65, ignore_index=255, class_names=SHAPE_CLASSES[:6]
-        )
-    }
-
-    def build_dataset(name, root=None, split="train", transform=None, **kwargs):
-        if name != "synthetic":
-            raise ValueError(f"unknown dataset {name!r}")
-        return SyntheticShapes(split=split, transform=transform, **kwargs)
 
 
 def palette(num_classes: int) -> torch.Tensor:
@@ -67,6 +60,12 @@ def palette(num_classes: int) -> torch.Tensor:
 
 __all__ = [
     "ADE20K",
+    "ADE20K_CLASSES",
+    "CITYSCAPES_CLASSES",
+    "SegmentationDataset",
+    "VOC_CLASSES",
+    "read_image",
+    "read_label",
     "DATASETS",
     "MEAN",
     "SHAPE_CLASSES",
@@ -87,4 +86,3 @@ __all__ = [
     "palette",
     "train_transform",
 ]
-__all__ = [n for n in __all__ if n in globals()]
