@@ -60,8 +60,9 @@ class SyntheticShapes(torch.utils.data.Dataset):
         cache: keep generated (untransformed) samples in memory.
 
     ``ds[i]`` is ``(image, label)``: float32 ``(3, H, W)`` RGB in 0..255 and int64 ``(H, W)``.
-    ``ds.sample(i)`` also returns the list of drawn shapes (class id and boolean mask, in drawing
-    order).
+    ``ds.sample(i)`` also returns the list of drawn shapes ``(class_id, mask, colour)`` in drawing
+    order (``mask`` bool ``(H, W)``, ``colour`` float64 ``(3,)``: the mean fill colour before
+    clamping to 0..255).
     """
 
     def __init__(
@@ -137,7 +138,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
 
     def sample(self, index: int):
         """Generate sample ``index``: ``(image, label, shapes)`` with ``shapes`` a list of
-        ``(class_id, mask)`` (bool ``(H, W)``) in drawing order."""
+        ``(class_id, mask, colour)`` in drawing order."""
         g = self.generator(index)
         h, w = self.size
         rand = lambda *shape: torch.rand(*shape, generator=g, dtype=torch.float64)
@@ -165,7 +166,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
             texture = 0.5 * self.noise * torch.randn(3, h, w, generator=g, dtype=torch.float64)
             image = torch.where(mask, colour + texture, image)
             label[mask] = cls
-            shapes.append((cls, mask))
+            shapes.append((cls, mask, colour.flatten()))
         image = image.clamp(0, 255).to(torch.float32)
         return image, label, shapes
 
