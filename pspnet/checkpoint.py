@@ -116,17 +116,27 @@ def load_checkpoint(
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (PyTorch >= 1.6) or a pickle stream (older, protocol >= 2)
+    if not (magic == b"PK\x03\x04" or magic[:1] == b"\x80"):
+        raise ValueError(
+            f"{path!r} is not a PyTorch checkpoint (starts with {magic!r}, "
+            "expected a torch.save file)"
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as e:
-        if weights_only and "weights_only" in str(e):
+        if weights_only and "Unsupported global" in str(e):
             raise ValueError(
                 f"{path!r} holds Python objects that torch.load(weights_only=True) refuses; "
                 "if you trust the file, pass weights_only=False"
             ) from e
-        raise ValueError(f"{path!r} is not a PyTorch checkpoint ({e})") from e
+        raise ValueError(f"{path!r} is not a readable PyTorch checkpoint ({e})") from e
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
-        raise ValueError(f"{path!r} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})"
+        ) from e
 
     sd = extract_state_dict(obj, source=repr(path))
     target = _unwrap(model)

@@ -248,10 +248,10 @@ def load_backbone(model: ResNet, path: str | os.PathLike) -> ResNet:
 
 
 def _resnet(layers: int, pretrained: bool, backbone_path, **kwargs) -> ResNet:
+    if backbone_path is not None and not os.path.isfile(backbone_path):
+        raise FileNotFoundError(f"backbone_path: no such file {os.fspath(backbone_path)!r}")
     model = ResNet(Bottleneck, _LAYERS[layers], **kwargs)
     if backbone_path is not None:
-        if not os.path.isfile(backbone_path):
-            raise FileNotFoundError(f"backbone_path: no such file {os.fspath(backbone_path)!r}")
         return load_backbone(model, backbone_path)
     if pretrained:
         path, looked = find_backbone(layers)
