@@ -1,0 +1,169 @@
+"""shifted_upsample_add (the concat-free head's op) against its reference."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from psp_kernels import reference, shifted_upsample_add
+from psp_kernels.shifted_upsample_add import _bwd_op, _fwd_op, separable_shifted_upsample_add
+
+PSP_SIZES = [(1, 1), (2, 2), (3, 3), (6, 6)]
+CASES = [
+    # (N, O, H, W, map sizes, align_corners)
+    (2, 3, 13, 17, PSP_SIZES, True),
+    (1, 2, 13, 17, PSP_SIZES, False),
+    (1, 2, 61, 61, [(1, 1), (6, 6)], True),
+    (2, 2, 5, 4, [(7, 5), (1, 1)], False),  # a map larger than the output
+    (1, 1, 1, 1, [(2, 3)], True),  # 1x1 output: every shifted tap but the centre falls outside
+    (1, 3, 35, 33, [(3, 3), (8, 8)], False),
+]
+
+
+def _inputs(n, o, h, w, sizes, dtype, device, channels_last=False):
+    base = torch.randn(n, o, h, w, dtype=dtype, device=device)
+    if channels_last:
+        base = base.to(memory_format=torch.channels_last)
+    maps = [torch.randn(n, 9, o, a, b, dtype=dtype, device=device) for a, b in sizes]
+    return base.requires_grad_(), [m.requires_grad_() for m in maps]
+
+
+def _check(out, grads, ref, ref_grads, dtype):
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5}[dtype]
+    scale = ref.abs().max().item()
+    assert (out - ref).abs().max().item() <= tol * max(scale, 1.0)
+    for g, r in zip(grads, ref_grads):
+        assert g.shape == r.shape
+        assert (g - r).abs().max().item() <= tol * max(r.abs().max().item(), 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("path", ["triton", "separable"])
+def test_matches_reference(case, dtype, path, device):
+    n, o, h, w, sizes, ac = case
+    base, maps = _inputs(n, o, h, w, sizes, dtype, device, channels_last=(h == 13))
+    if path == "triton":
+        out = shifted_upsample_add(base, maps, align_corners=ac, backend="triton")
+    else:
+        out = separable_shifted_upsample_add(base, maps, ac)
+    ref = reference.shifted_upsample_add(base, maps, align_corners=ac)
+    grad = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [base, *maps], grad)
+    ref_grads = torch.autograd.grad(ref, [base, *maps], grad)
+    _check(out, grads, ref, ref_grads, dtype)
+
+
+def test_equals_head_conv_over_concat(device):
+    """The op reproduces the pyramid half of a 3x3 conv over the concat, zero padding included."""
+    n, c, r, o, h, w = 2, 4, 3, 5, 13, 11
+    x = torch.randn(n, c, h, w, dtype=torch.float64, device=device)
+    ys = [torch.randn(n, r, b, b, dtype=torch.float64, device=device) for b in (1, 2, 3, 6)]
+    weight = torch.randn(o, c + 4 * r, 3, 3, dtype=torch.float64, device=device)
+    cat = reference.upsample_concat(x, ys, align_corners=True)
+    expected = F.conv2d(cat, weight, padding=1)
+    maps = []
+    for i, y in enumerate(ys):
+        wb = weight[:, c + i * r : c + (i + 1) * r]  # (O, R, 3, 3)
+        taps = wb.permute(2, 3, 0, 1).reshape(9 * o, r, 1, 1)
+        maps.append(F.conv2d(y, taps).view(n, 9, o, *y.shape[-2:]))
+    base = F.conv2d(x, weight[:, :c], padding=1)
+    for backend in ("auto", "triton"):
+        got = shifted_upsample_add(base, maps, align_corners=True, backend=backend)
+        assert (got - expected).abs().max().item() < 1e-10
+
+
+def test_non_contiguous_base(device):
+    base_full = torch.randn(2, 6, 9, 14, dtype=torch.float64, device=device)
+    base = base_full[:, ::2, :, ::2]  # strided view
+    maps = [torch.randn(2, 9, 3, 2, 2, dtype=torch.float64, device=device)]
+    out = shifted_upsample_add(base, maps, align_corners=False, backend="triton")
+    ref = reference.shifted_upsample_add(base, maps, align_corners=False)
+    assert (out - ref).abs().max().item() < 1e-10
+
+
+def test_gradcheck(device):
+    base, maps = _inputs(1, 1, 3, 4, [(1, 1), (2, 1)], torch.float64, device)
+    fn = lambda b, *m: shifted_upsample_add(b, list(m), align_corners=False, backend="triton")
+    assert torch.autograd.gradcheck(fn, (base, *maps), eps=1e-6, atol=1e-8, fast_mode=True)
+
+
+def test_opcheck(device):
+    base, maps = _inputs(1, 2, 5, 6, [(1, 1), (2, 2)], torch.float32, device)
+    torch.library.opcheck(_fwd_op, (base, maps, True))
+    grad = torch.randn(1, 2, 5, 6, device=device)
+    torch.library.opcheck(_bwd_op, (grad, [1, 1, 2, 2], False))
+
+
+def test_deterministic(device):
+    base, maps = _inputs(2, 3, 13, 17, PSP_SIZES, torch.float32, device)
+    runs = []
+    for _ in range(2):
+        out = shifted_upsample_add(base, maps, backend="triton")
+        runs.append((out, *torch.autograd.grad(out.square().sum(), [base, *maps])))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph(dynamic, device):
+    base, maps = _inputs(1, 2, 9, 7, [(1, 1), (3, 3)], torch.float32, device)
+
+    def fn(b, m0, m1):
+        return shifted_upsample_add(b, [m0, m1], backend="triton").square().sum()
+
+    compiled = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    out = compiled(base, *maps)
+    grads = torch.autograd.grad(out, [base, *maps])
+    ref = fn(base, *maps)
+    ref_grads = torch.autograd.grad(ref, [base, *maps])
+    torch.testing.assert_close(out, ref)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+def test_separable_compiles_fullgraph(device):
+    base, maps = _inputs(1, 2, 9, 7, [(1, 1), (3, 3)], torch.float32, device)
+    fn = lambda b, m: separable_shifted_upsample_add(b, m, True)
+    out = torch.compile(fn, fullgraph=True, backend="aot_eager")(base, maps)
+    torch.testing.assert_close(out, fn(base, maps))
+
+
+def test_large_pyramid_falls_back(device):
+    base, maps = _inputs(1, 1, 8, 8, [(12, 12), (10, 10)], torch.float64, device)
+    with pytest.raises(ValueError, match="exceed"):
+        shifted_upsample_add(base, maps, backend="triton")
+    out = shifted_upsample_add(base, maps, backend="auto")
+    ref = reference.shifted_upsample_add(base, maps)
+    assert (out - ref).abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda b, m: (b[0], m), ValueError, "base must have shape"),
+        (lambda b, m: (b, [m[0][:, :8]]), ValueError, r"maps\[0\] must have shape"),
+        (lambda b, m: (b, [m[0][:, :, :1]]), ValueError, r"maps\[0\] must have shape"),
+        (lambda b, m: (b, []), ValueError, "at least one"),
+        (lambda b, m: (b, m[0]), TypeError, "list or tuple"),
+        (lambda b, m: (b.int(), m), TypeError, "floating dtype"),
+        (lambda b, m: (b, [m[0].double()]), TypeError, "dtype"),
+    ],
+)
+def test_bad_input(make, error, match):
+    base = torch.randn(1, 2, 4, 4)
+    maps = [torch.randn(1, 9, 2, 2, 2)]
+    args = make(base, maps)
+    with pytest.raises(error, match=match):
+        shifted_upsample_add(*args)
+    with pytest.raises(error, match=match):
+        reference.shifted_upsample_add(*args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16/bf16 kernels run only on a GPU")
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_low_precision_cuda(dtype, tol):
+    base, maps = _inputs(2, 64, 60, 60, PSP_SIZES, torch.float64, "cuda")
+    ref = reference.shifted_upsample_add(base, maps)
+    out = shifted_upsample_add(base.to(dtype), [m.to(dtype) for m in maps], backend="triton")
+    scale = ref.abs().max().item()
+    assert (out.double() - ref).abs().max().item() <= tol * scale
