@@ -376,7 +376,11 @@ def _(base, maps, align_corners):
 @torch.library.custom_op("psp_kernels::shifted_upsample_add_bwd", mutates_args=())
 def _bwd_op(grad: torch.Tensor, sizes: list[int], align_corners: bool) -> list[torch.Tensor]:
     pairs = tuple(zip(sizes[0::2], sizes[1::2]))
-    return [g.contiguous() for g in _launch_bwd(grad, pairs, align_corners)]
+    # the gradients are views of one packed buffer: outputs of a custom op may not alias
+    return [
+        g.clone(memory_format=torch.contiguous_format)
+        for g in _launch_bwd(grad, pairs, align_corners)
+    ]
 
 
 @_bwd_op.register_fake
