@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-__all__ = ["load_checkpoint", "extract_state_dict"]
+__all__ = ["load_checkpoint", "read_state_dict", "apply_state_dict", "extract_state_dict"]
 
 _PREFIXES = ("module.", "_orig_mod.")
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
@@ -113,6 +113,17 @@ def load_checkpoint(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    sd = read_state_dict(path, map_location=map_location, weights_only=weights_only)
+    return apply_state_dict(model, sd, strict=strict, source=repr(os.fspath(path)))
+
+
+def read_state_dict(
+    path: str | os.PathLike, map_location="cpu", weights_only: bool = True
+) -> dict[str, torch.Tensor]:
+    """Read the model ``state_dict`` of a checkpoint file, prefixes stripped.
+
+    The file layouts and errors are those of :func:`load_checkpoint`.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
@@ -137,31 +148,55 @@ def load_checkpoint(
         raise ValueError(
             f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})"
         ) from e
+    return extract_state_dict(obj, source=repr(path))
 
-    sd = extract_state_dict(obj, source=repr(path))
+
+def apply_state_dict(
+    model: nn.Module,
+    sd: Mapping[str, torch.Tensor],
+    strict: bool = True,
+    source: str = "state_dict",
+    optional: tuple[str, ...] = (),
+) -> nn.Module:
+    """Copy ``sd`` into ``model`` (unwrapped from DataParallel/DDP/torch.compile), checked first.
+
+    Shapes must agree (``ValueError`` naming them); with ``strict`` every key of the model must be
+    present and none extra, except BatchNorm ``num_batches_tracked`` counters and keys starting
+    with one of the ``optional`` prefixes, which may be absent from or extra in ``sd`` (optional
+    keys whose shapes differ are skipped). Nothing is copied when an error is raised. Returns
+    ``model``.
+    """
     target = _unwrap(model)
     own = target.state_dict()
-    missing = {k for k in own if k not in sd and not k.endswith("num_batches_tracked")}
-    unexpected = set(sd) - set(own)
+
+    def required(k: str) -> bool:
+        return not (k.endswith("num_batches_tracked") or k.startswith(optional))
+
+    missing = {k for k in own if k not in sd and required(k)}
+    unexpected = {k for k in sd if k not in own and not k.startswith(optional)}
+    differ = [k for k in own if k in sd and sd[k].shape != own[k].shape]
     mismatched = [
         f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
+        for k in differ
+        if required(k)
     ]
     if mismatched:
         more = f" ... and {len(mismatched) - 6} more" if len(mismatched) > 6 else ""
         raise ValueError(
-            f"{path!r}: {len(mismatched)} tensor shape(s) differ from the model: "
+            f"{source}: {len(mismatched)} tensor shape(s) differ from the model: "
             + "; ".join(mismatched[:6])
             + more
         )
     if missing or unexpected:
         msg = (
-            f"{path!r} does not match the model: {len(missing)} missing key(s) "
+            f"{source} does not match the model: {len(missing)} missing key(s) "
             f"[{_few(missing)}], {len(unexpected)} unexpected key(s) [{_few(unexpected)}]"
         )
         if strict:
             raise ValueError(msg + " (pass strict=False to load the matching keys only)")
-        warnings.warn(msg, UserWarning, stacklevel=2)
-    target.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+        warnings.warn(msg, UserWarning, stacklevel=3)
+    skip = set(differ)  # only optional keys are left here
+    target.load_state_dict(
+        {k: v for k, v in sd.items() if k in own and k not in skip}, strict=False
+    )
     return model

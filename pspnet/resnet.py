@@ -240,11 +240,13 @@ def load_backbone(model: ResNet, path: str | os.PathLike) -> ResNet:
     """Load an ImageNet ResNet ``state_dict`` file into ``model``, strictly.
 
     Accepts a plain ``state_dict`` or ``{'state_dict': ...}``/``{'model': ...}``, with or without
-    ``module.``/``_orig_mod.`` prefixes (see :func:`pspnet.checkpoint.load_checkpoint`).
+    ``module.``/``_orig_mod.`` prefixes (see :func:`pspnet.load_checkpoint`). Every key must
+    match except the classifier ``fc.*``, which may be absent (PSPNet does not use it).
     """
-    from .checkpoint import load_checkpoint
+    from .checkpoint import apply_state_dict, read_state_dict
 
-    return load_checkpoint(model, path, strict=True)
+    sd = read_state_dict(path)
+    return apply_state_dict(model, sd, strict=True, source=repr(os.fspath(path)), optional=("fc.",))
 
 
 def _resnet(layers: int, pretrained: bool, backbone_path, **kwargs) -> ResNet:
