@@ -1,0 +1,141 @@
+"""Command line: ``python -m pspnet {train,eval,predict} ...`` (also the ``pspnet`` script).
+
+Examples::
+
+    python -m pspnet train                                  # synthetic preset, CPU, minutes
+    python -m pspnet train --preset ade20k --data-root dataset/ade20k --amp bf16 --compile
+    torchrun --nproc_per_node 8 -m pspnet train --preset cityscapes --data-root dataset/cityscapes
+    python -m pspnet train --resume auto                    # continue runs/<preset>/last.pth
+    python -m pspnet eval --checkpoint runs/synthetic/last.pth --scales 0.75 1.0 1.25 --eval-flip
+    python -m pspnet predict img1.jpg img2.png --checkpoint runs/synthetic/last.pth --out preds/
+
+Every config field is an option (``--base-lr 0.02``, ``--crop-size 65 65``, ``--no-blur``...);
+see ``python -m pspnet train --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .config import add_config_arguments, config_from_args
+
+__all__ = ["main", "build_parser"]
+
+
+class CLIError(Exception):
+    """An error reported as ``pspnet: error: ...`` with exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pspnet",
+        description="Train, evaluate and run PSPNet.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="{train,eval,predict}")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train (default preset: synthetic)")
+    add_config_arguments(t)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU, per-class table)")
+    e.add_argument("--checkpoint", required=True, help="checkpoint file (ours or official)")
+    e.add_argument(
+        "--flip",
+        dest="eval_flip",
+        action="store_true",
+        default=None,
+        help="average with the horizontally flipped image (same as --eval-flip)",
+    )
+    e.add_argument(
+        "--mode",
+        dest="eval_mode",
+        choices=["whole", "slide"],
+        default=None,
+        help="whole-image or sliding-window inference (same as --eval-mode)",
+    )
+    add_config_arguments(e, exclude={"flip"})
+
+    pr = sub.add_parser("predict", help="write colour masks and overlays for images")
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("--checkpoint", required=True, help="checkpoint file")
+    pr.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    pr.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
+    pr.add_argument("--flip", dest="eval_flip", action="store_true", default=None)
+    pr.add_argument("--mode", dest="eval_mode", choices=["whole", "slide"], default=None)
+    add_config_arguments(
+        pr,
+        fields={
+            "scales",
+            "eval_flip",
+            "eval_mode",
+            "crop_size",
+            "base_size",
+            "stride_rate",
+            "device",
+            "arch",
+            "layers",
+            "classes",
+            "tiny_width",
+            "bins",
+            "zoom_factor",
+            "use_ppm",
+            "amp",
+            "dataset",
+        },
+    )
+    return p
+
+
+def _cmd_train(args) -> int:
+    from .train import train
+
+    cfg = config_from_args(args)
+    t0 = time.perf_counter()
+    out = train(cfg)
+    m = out["metrics"]
+    if m is not None:
+        print(
+            f"done in {time.perf_counter() - t0:.1f}s: mIoU {m['mIoU']:.4f}; "
+            f"checkpoint {out['out_dir'] / 'last.pth'}"
+        )
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .evaluate import run_eval
+
+    cfg = config_from_args(args)
+    run_eval(cfg, args.checkpoint)
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .predict import run_predict
+
+    cfg = config_from_args(args)
+    written = run_predict(cfg, args.checkpoint, args.images, args.out, alpha=args.alpha)
+    for path in written:
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m pspnet`` and the ``pspnet`` script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cmd = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict}[args.command]
+    try:
+        return cmd(args)
+    except (FileNotFoundError, ValueError, CLIError) as e:
+        print(f"pspnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
