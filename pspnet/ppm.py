@@ -1,7 +1,23 @@
-"""The pyramid pooling module (PPM) of PSPNet.
+"""The pyramid pooling module (PPM) of PSPNet, on the fused kernels.
 
-Placeholder with the official layout; the kernel-2 issue replaces its forward with the fused
-kernels (same submodules, same state_dict keys).
+:class:`PPM` has the official submodules and ``state_dict`` keys (``features.{i}.0``
+AdaptiveAvgPool2d, ``.1`` Conv2d 1x1 without bias, ``.2`` BatchNorm2d, ``.3`` ReLU), so official
+checkpoints load unchanged, but its forward is two fused operations:
+
+* eval: ``psp_kernels.pyramid_pool_conv`` with every BatchNorm folded into a per-channel
+  scale/shift and ReLU (``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``),
+  then ``psp_kernels.upsample_concat`` (``align_corners=True``);
+* training: ``pyramid_pool_conv`` gives the small conv outputs, each branch's own BatchNorm
+  module (batch statistics, running statistics updated exactly as in the plain module; a
+  ``SyncBatchNorm`` works too) and ReLU run on them, then ``upsample_concat``.
+
+Batch size 1 in training: the bin-1 branch then has a single value per channel, where plain
+BatchNorm raises "Expected more than 1 value per channel when training". :class:`PPM` instead
+normalises such a branch with its running statistics (as in eval) and leaves them untouched for
+that step; the other branches use batch statistics as usual. (A ``SyncBatchNorm`` inside an
+initialised process group of several ranks is left to synchronise its statistics instead.)
+
+:func:`convert_ppm` swaps the official PPM modules of an existing model for this one in place.
 """
 
 from __future__ import annotations
@@ -9,37 +25,176 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import psp_kernels
 
 __all__ = ["PPM", "convert_ppm"]
 
 
-class PPM(nn.Module):
-    """Pyramid pooling module: ``cat([x, up(branch_b(x)) for b in bins])``.
+def _bin_of(pool: nn.Module) -> int | None:
+    """The square bin size of an ``AdaptiveAvgPool2d``, or ``None`` if it is not square."""
+    size = pool.output_size
+    if isinstance(size, int):
+        return size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+        if isinstance(size[0], int):
+            return size[0]
+    return None
 
-    ``features[i]`` is ``Sequential(AdaptiveAvgPool2d(b), Conv2d(in_dim, reduction_dim, 1,
-    bias=False), BatchNorm2d(reduction_dim), ReLU)`` as in the official PSPNet.
+
+def _uses_batch_stats(bn: nn.Module) -> bool:
+    # PyTorch's rule: batch statistics in training, or when no running statistics are tracked.
+    return bn.training or bn.running_mean is None or bn.running_var is None
+
+
+def _synchronised(bn: nn.Module) -> bool:
+    if not isinstance(bn, nn.SyncBatchNorm):
+        return False
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return dist.get_world_size(bn.process_group) > 1
+
+
+def _folded(bn: nn.Module, dtype: torch.dtype):
+    """``(scale, shift)`` of an eval BatchNorm: ``bn(y) == y * scale + shift``."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale.to(dtype), shift.to(dtype)
+
+
+def _branch_norm(bn: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """``bn(y)``, except a single value per channel in training uses the running statistics."""
+    single = y.shape[0] * y.shape[2] * y.shape[3] == 1
+    if single and bn.training and bn.running_mean is not None and not _synchronised(bn):
+        return F.batch_norm(
+            y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+        )
+    return bn(y)
+
+
+class PPM(nn.Module):
+    """Pyramid pooling module: ``cat([x] + [up(relu(bn_b(conv_b(pool_b(x))))) for b in bins])``.
+
+    Drop-in for the official PSPNet ``PPM(in_dim, reduction_dim, bins)``: same submodules,
+    same ``state_dict`` keys, same outputs and gradients, computed by the fused kernels
+    (see the module docstring for eval/training and for batch size 1).
+
+    Args:
+        in_dim: channels of the input ``x``.
+        reduction_dim: output channels of each branch's 1x1 convolution.
+        bins: adaptive pooling sizes, one branch each.
+
+    Shape: ``(N, in_dim, H, W)`` -> ``(N, in_dim + len(bins) * reduction_dim, H, W)``, in ``x``'s
+    memory format.
     """
 
     def __init__(self, in_dim: int, reduction_dim: int, bins=(1, 2, 3, 6)):
         super().__init__()
-        self.bins = tuple(int(b) for b in bins)
         self.features = nn.ModuleList(
             nn.Sequential(
-                nn.AdaptiveAvgPool2d(b),
+                nn.AdaptiveAvgPool2d(int(b)),
                 nn.Conv2d(in_dim, reduction_dim, kernel_size=1, bias=False),
                 nn.BatchNorm2d(reduction_dim),
                 nn.ReLU(inplace=True),
             )
-            for b in self.bins
+            for b in bins
         )
 
+    @classmethod
+    def from_features(cls, features: nn.ModuleList) -> PPM:
+        """Wrap an official PPM's ``features`` (the same module objects: weights are shared)."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.features = features
+        return module
+
+    @property
+    def bins(self) -> tuple[int, ...]:
+        return tuple(_bin_of(f[0]) for f in self.features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = [x]
-        for f in self.features:
-            out.append(F.interpolate(f(x), x.shape[-2:], mode="bilinear", align_corners=True))
-        return torch.cat(out, 1)
+        bins = self.bins
+        weights = [f[1].weight.to(x.dtype) for f in self.features]
+        norms = [f[2] for f in self.features]
+        if not any(_uses_batch_stats(bn) for bn in norms):
+            # Eval: BatchNorm and ReLU folded into kernel 1's epilogue.
+            folded = [_folded(bn, x.dtype) for bn in norms]
+            ys = psp_kernels.pyramid_pool_conv(
+                x,
+                weights,
+                bins,
+                scale=[s for s, _ in folded],
+                shift=[t for _, t in folded],
+                relu=True,
+            )
+        else:
+            ys = psp_kernels.pyramid_pool_conv(x, weights, bins)
+            ys = [f[3](_branch_norm(f[2], y)) for f, y in zip(self.features, ys)]
+        return psp_kernels.upsample_concat(x, ys, align_corners=True)
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}, fused=True"
+
+
+def _is_official_ppm(module: nn.Module) -> bool:
+    """True for a module laid out like the official PPM (only child: ``features``)."""
+    if isinstance(module, PPM):
+        return False
+    children = dict(module.named_children())
+    features = children.get("features")
+    if set(children) != {"features"} or not isinstance(features, nn.ModuleList):
+        return False
+    if len(features) == 0:
+        return False
+    in_dims = set()
+    for f in features:
+        if not isinstance(f, nn.Sequential) or len(f) != 4:
+            return False
+        pool, conv, bn, act = f
+        if not isinstance(pool, nn.AdaptiveAvgPool2d) or _bin_of(pool) is None:
+            return False
+        if not (
+            type(conv) is nn.Conv2d
+            and conv.kernel_size == (1, 1)
+            and conv.stride == (1, 1)
+            and conv.padding == (0, 0)
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.bias is None
+        ):
+            return False
+        if not isinstance(bn, _BatchNorm) or bn.num_features != conv.out_channels:
+            return False
+        if type(act) is not nn.ReLU:
+            return False
+        in_dims.add(conv.in_channels)
+    return len(in_dims) == 1
 
 
 def convert_ppm(model: nn.Module) -> nn.Module:
-    """Replace every PPM-like module of ``model`` with the fused :class:`PPM`, keeping weights."""
-    raise NotImplementedError
+    """Replace every official-style PPM in ``model`` with the fused :class:`PPM`, in place.
+
+    A module is converted when its only child is a ``features`` ``nn.ModuleList`` of
+    ``Sequential(AdaptiveAvgPool2d(b), Conv2d(C, R, 1, bias=False), BatchNorm2d(R), ReLU)``
+    (square bins, one input width; ``SyncBatchNorm`` counts as BatchNorm). The new module
+    reuses the same submodules, so weights, buffers, device, dtype, training flags and
+    ``state_dict`` keys are kept. Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, returns the
+    model, or the new module when ``model`` itself is a PPM::
+
+        model = pspnet.convert_ppm(model)
+    """
+    if _is_official_ppm(model):
+        fused = PPM.from_features(model.features)
+        fused.training = model.training  # not .train(): children keep their own flags
+        return fused
+    for name, child in model.named_children():
+        new = convert_ppm(child)
+        if new is not child:
+            setattr(model, name, new)
+    return model
