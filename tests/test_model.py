@@ -433,7 +433,7 @@ def test_official_checkpoint_loads(pair50, tmp_path):
     assert load_checkpoint(fresh, path) is fresh
     x = torch.randn(1, 3, 17, 17)
     with torch.no_grad():
-        torch.testing.assert_close(fresh.eval()(x), ref(x), rtol=0, atol=0)
+        _close(fresh.eval()(x), ref(x))  # float tolerance: the fused PPM folds BatchNorm
 
 
 def test_other_checkpoint_layouts(tmp_path):
