@@ -296,7 +296,7 @@ def add_config_arguments(
         names = [flag] if "_" not in f.name else [flag, "--" + f.name]
         if t is bool:
             group.add_argument(
-                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None
             )
             continue
         conv = _none_or(t) if optional else t

@@ -1,0 +1,140 @@
+"""Segment image files: palette masks and side-by-side overlays (``python -m pspnet predict``).
+
+For each input ``name.ext`` two PNG files are written to the output folder:
+
+- ``name_mask.png``: the class ids as a palette image (mode ``P``; the palette of
+  :func:`pspnet.data.palette`), so the file holds the ids and shows colours;
+- ``name_overlay.png``: ``image | image blended with the coloured mask`` side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config
+
+__all__ = ["load_image", "segment", "colorize", "overlay", "run_predict"]
+
+
+def load_image(path) -> torch.Tensor:
+    """Float32 ``(3, H, W)`` RGB 0..255; FileNotFoundError / ValueError naming a bad file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.array(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    return torch.from_numpy(arr).permute(2, 0, 1).float().contiguous()
+
+
+@torch.no_grad()
+def segment(model, image: torch.Tensor, cfg: Config, device=None) -> torch.Tensor:
+    """Class ids ``(H, W)`` (int64, CPU) of one image ``(3, H, W)`` RGB 0..255, using
+    ``cfg``'s scales / flip / mode / crop_size / base_size / stride_rate."""
+    from .data import MEAN, STD
+    from .evaluate import predict_probs
+    from .train import autocast_ctx
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
+    x = ((image.float() - mean) / std)[None].to(device)
+    with autocast_ctx(cfg, device):
+        prob = predict_probs(
+            model,
+            x,
+            int(cfg.classes),
+            cfg.scales,
+            cfg.eval_flip,
+            cfg.eval_mode,
+            cfg.crop_size,
+            cfg.base_size,
+            cfg.stride_rate,
+        )
+    return prob.argmax(1)[0].cpu()
+
+
+def _palette_bytes(num_classes: int) -> bytes:
+    from .data import palette
+
+    pal = palette(max(num_classes, 1)).numpy().astype(np.uint8).reshape(-1)
+    return bytes(pal) + bytes(768 - len(pal))
+
+
+def colorize(mask: torch.Tensor, num_classes: int):
+    """A PIL palette image (mode ``P``) of the class ids ``mask`` ``(H, W)``."""
+    from PIL import Image
+
+    if num_classes > 256:
+        raise ValueError("palette PNGs hold at most 256 classes")
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be (H, W), got {tuple(mask.shape)}")
+    arr = np.ascontiguousarray(mask.to(torch.uint8).numpy())
+    im = Image.frombytes("P", (arr.shape[1], arr.shape[0]), arr.tobytes())
+    im.putpalette(_palette_bytes(num_classes))
+    return im
+
+
+def overlay(image: torch.Tensor, mask_im, alpha: float = 0.5):
+    """``image | blend(image, coloured mask, alpha)`` side by side, as a PIL RGB image."""
+    from PIL import Image
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = Image.fromarray(image.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+    blended = Image.blend(rgb, mask_im.convert("RGB"), alpha)
+    out = Image.new("RGB", (rgb.width * 2, rgb.height))
+    out.paste(rgb, (0, 0))
+    out.paste(blended, (rgb.width, 0))
+    return out
+
+
+def run_predict(
+    cfg: Config,
+    checkpoint,
+    images: Sequence[str],
+    out_dir="predictions",
+    alpha: float = 0.5,
+) -> list[Path]:
+    """Segment ``images`` with ``checkpoint`` and write ``<stem>_mask.png`` and
+    ``<stem>_overlay.png`` to ``out_dir``; returns the written paths.
+
+    Every image is checked first (FileNotFoundError / ValueError naming it), so a bad path does
+    not leave half the outputs written.
+    """
+    from .train import model_from_checkpoint, resolve_device
+
+    if not images:
+        raise ValueError("no images given")
+    loaded = [(Path(p), load_image(p)) for p in images]  # fail early on a bad file
+    device = resolve_device(cfg.device)
+    model, cfg, _ = model_from_checkpoint(checkpoint, cfg)
+    model.to(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    seen: dict[str, int] = {}
+    for path, img in loaded:
+        stem = path.stem
+        if stem in seen:  # two inputs with the same name
+            seen[stem] += 1
+            stem = f"{stem}_{seen[stem]}"
+        else:
+            seen[stem] = 0
+        mask = segment(model, img, cfg, device)
+        mask_im = colorize(mask, int(cfg.classes))
+        m_path, o_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
+        mask_im.save(m_path)
+        overlay(img, mask_im, alpha).save(o_path)
+        written += [m_path, o_path]
+    return written
