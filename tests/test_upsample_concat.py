@@ -179,10 +179,11 @@ def test_opcheck(device):
 
 
 def test_bitwise_deterministic(device):
-    x, branches = _make("13x17", torch.float32, device)
-    grad = torch.randn(x.shape[0], 3 + 13, *x.shape[2:], device=device)
-    out1, grads1 = _fwd_bwd(_triton, x, branches, grad, True)
-    out2, grads2 = _fwd_bwd(_triton, x, branches, grad, True)
+    x = torch.randn(2, 3, 11, 13, device=device)
+    branches = [torch.randn(2, 2, s, s, device=device) for s in (1, 3, 6)]
+    grad = torch.randn(2, 9, 11, 13, device=device)
+    out1, grads1 = _fwd_bwd(_triton, x, branches, grad, False)
+    out2, grads2 = _fwd_bwd(_triton, x, branches, grad, False)
     assert torch.equal(out1, out2)
     for a, b in zip(grads1, grads2):
         assert torch.equal(a, b)
@@ -195,7 +196,7 @@ def test_compile_fullgraph(dynamic, device):
     branches = [torch.randn(2, 2, s, s, device=device) for s in (1, 2, 6)]
 
     def fn(x, branches, align_corners=True):
-        return psp_kernels.upsample_concat(x, branches, align_corners=align_corners) * 2.0
+        return psp_kernels.upsample_concat(x, branches, align_corners=align_corners)
 
     compiled = torch.compile(fn, fullgraph=True, dynamic=dynamic)
     grad = torch.randn(2, 9, 9, 11, device=device)
