@@ -1,0 +1,9 @@
+"""One PSPNet-50 training step: forward with labels, loss, backward, SGD step."""
+
+from .cases import run_bench
+
+BENCH_CASES = ("train",)
+
+
+def test_train_step(bench, benchmark, bench_device, request):
+    run_bench(benchmark, bench, bench_device, request.node.nodeid)
