@@ -81,6 +81,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads for torch (0: torch's default)
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: trace only)
     amp: str = "none"  # none | bf16 | fp16 (CUDA only; fp16 uses a GradScaler)
     channels_last: bool = False
     resume: str = ""  # "" | auto | path/to/last.pth

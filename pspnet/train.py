@@ -654,7 +654,7 @@ def train(cfg: Config, log=print) -> dict:
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
     if cfg.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, backend=cfg.compile_backend)
 
     out_dir = cfg.out_dir
     log_path = out_dir / "metrics.jsonl"
