@@ -229,7 +229,7 @@ def _upsample_concat_bwd_kernel(
 # channels fastest (NHWC). ~8-16 elements per thread keeps ptxas at 80-96 registers (sm_90).
 _FWD_CONFIGS = {"nchw": (8, 256, 8), "nhwc": (32, 32, 4)}
 # Backward tile: BLOCK_C x BLOCK_HW gradient tile times BLOCK_HW x BLOCK_CELLS weights.
-_BWD_CONFIG = (32, 64, 32, True)  # BLOCK_C, BLOCK_HW, BLOCK_CELLS, USE_DOT
+_BWD_CONFIG = (32, 32, 32, True)  # BLOCK_C, BLOCK_HW, BLOCK_CELLS, USE_DOT (~170 regs)
 # CPU tensors only run under Triton's interpreter, whose cost is per operation rather than per
 # element: there, few programs with big tiles are much faster. Same kernels, same masks; the
 # GPU configurations above are compiled ahead of time (aot_specs) and also run by the tests.
