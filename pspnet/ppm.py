@@ -135,7 +135,8 @@ class PPM(nn.Module):
             )
         else:
             ys = psp_kernels.pyramid_pool_conv(x, weights, bins)
-            ys = [f[3](_branch_norm(f[2], y)) for f, y in zip(self.features, ys)]
+            # (.to: a no-op, unless autocast ran the BatchNorm in another dtype)
+            ys = [f[3](_branch_norm(f[2], y)).to(x.dtype) for f, y in zip(self.features, ys)]
         return psp_kernels.upsample_concat(x, ys, align_corners=True)
 
     def extra_repr(self) -> str:
