@@ -170,6 +170,8 @@ class Config:
 
 
 # Official hszhao/semseg configs (config/<dataset>/<dataset>_pspnet50.yaml), plus the synthetic one.
+# Evaluation as the official test.py: resize to scale * base_size, sliding window at the crop size
+# with flip averaging.
 PRESETS: dict[str, dict[str, Any]] = {
     "synthetic": dict(
         dataset="synthetic",
@@ -199,6 +201,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=16,
         workers=16,
         base_size=512,
+        eval_mode="slide",
+        eval_flip=True,
     ),
     "cityscapes": dict(
         dataset="cityscapes",
@@ -210,6 +214,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         workers=16,
         base_size=2048,
         eval_mode="slide",
+        eval_flip=True,
     ),
     "voc": dict(
         dataset="voc",
@@ -220,6 +225,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=16,
         workers=16,
         base_size=512,
+        eval_mode="slide",
+        eval_flip=True,
     ),
 }
 

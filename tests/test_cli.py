@@ -1,0 +1,218 @@
+"""Command line and configuration: train (1 tiny epoch) -> checkpoint -> eval -> predict, clear
+errors for bad paths and corrupt files, YAML + command-line overrides, preset files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pspnet.__main__ import build_parser, main
+from pspnet.config import PRESETS, Config, config_from_args, load_config, preset_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "pspnet" / "configs"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_cpu():
+    n = torch.get_num_threads()
+    old = os.environ.get("TRITON_INTERPRET")
+    torch.set_num_threads(1)
+    os.environ["TRITON_INTERPRET"] = "0"
+    yield
+    torch.set_num_threads(n)
+    if old is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+
+
+TINY_YAML = {
+    "preset": "synthetic",
+    "dataset_kwargs": {"size": 33, "length": 16, "num_classes": 3, "max_shapes": 2},
+    "tiny_width": 4,
+    "crop_size": [33, 33],
+    "batch_size": 4,
+    "epochs": 1,
+    "eval_every": 1,
+    "val_batch_size": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``python -m pspnet train`` for one tiny epoch; returns (run dir, yaml path)."""
+    root = tmp_path_factory.mktemp("cli")
+    cfg_path = root / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(TINY_YAML))
+    out = root / "run"
+    rc = main(["train", "--config", str(cfg_path), "--output-dir", str(out), "--no-progress"])
+    assert rc == 0
+    return out, cfg_path
+
+
+def test_train_writes_checkpoint_log_plot(trained, capsys):
+    out, _ = trained
+    assert (out / "last.pth").is_file()
+    assert (out / "curves.png").is_file()
+    assert (out / "config.yaml").is_file()
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    assert {"epoch", "loss", "aux_loss", "lr", "time", "val_mIoU", "val_allAcc"} <= set(rows[0])
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["epoch"] == 1 and state["config"]["classes"] == 3
+    assert state["config"]["tiny_width"] == 4
+    metrics = json.loads((out / "eval.json").read_text())
+    assert 0.0 <= metrics["mIoU"] <= 1.0
+
+
+def test_eval_cli_prints_table(trained, capsys):
+    out, cfg_path = trained
+    ck = str(out / "last.pth")
+    rc = main(["eval", "--checkpoint", ck, "--config", str(cfg_path), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "mIoU" in text and "background" in text and "circle" in text
+    rc = main(
+        ["eval", "--checkpoint", ck, "--config", str(cfg_path), "--scales", "0.75", "1.0",
+         "--flip", "--mode", "slide", "--no-progress"]
+    )  # fmt: skip
+    assert rc == 0
+    assert "flip True, mode slide" in capsys.readouterr().out
+
+
+def _png(path, size=(40, 30)):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_predict_cli_writes_mask_and_overlay(trained, tmp_path, capsys):
+    out, _ = trained
+    img = _png(tmp_path / "scene.png")
+    jpg = tmp_path / "other.jpg"
+    Image.open(img).convert("L").save(jpg)  # greyscale input works too
+    dest = tmp_path / "pred"
+    rc = main(["predict", str(img), str(jpg), "--checkpoint", str(out / "last.pth"),
+               "--out", str(dest)])  # fmt: skip
+    assert rc == 0
+    mask = Image.open(dest / "scene_mask.png")
+    assert mask.mode == "P" and mask.size == (40, 30)
+    assert int(np.array(mask).max()) < 3
+    pal = mask.getpalette()[:9]
+    assert pal[:3] == [0, 0, 0] and pal[3:6] != pal[6:9]
+    ov = Image.open(dest / "scene_overlay.png")
+    assert ov.mode == "RGB" and ov.size == (80, 30)
+    # the left half is the input image
+    assert np.array_equal(np.array(ov)[:, :40], np.array(Image.open(img).convert("RGB")))
+    assert (dest / "other_mask.png").is_file() and (dest / "other_overlay.png").is_file()
+    assert "scene_mask.png" in capsys.readouterr().out
+
+
+def test_predict_bad_inputs_give_clear_errors(trained, tmp_path, capsys):
+    out, _ = trained
+    ck = str(out / "last.pth")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    rc = main(["predict", str(bad), "--checkpoint", ck, "--out", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and "broken.png" in err
+    assert not (tmp_path / "o").exists()  # nothing written
+    rc = main(["predict", str(tmp_path / "missing.png"), "--checkpoint", ck])
+    assert rc == 2 and "image not found" in capsys.readouterr().err
+    img = _png(tmp_path / "ok.png")
+    rc = main(["predict", str(img), "--checkpoint", str(tmp_path / "nope.pth")])
+    assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not a checkpoint")
+    rc = main(["predict", str(img), "--checkpoint", str(junk)])
+    assert rc == 2 and "not a PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_eval_and_train_errors(tmp_path, capsys):
+    rc = main(["eval", "--checkpoint", str(tmp_path / "none.pth")])
+    assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
+    rc = main(["train", "--config", str(tmp_path / "none.yaml")])
+    assert rc == 2 and "config file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    rc = main(["train", "--config", str(bad)])
+    assert rc == 2 and "unknown config keys: epochz" in capsys.readouterr().err
+    rc = main(["train", "--amp", "fp8"])
+    assert rc == 2 and "amp" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "imagenet"])
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def test_config_layers_yaml_then_cli(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("preset: ade20k\nepochs: 3\nbase_lr: 0.02\ncrop_size: 97\n")
+    args = build_parser().parse_args(
+        ["train", "--config", str(p), "--epochs", "5", "--no-blur", "--scales", "0.5", "1"]
+    )
+    cfg = config_from_args(args)
+    assert cfg.preset == "ade20k" and cfg.classes == 150  # from the preset
+    assert cfg.base_lr == 0.02 and cfg.crop_size == (97, 97)  # from the file
+    assert cfg.epochs == 5 and cfg.blur is False and cfg.scales == (0.5, 1.0)  # command line
+    assert cfg.out_dir == Path("runs/ade20k")
+    # --preset beats the file's preset
+    args = build_parser().parse_args(["train", "--config", str(p), "--preset", "voc"])
+    assert config_from_args(args).classes == 21
+    assert load_config(None).preset == "synthetic"
+
+
+def test_presets_match_official_recipes():
+    for name, classes, crop, epochs in (
+        ("ade20k", 150, 473, 100), ("cityscapes", 19, 713, 200), ("voc", 21, 473, 50)
+    ):  # fmt: skip
+        c = preset_config(name)
+        assert (c.classes, c.crop_size, c.epochs, c.batch_size) == (
+            classes,
+            (crop, crop),
+            epochs,
+            16,
+        )
+        assert (c.base_lr, c.momentum, c.weight_decay, c.power) == (0.01, 0.9, 1e-4, 0.9)
+        assert (c.aux_weight, c.ignore_index, c.head_lr_mult) == (0.4, 255, 10.0)
+        assert (c.scale_min, c.scale_max, c.rotate_min, c.rotate_max) == (0.5, 2.0, -10, 10)
+        assert c.arch == "pspnet" and c.layers == 50 and c.zoom_factor == 8
+    syn = preset_config("synthetic")
+    assert syn.arch == "tiny" and syn.dataset == "synthetic"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_yaml_files_equal_presets(name):
+    path = CONFIG_DIR / f"{name}.yaml"
+    assert load_config(path) == preset_config(name)
+    assert Config.from_dict(yaml.safe_load(path.read_text())) == preset_config(name)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="eval_mode"):
+        Config(eval_mode="tiles")
+    with pytest.raises(ValueError, match="crop_size"):
+        Config(crop_size=(0, 5))
+    with pytest.raises(ValueError, match="unknown config keys"):
+        Config.from_dict({"lr": 1})
+    assert Config(crop_size=65).crop_size == (65, 65)
+
+
+def test_module_entry_point_runs():
+    r = subprocess.run(
+        [sys.executable, "-m", "pspnet", "train", "--help"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0
+    assert "--resume" in r.stdout and "--compile" in r.stdout and "--amp" in r.stdout
