@@ -40,6 +40,7 @@ spoils the cells that contain it.
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 import triton
@@ -67,23 +68,27 @@ def _pool_cells_kernel(
     H,
     W,
     TOTAL,
-    HW_PER_SPLIT,
+    ROWS_PER_SPLIT,
     NUM_C_BLOCKS,
     NUM_CELL_BLOCKS,
     stride_xn,
     stride_xc,
     stride_xh,
     stride_xw,
-    HW_CONTIG: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_CELLS: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
+    BLOCK_W: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """ws[n, split, cell, c] = mean of x[n, c] over the part of the cell's window in the split."""
+    """ws[n, split, cell, c] = (sum of x[n, c] over the cell's window, rows of the split) / area.
+
+    The loop runs over image rows; the column part of the indicator (cell x column) does not
+    depend on the row and is built once per column chunk, the row part is one compare per cell,
+    so each step costs one select and one ``tl.dot`` (indicator @ x_row_tile).
+    """
     # program id 0 -> (sample n, channel block, cell block), the cell block fastest so that the
     #                 programs that read the same x tile run next to each other (L2 reuse);
-    # program id 1 -> split of the flattened H*W pixel range.
+    # program id 1 -> split of the image rows (only when the batch alone cannot fill the GPU).
     pid = tl.program_id(0)
     pid_split = tl.program_id(1)
     num_splits = tl.num_programs(1)
@@ -103,35 +108,30 @@ def _pool_cells_kernel(
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    x_base = x_ptr + n.to(tl.int64) * stride_xn
-    c_off = offs_c.to(tl.int64) * stride_xc
+    c_off = offs_c[None, :] * stride_xc  # int32 inside a sample: the launcher checks the extent
 
-    hw_total = H * W
-    hw_begin = pid_split * HW_PER_SPLIT
-    hw_end = tl.minimum(hw_begin + HW_PER_SPLIT, hw_total)
+    # rows of this split that some cell of this block covers (cells are stored bin by bin,
+    # row-major, so a block of many cells covers a band of rows: skip the others)
+    h_begin = tl.maximum(pid_split * ROWS_PER_SPLIT, tl.min(tl.where(mask_k, row_start, H)))
+    h_end = tl.minimum((pid_split + 1) * ROWS_PER_SPLIT, tl.max(row_end))
+    h_end = tl.minimum(h_end, H)
+
     acc = tl.zeros((BLOCK_CELLS, BLOCK_C), dtype=acc_dtype)
-    for hw0 in range(hw_begin, hw_end, BLOCK_HW):
-        offs_hw = hw0 + tl.arange(0, BLOCK_HW)
-        mask_hw = offs_hw < hw_end
-        h = offs_hw // W
-        w = offs_hw - h * W
-        if HW_CONTIG:  # stride_xh == W * stride_xw (NCHW and channels_last): one flat stride
-            sp_off = offs_hw.to(tl.int64) * stride_xw
-        else:
-            sp_off = h.to(tl.int64) * stride_xh + w.to(tl.int64) * stride_xw
-        x_tile = tl.load(
-            x_base + sp_off[:, None] + c_off[None, :],
-            mask=mask_hw[:, None] & mask_c[None, :],
-            other=0.0,
-        )
-        inside = (
-            (h[None, :] >= row_start[:, None])
-            & (h[None, :] < row_end[:, None])
-            & (w[None, :] >= col_start[:, None])
-            & (w[None, :] < col_end[:, None])
-        )
-        indicator = inside.to(x_tile.dtype)  # exact 0/1 in every dtype
-        acc = tl.dot(indicator, x_tile, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
+    for w0 in range(0, W, BLOCK_W):
+        offs_w = w0 + tl.arange(0, BLOCK_W)
+        mask_w = offs_w < W
+        col_in = (offs_w[None, :] >= col_start[:, None]) & (offs_w[None, :] < col_end[:, None])
+        x_mask = mask_w[:, None] & mask_c[None, :]
+        # 64-bit pointer arithmetic: one row step at a time, no int32 row offset to overflow
+        tile_off = offs_w[:, None] * stride_xw + c_off  # loop-invariant int32 offsets
+        # scalar 64-bit row pointer, one row step at a time (no per-element 64-bit pointers)
+        row_ptr = x_ptr + n.to(tl.int64) * stride_xn + h_begin.to(tl.int64) * stride_xh
+        for h in range(h_begin, h_end):
+            x_tile = tl.load(row_ptr + tile_off, mask=x_mask, other=0.0)
+            row_ptr += stride_xh
+            row_in = (h >= row_start) & (h < row_end)
+            indicator = (col_in & row_in[:, None]).to(x_tile.dtype)  # exact 0/1
+            acc = tl.dot(indicator, x_tile, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
 
     area = ((row_end - row_start) * (col_end - col_start)).to(acc_dtype)
     area = tl.where(mask_k, area, 1.0)
@@ -225,40 +225,51 @@ def _cells_to_pixels_kernel(
     H,
     W,
     TOTAL,
-    NUM_HW_BLOCKS,
+    ROWS_PER_PROGRAM,
+    NUM_ROW_BLOCKS,
+    NUM_W_BLOCKS,
     stride_dn,
     stride_dc,
     stride_dh,
     stride_dw,
-    HW_CONTIG: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
+    ONE_CELL_BLOCK: tl.constexpr,
+    BLOCK_W: tl.constexpr,
     BLOCK_CELLS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     """dx[n, c, h, w] = sum over the cells k that contain (h, w) of dp[n, k, c] / area[k].
 
-    A gather: each program owns a tile of pixels x channels and writes it once (no atomics).
+    A gather: each program owns ROWS_PER_PROGRAM image rows x BLOCK_W columns x BLOCK_C channels
+    and writes every pixel of it once (no atomics). Per row: one select builds the indicator from
+    the row-independent column part, and one ``tl.dot`` (indicator @ dp_tile) gives the row.
     """
-    # program id 0 -> (sample n, pixel block), the pixel block fastest; program id 1 -> channel block.
+    # program id 0 -> (sample n, row block, column block), the column block fastest;
+    # program id 1 -> channel block.
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
-    pid_hw = pid % NUM_HW_BLOCKS
-    n = pid // NUM_HW_BLOCKS
+    pid_w = pid % NUM_W_BLOCKS
+    pid_nr = pid // NUM_W_BLOCKS
+    pid_r = pid_nr % NUM_ROW_BLOCKS
+    n = pid_nr // NUM_ROW_BLOCKS
     acc_dtype = dp_ptr.dtype.element_ty
 
-    offs_hw = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    hw_total = H * W
-    mask_hw = offs_hw < hw_total
-    h = offs_hw // W
-    w = offs_hw - h * W
+    offs_w = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask_w = offs_w < W
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    dp_base = dp_ptr + n.to(tl.int64) * TOTAL * C
+    dp_base = dp_ptr + n.to(tl.int64) * TOTAL * C  # then int32 offsets (TOTAL * C < 2**31)
+    dx_mask = mask_w[:, None] & mask_c[None, :]
+    h_begin = pid_r * ROWS_PER_PROGRAM
+    h_end = tl.minimum(h_begin + ROWS_PER_PROGRAM, H)
+    # scalar 64-bit row pointer, one row step at a time; int32 offsets inside the row
+    row_ptr = dx_ptr + n.to(tl.int64) * stride_dn + h_begin.to(tl.int64) * stride_dh
+    tile_off = offs_w[:, None] * stride_dw + offs_c[None, :] * stride_dc
 
-    acc = tl.zeros((BLOCK_HW, BLOCK_C), dtype=acc_dtype)
-    for k0 in range(0, TOTAL, BLOCK_CELLS):
-        offs_k = k0 + tl.arange(0, BLOCK_CELLS)
+    if ONE_CELL_BLOCK:
+        # every cell fits one block: the cell gradients and the column indicator are loaded and
+        # built once and reused for every row of the program
+        offs_k = tl.arange(0, BLOCK_CELLS)
         mask_k = offs_k < TOTAL
         row_start = tl.load(cells_ptr + offs_k, mask=mask_k, other=0)
         row_end = tl.load(cells_ptr + TOTAL + offs_k, mask=mask_k, other=0)
@@ -267,30 +278,52 @@ def _cells_to_pixels_kernel(
         area = ((row_end - row_start) * (col_end - col_start)).to(acc_dtype)
         area = tl.where(mask_k, area, 1.0)
         dp = tl.load(
-            dp_base + offs_k[:, None].to(tl.int64) * C + offs_c[None, :],
+            dp_base + offs_k[:, None] * C + offs_c[None, :],
             mask=mask_k[:, None] & mask_c[None, :],
             other=0.0,
         )
         dp = dp / area[:, None]
-        inside = (
-            (h[:, None] >= row_start[None, :])
-            & (h[:, None] < row_end[None, :])
-            & (w[:, None] >= col_start[None, :])
-            & (w[:, None] < col_end[None, :])
-        )
-        indicator = inside.to(acc_dtype)
-        acc = tl.dot(indicator, dp, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
-
-    if HW_CONTIG:
-        sp_off = offs_hw.to(tl.int64) * stride_dw
+        col_in = (offs_w[:, None] >= col_start[None, :]) & (offs_w[:, None] < col_end[None, :])
+        for h in range(h_begin, h_end):
+            row_in = (h >= row_start) & (h < row_end)
+            indicator = (col_in & row_in[None, :]).to(acc_dtype)
+            acc = tl.dot(indicator, dp, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
+            tl.store(row_ptr + tile_off, acc.to(dx_ptr.dtype.element_ty), mask=dx_mask)
+            row_ptr += stride_dh
     else:
-        sp_off = h.to(tl.int64) * stride_dh + w.to(tl.int64) * stride_dw
-    dx_off = n.to(tl.int64) * stride_dn + sp_off[:, None] + offs_c[None, :].to(tl.int64) * stride_dc
-    tl.store(
-        dx_ptr + dx_off,
-        acc.to(dx_ptr.dtype.element_ty),
-        mask=mask_hw[:, None] & mask_c[None, :],
-    )
+        for h in range(h_begin, h_end):
+            acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_dtype)
+            for k0 in range(0, TOTAL, BLOCK_CELLS):
+                offs_k = k0 + tl.arange(0, BLOCK_CELLS)
+                mask_k = offs_k < TOTAL
+                row_start = tl.load(cells_ptr + offs_k, mask=mask_k, other=0)
+                row_end = tl.load(cells_ptr + TOTAL + offs_k, mask=mask_k, other=0)
+                row_in = (h >= row_start) & (h < row_end)
+                if tl.max(row_in.to(tl.int32)) > 0:  # skip cell blocks that miss this row
+                    col_start = tl.load(cells_ptr + 2 * TOTAL + offs_k, mask=mask_k, other=0)
+                    col_end = tl.load(cells_ptr + 3 * TOTAL + offs_k, mask=mask_k, other=0)
+                    area = ((row_end - row_start) * (col_end - col_start)).to(acc_dtype)
+                    area = tl.where(mask_k, area, 1.0)
+                    dp = tl.load(
+                        dp_base + offs_k[:, None] * C + offs_c[None, :],
+                        mask=mask_k[:, None] & mask_c[None, :],
+                        other=0.0,
+                    )
+                    dp = dp / area[:, None]
+                    inside = (
+                        (offs_w[:, None] >= col_start[None, :])
+                        & (offs_w[:, None] < col_end[None, :])
+                        & row_in[None, :]
+                    )
+                    acc = tl.dot(
+                        inside.to(acc_dtype),
+                        dp,
+                        acc,
+                        input_precision=DOT_PRECISION,
+                        out_dtype=acc_dtype,
+                    )
+            tl.store(row_ptr + tile_off, acc.to(dx_ptr.dtype.element_ty), mask=dx_mask)
+            row_ptr += stride_dh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,14 +332,15 @@ def _cells_to_pixels_kernel(
 
 # The configurations the launchers can pick on a GPU; ``aot_specs`` compiles exactly these.
 # Stage 1 and the dx gather: 16 cells (bins like (1,), (1, 2, 3)) or 64 (bins (1, 2, 3, 6));
-# more cells loop over cell blocks.
+# more cells loop over cell blocks. num_warps/stages were chosen so that no configuration spills
+# registers on sm_80 or sm_90 (python -m psp_kernels.compile_check).
 _POOL_CONFIGS = {
-    16: dict(BLOCK_CELLS=16, BLOCK_HW=64, BLOCK_C=64, num_warps=4, num_stages=3),
-    64: dict(BLOCK_CELLS=64, BLOCK_HW=64, BLOCK_C=64, num_warps=4, num_stages=3),
+    16: dict(BLOCK_CELLS=16, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=3),
+    64: dict(BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=3),
 }
 _DX_CONFIGS = {
-    16: dict(BLOCK_CELLS=16, BLOCK_HW=64, BLOCK_C=64, num_warps=4, num_stages=2),
-    64: dict(BLOCK_CELLS=64, BLOCK_HW=64, BLOCK_C=64, num_warps=4, num_stages=2),
+    16: dict(BLOCK_CELLS=16, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=2),
+    64: dict(BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=2),
 }
 # Stage 2: few (sample, cell) columns (bin 1 and 2 at small batch) or many.
 _CONV_CONFIGS = {
@@ -321,8 +355,10 @@ _TRITON_DTYPE = {
     torch.float64: "fp64",
 }
 
-# Tests set this to force a number of pixel splits in stage 1 (covers the split path on CPU).
+# Tests set these to force the row splitting of stage 1 and the rows per program of the dx
+# gather (to cover those paths under the interpreter, which otherwise picks one of each).
 _FORCE_SPLITS: int | None = None
+_FORCE_DX_ROWS: int | None = None
 
 
 def _next_pow2(v: int) -> int:
@@ -363,12 +399,6 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _hw_contig(t: torch.Tensor) -> bool:
-    """True when pixel (h, w) sits at (h * W + w) * stride_w: NCHW and channels_last both are."""
-    _, _, h, w = t.shape
-    return h == 1 or t.stride(2) == w * t.stride(3)
-
-
 def _uses_triton(x: torch.Tensor) -> bool:
     """Whether the op implementation launches the Triton kernels for a tensor like ``x``."""
     if x.device.type == "cuda":
@@ -376,12 +406,16 @@ def _uses_triton(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and interpreting()
 
 
-def _pool_config(total: int, c: int, hw: int) -> dict:
+def _interp_cells_block(total: int) -> int:
+    return _clamp(_next_pow2(total), 16, 64)
+
+
+def _pool_config(total: int, c: int, w: int) -> dict:
     if interpreting():
         # the interpreter pays per program and per loop step, not per element: few, large blocks
         return dict(
-            BLOCK_CELLS=_clamp(_next_pow2(total), 16, 64),
-            BLOCK_HW=_clamp(_next_pow2(hw), 16, 1024),
+            BLOCK_CELLS=_interp_cells_block(total),
+            BLOCK_W=_clamp(_next_pow2(w), 16, 128),
             BLOCK_C=_clamp(_next_pow2(c), 16, 128),
             num_warps=4,
             num_stages=1,
@@ -389,11 +423,11 @@ def _pool_config(total: int, c: int, hw: int) -> dict:
     return _POOL_CONFIGS[16 if total <= 16 else 64]
 
 
-def _dx_config(total: int, c: int, hw: int) -> dict:
+def _dx_config(total: int, c: int, w: int) -> dict:
     if interpreting():
         return dict(
-            BLOCK_CELLS=_clamp(_next_pow2(total), 16, 64),
-            BLOCK_HW=_clamp(_next_pow2(hw), 16, 1024),
+            BLOCK_CELLS=_interp_cells_block(total),
+            BLOCK_W=_clamp(_next_pow2(w), 16, 128),
             BLOCK_C=_clamp(_next_pow2(c), 16, 128),
             num_warps=4,
             num_stages=1,
@@ -422,26 +456,23 @@ def _pool_cells(x: torch.Tensor, bins: tuple[int, ...]) -> torch.Tensor:
     """Stage 1: the (N, TOTAL, C) cell means of x (fp32, or fp64 for fp64 input)."""
     n, c, h, w = x.shape
     total = _total_cells(bins)
-    hw = h * w
     cells = geometry.cell_table(h, w, bins, x.device)
-    cfg = _pool_config(total, c, hw)
-    meta, opts = _launch_opts(cfg)
+    meta, opts = _launch_opts(_pool_config(total, c, w))
     num_c_blocks = triton.cdiv(c, meta["BLOCK_C"])
     num_cell_blocks = triton.cdiv(total, meta["BLOCK_CELLS"])
     programs = n * num_c_blocks * num_cell_blocks
-    chunks = triton.cdiv(hw, meta["BLOCK_HW"])
     if _FORCE_SPLITS is not None:
         splits = _FORCE_SPLITS
-    elif x.device.type == "cuda":
-        # fill the GPU (two programs per SM) when the batch alone does not; >= 4 chunks per split
-        want = 2 * _num_sms(x.device.index or 0)
-        splits = min(triton.cdiv(want, programs), max(chunks // 4, 1)) if programs < want else 1
+    elif x.device.type == "cuda" and num_cell_blocks == 1:
+        # fill the GPU (two programs per SM) when the batch alone does not, >= 8 rows per split
+        want = 2 * _num_sms(x.device.index if x.device.index is not None else 0)
+        splits = min(triton.cdiv(want, programs), max(h // 8, 1)) if programs < want else 1
     else:
         splits = 1
-    splits = _clamp(splits, 1, min(chunks, 65535))
-    hw_per_split = triton.cdiv(chunks, splits) * meta["BLOCK_HW"]
-    splits = triton.cdiv(hw, hw_per_split)  # no empty split
+    rows_per_split = triton.cdiv(h, _clamp(splits, 1, h))
+    splits = triton.cdiv(h, rows_per_split)  # no empty split
     ws = torch.empty((n, splits, total, c), device=x.device, dtype=_acc_dtype(x.dtype))
+    # axis 0 may hold 2**31 - 1 programs; axis 1 (splits <= H) stays small in practice
     grid = (programs, splits)
     _pool_cells_kernel[grid](
         x,
@@ -451,11 +482,10 @@ def _pool_cells(x: torch.Tensor, bins: tuple[int, ...]) -> torch.Tensor:
         h,
         w,
         total,
-        hw_per_split,
+        rows_per_split,
         num_c_blocks,
         num_cell_blocks,
         *x.stride(),
-        HW_CONTIG=_hw_contig(x),
         DOT_PRECISION=_heavy_dot_precision(x.dtype),
         **meta,
         **opts,
@@ -472,8 +502,8 @@ def _cells_conv(pooled, weight, scale, shift, relu, b, cell_offset, out_dtype):
     cells = b * b
     m = n * cells
     y = torch.empty((n, r, b, b), device=pooled.device, dtype=out_dtype)
-    cfg = _conv_config(m, r, c)
-    meta, opts = _launch_opts(cfg)
+    meta, opts = _launch_opts(_conv_config(m, r, c))
+    # the many (sample, cell) blocks on axis 0 (limit 2**31 - 1), the R blocks on axis 1
     grid = (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(r, meta["BLOCK_R"]))
     _cells_conv_kernel[grid](
         pooled,
@@ -501,12 +531,21 @@ def _cells_conv(pooled, weight, scale, shift, relu, b, cell_offset, out_dtype):
 def _cells_to_pixels(dp: torch.Tensor, bins, height: int, width: int, dx: torch.Tensor) -> None:
     """dx = the gather of dp (N, TOTAL, C) cell gradients (not yet divided by area) to pixels."""
     n, total, c = dp.shape
-    hw = height * width
     cells = geometry.cell_table(height, width, bins, dp.device)
-    cfg = _dx_config(total, c, hw)
-    meta, opts = _launch_opts(cfg)
-    num_hw_blocks = triton.cdiv(hw, meta["BLOCK_HW"])
-    grid = (n * num_hw_blocks, triton.cdiv(c, meta["BLOCK_C"]))
+    meta, opts = _launch_opts(_dx_config(total, c, width))
+    num_w_blocks = triton.cdiv(width, meta["BLOCK_W"])
+    num_c_blocks = triton.cdiv(c, meta["BLOCK_C"])
+    if _FORCE_DX_ROWS is not None:
+        rows = _FORCE_DX_ROWS
+    elif dp.device.type == "cuda":
+        # about four programs per SM, 1 to 16 rows each (a program reuses its cell tile per row)
+        want = 4 * _num_sms(dp.device.index if dp.device.index is not None else 0)
+        rows = triton.cdiv(n * height * num_w_blocks * num_c_blocks, want)
+    else:
+        rows = height  # interpreter: as few programs as possible
+    rows = _clamp(rows, 1, 16 if dp.device.type == "cuda" else height)
+    num_row_blocks = triton.cdiv(height, rows)
+    grid = (n * num_row_blocks * num_w_blocks, num_c_blocks)
     _cells_to_pixels_kernel[grid](
         dp,
         cells,
@@ -515,10 +554,12 @@ def _cells_to_pixels(dp: torch.Tensor, bins, height: int, width: int, dx: torch.
         height,
         width,
         total,
-        num_hw_blocks,
+        rows,
+        num_row_blocks,
+        num_w_blocks,
         *dx.stride(),
-        HW_CONTIG=_hw_contig(dx),
         DOT_PRECISION=_heavy_dot_precision(dx.dtype),
+        ONE_CELL_BLOCK=total <= meta["BLOCK_CELLS"],
         **meta,
         **opts,
     )
@@ -672,7 +713,9 @@ def _bwd_fake(
     out_dtype = weights[0].dtype
     if need_dx:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        dx = pooled.new_empty((n, c, height, width), dtype=out_dtype, memory_format=fmt)
+        dx = torch.empty(
+            (n, c, height, width), device=pooled.device, dtype=out_dtype, memory_format=fmt
+        )
     else:
         dx = pooled.new_empty((0,), dtype=out_dtype)
     dws = [torch.empty_like(w) for w in weights]
@@ -731,8 +774,8 @@ def _backward(ctx, grad_ys, grad_pooled):
         dx if need_dx else None,
         list(dws),
         None,
-        list(dscales) if ctx.ns else None,
-        list(dshifts) if ctx.nt else None,
+        list(dscales),  # an empty list for an empty scale list (same structure as the input)
+        list(dshifts),
         None,
     )
 
@@ -745,6 +788,12 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------------
 
 
+def _spec_signature(kernel, constexprs: dict, pointers: dict) -> dict:
+    """Types of every non-constexpr argument: ``pointers`` by name, ``"i32"`` for the ints."""
+    names = [p for p in inspect.signature(getattr(kernel, "fn", kernel)).parameters]
+    return {k: pointers.get(k, "i32") for k in names if k not in constexprs}
+
+
 def aot_specs() -> list[AotSpec]:
     """Every (kernel, configuration, dtype) the launchers can pick on a GPU, for compile_check."""
     specs = []
@@ -753,83 +802,47 @@ def aot_specs() -> list[AotSpec]:
         prec = _heavy_dot_precision(dtype)
         for key, cfg in _POOL_CONFIGS.items():
             meta, opts = _launch_opts(cfg)
+            constexprs = dict(DOT_PRECISION=prec, **meta)
+            pointers = {"x_ptr": f"*{t}", "cells_ptr": "*i32", "ws_ptr": "*fp32"}
             specs.append(
                 AotSpec(
                     name=f"pool_cells[{t},cells={key}]",
                     kernel=_pool_cells_kernel,
-                    signature={
-                        "x_ptr": f"*{t}",
-                        "cells_ptr": "*i32",
-                        "ws_ptr": "*fp32",
-                        **dict.fromkeys(
-                            [
-                                "C",
-                                "H",
-                                "W",
-                                "TOTAL",
-                                "HW_PER_SPLIT",
-                                "NUM_C_BLOCKS",
-                                "NUM_CELL_BLOCKS",
-                            ],
-                            "i32",
-                        ),
-                        **dict.fromkeys(
-                            ["stride_xn", "stride_xc", "stride_xh", "stride_xw"], "i32"
-                        ),
-                    },
-                    constexprs=dict(HW_CONTIG=True, DOT_PRECISION=prec, **meta),
+                    signature=_spec_signature(_pool_cells_kernel, constexprs, pointers),
+                    constexprs=constexprs,
                     **opts,
                 )
             )
         for key, cfg in _CONV_CONFIGS.items():
             meta, opts = _launch_opts(cfg)
+            constexprs = dict(HAS_SCALE=True, HAS_SHIFT=True, RELU=True, **meta)
+            pointers = {"pooled_ptr": "*fp32", "w_ptr": f"*{t}", "scale_ptr": f"*{t}"}
+            pointers.update(shift_ptr=f"*{t}", y_ptr=f"*{t}")
             specs.append(
                 AotSpec(
                     name=f"cells_conv[{t},{key}]",
                     kernel=_cells_conv_kernel,
-                    signature={
-                        "pooled_ptr": "*fp32",
-                        "w_ptr": f"*{t}",
-                        "scale_ptr": f"*{t}",
-                        "shift_ptr": f"*{t}",
-                        "y_ptr": f"*{t}",
-                        **dict.fromkeys(
-                            [
-                                "R",
-                                "C",
-                                "M",
-                                "CELLS",
-                                "CELL_OFFSET",
-                                "TOTAL",
-                                "stride_wr",
-                                "stride_wc",
-                            ],
-                            "i32",
-                        ),
-                    },
-                    constexprs=dict(HAS_SCALE=True, HAS_SHIFT=True, RELU=True, **meta),
+                    signature=_spec_signature(_cells_conv_kernel, constexprs, pointers),
+                    constexprs=constexprs,
                     **opts,
                 )
             )
         for key, cfg in _DX_CONFIGS.items():
             meta, opts = _launch_opts(cfg)
-            specs.append(
-                AotSpec(
-                    name=f"cells_to_pixels[{t},cells={key}]",
-                    kernel=_cells_to_pixels_kernel,
-                    signature={
-                        "dp_ptr": "*fp32",
-                        "cells_ptr": "*i32",
-                        "dx_ptr": f"*{t}",
-                        **dict.fromkeys(["C", "H", "W", "TOTAL", "NUM_HW_BLOCKS"], "i32"),
-                        **dict.fromkeys(
-                            ["stride_dn", "stride_dc", "stride_dh", "stride_dw"], "i32"
-                        ),
-                    },
-                    constexprs=dict(HW_CONTIG=True, DOT_PRECISION=prec, **meta),
-                    **opts,
+            # 16 cells: bins (1,), (1, 2, 3): one cell block; 64: (1, 2, 3, 6) one block, or
+            # more cells looping over blocks: compile both paths for the 64-cell configuration
+            for one_block in (True, False) if key == 64 else (True,):
+                constexprs = dict(DOT_PRECISION=prec, ONE_CELL_BLOCK=one_block, **meta)
+                pointers = {"dp_ptr": "*fp32", "cells_ptr": "*i32", "dx_ptr": f"*{t}"}
+                specs.append(
+                    AotSpec(
+                        name=f"cells_to_pixels[{t},cells={key}{'' if one_block else ',looped'}]",
+                        kernel=_cells_to_pixels_kernel,
+                        signature=_spec_signature(_cells_to_pixels_kernel, constexprs, pointers),
+                        constexprs=constexprs,
+                        **opts,
+                    )
                 )
-            )
     return specs
 
 

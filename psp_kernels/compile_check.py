@@ -1,0 +1,266 @@
+"""Compile every Triton kernel configuration ahead of time for real GPUs, without a GPU.
+
+Usage::
+
+    python -m psp_kernels.compile_check [--arch 80 90] [--jobs N] [-v]
+
+Every module of ``psp_kernels`` that defines ``aot_specs()`` lists the (kernel, block sizes, warps,
+stages, dtype) configurations its launcher can pick. Each one is compiled with
+``triton.compile`` for sm_80 (A100) and sm_90 (H100), and the ``ptxas`` shipped with Triton reports
+its registers, spills and shared memory. This catches what Triton's CPU interpreter lets through
+(``tl.dot`` with a dimension below 16, type errors, register spills, too much shared memory).
+
+Prints one table row per (kernel configuration, architecture); exits with status 1 when any
+configuration fails to compile, spills registers or needs more shared memory than the target has
+(sm_80: 163 KB, sm_90: 227 KB opt-in per block), 0 otherwise.
+
+The interpreter replaces ``@triton.jit`` functions when ``TRITON_INTERPRET=1`` is set at import
+time, so under that setting this module re-runs itself in a subprocess without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import importlib
+import json
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+# Largest shared memory one block may opt into, in bytes, per compute capability.
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+DEFAULT_ARCHS = (80, 90)
+
+
+def _interpret_env_set() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _rerun_without_interpreter(argv: list[str]) -> int:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "psp_kernels.compile_check", *argv]
+    return subprocess.call(cmd, env=env)
+
+
+def collect_specs(modules=None):
+    """Return ``[(module_name, AotSpec)]`` for every op module of psp_kernels with ``aot_specs``.
+
+    ``modules``: restrict to these module names (default: every public module).
+    """
+    import psp_kernels
+
+    found = []
+    for info in sorted(pkgutil.iter_modules(psp_kernels.__path__), key=lambda i: i.name):
+        if info.name.startswith("_") or info.name == "compile_check":
+            continue
+        if modules and info.name not in modules:
+            continue
+        module = importlib.import_module(f"psp_kernels.{info.name}")
+        fn = getattr(module, "aot_specs", None)
+        if callable(fn):
+            found.extend((info.name, spec) for spec in fn())
+    return found
+
+
+def _bin_dir() -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+
+_PTXAS_REGS = re.compile(r"Used (\d+) registers")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_PTXAS_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def _usage_cache_dir() -> str:
+    base = os.environ.get("TRITON_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".triton", "cache"
+    )
+    return os.path.join(base, "psp_kernels_ptxas")
+
+
+def _ptxas_usage(ptx: str, arch: int) -> dict:
+    """Registers, spill stores/loads and static shared memory from ``ptxas -v``.
+
+    Cached by the PTX's hash next to Triton's own cache (Triton caches the compile itself), so a
+    second run of the check costs almost nothing.
+    """
+    key = hashlib.sha256(f"{arch}\n{ptx}".encode()).hexdigest()
+    cache = os.path.join(_usage_cache_dir(), f"{key}.json")
+    try:
+        with open(cache) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    usage = _run_ptxas(ptx, arch)
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        tmp = f"{cache}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(usage, f)
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return usage
+
+
+def _run_ptxas(ptx: str, arch: int) -> dict:
+    target = "sm_90a" if arch == 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run(
+            [
+                os.path.join(_bin_dir(), "ptxas"),
+                f"-arch={target}",
+                "-v",
+                src,
+                "-o",
+                os.path.join(tmp, "k.o"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+    text = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"ptxas failed: {text.strip()}")
+    regs = _PTXAS_REGS.search(text)
+    spill = _PTXAS_SPILL.search(text)
+    smem = _PTXAS_SMEM.search(text)
+    return {
+        "registers": int(regs.group(1)) if regs else 0,
+        "spill_stores": int(spill.group(1)) if spill else 0,
+        "spill_loads": int(spill.group(2)) if spill else 0,
+        "static_smem": int(smem.group(1)) if smem else 0,
+    }
+
+
+def _full_signature(spec) -> dict:
+    """Every kernel argument's type: ``"constexpr"`` for the constexprs, the spec's for the rest."""
+    sig = {}
+    for name in spec.kernel.arg_names:
+        if name in spec.constexprs:
+            sig[name] = "constexpr"
+        elif name in spec.signature:
+            sig[name] = spec.signature[name]
+        else:
+            raise ValueError(f"{spec.name}: argument {name!r} has no type in the spec's signature")
+    return sig
+
+
+def compile_one(spec, arch: int) -> dict:
+    """Compile one spec for one architecture and return its resource usage (or the error)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    row = {"kernel": spec.kernel.__name__, "config": spec.name, "arch": f"sm_{arch}"}
+    start = time.perf_counter()
+    try:
+        src = triton.compiler.ASTSource(
+            fn=spec.kernel, signature=_full_signature(spec), constexprs=dict(spec.constexprs)
+        )
+        compiled = triton.compile(
+            src,
+            target=GPUTarget("cuda", arch, 32),
+            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+        )
+        usage = _ptxas_usage(compiled.asm["ptx"], arch)
+        row.update(usage)
+        # Triton's shared memory is dynamic (metadata); ptxas reports only the static part
+        row["shared"] = max(int(compiled.metadata.shared), usage["static_smem"])
+        problems = []
+        if usage["spill_stores"] or usage["spill_loads"]:
+            problems.append("register spills")
+        if row["shared"] > SHARED_LIMIT[arch]:
+            problems.append(f"shared memory {row['shared']} B > {SHARED_LIMIT[arch]} B")
+        row["error"] = "; ".join(problems)
+    except Exception as exc:  # report every failing configuration, not only the first
+        row["error"] = (
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        )
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def _compile_task(args):
+    module_name, index, arch = args
+    module = importlib.import_module(f"psp_kernels.{module_name}")
+    spec = module.aot_specs()[index]
+    row = compile_one(spec, arch)
+    row["module"] = module_name
+    return row
+
+
+def format_table(rows) -> str:
+    header = ("kernel", "config", "arch", "regs", "spill st/ld", "shared B", "status")
+    lines = []
+    for r in rows:
+        if "registers" in r:
+            spill = f"{r['spill_stores']}/{r['spill_loads']}"
+            regs, shared = str(r["registers"]), str(r["shared"])
+        else:
+            spill = regs = shared = "-"
+        lines.append((r["kernel"], r["config"], r["arch"], regs, spill, shared, r["error"] or "ok"))
+    widths = [
+        max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+        for i, h in enumerate(header)
+    ]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out.extend(fmt.format(*line) for line in lines)
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m psp_kernels.compile_check", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--arch", type=int, nargs="+", default=list(DEFAULT_ARCHS), choices=sorted(SHARED_LIMIT)
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles"
+    )
+    parser.add_argument("--module", nargs="+", default=None, help="only these psp_kernels modules")
+    args = parser.parse_args(argv)
+    if _interpret_env_set():
+        return _rerun_without_interpreter(argv)
+
+    start = time.perf_counter()
+    specs = collect_specs(args.module)
+    modules = sorted({m for m, _ in specs})
+    tasks = []
+    per_module_index = {}
+    for module_name, _spec in specs:
+        idx = per_module_index.get(module_name, 0)
+        per_module_index[module_name] = idx + 1
+        tasks.extend((module_name, idx, arch) for arch in args.arch)
+    if not tasks:
+        print("compile_check: no aot_specs() found in psp_kernels", file=sys.stderr)
+        return 1
+    if args.jobs > 1:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            rows = list(pool.map(_compile_task, tasks))
+    else:
+        rows = [_compile_task(t) for t in tasks]
+    print(format_table(rows))
+    failed = [r for r in rows if r["error"]]
+    print(
+        f"\n{len(rows)} configurations ({len(specs)} specs x {len(args.arch)} archs) from "
+        f"{', '.join(modules)}: {len(rows) - len(failed)} ok, {len(failed)} failed "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Kernel 1 (fused multi-bin adaptive average pooling + 1x1 conv) against the reference.
+
+On CPU the Triton kernels run through the interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
+so sizes stay small; the largest maps only come with few channels.
+"""
+
+import importlib
+
+import pytest
+import torch
+
+import psp_kernels
+from psp_kernels import reference
+
+ppc = importlib.import_module("psp_kernels.pyramid_pool_conv")
+
+ON_CUDA = torch.cuda.is_available()
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _make_x(n, c, h, w, dtype, layout, device):
+    """x of shape (n, c, h, w) with the given memory layout (values independent of layout)."""
+    if layout == "contiguous":
+        x = torch.randn(n, c, h, w, dtype=dtype, device=device)
+    elif layout == "channels_last":
+        x = torch.randn(n, c, h, w, dtype=dtype, device=device).to(
+            memory_format=torch.channels_last
+        )
+        assert x.stride(1) == 1
+    elif layout == "channel_slice":  # every other channel of a bigger tensor
+        x = torch.randn(n, 2 * c, h, w, dtype=dtype, device=device)[:, ::2]
+    elif layout == "spatial_slice":  # a crop: rows and columns strided by the full width
+        x = torch.randn(n, c, h + 3, w + 5, dtype=dtype, device=device)[:, :, 1 : h + 1, 2 : w + 2]
+    elif layout == "transposed":  # H and W swapped by a view: stride_h == 1
+        x = torch.randn(n, c, w, h, dtype=dtype, device=device).transpose(2, 3)
+    else:
+        raise AssertionError(layout)
+    assert x.shape == (n, c, h, w)
+    return x
+
+
+def _make_params(c, bins, dtype, device, *, scale, shift, weight_4d):
+    rs = [3 + 2 * i for i in range(len(bins))]
+    ws = [torch.randn(r, c, dtype=dtype, device=device) / c**0.5 for r in rs]
+    if weight_4d:
+        ws = [w[:, :, None, None].clone() for w in ws]
+    sc = [torch.rand(r, dtype=dtype, device=device) + 0.5 for r in rs] if scale else None
+    sh = [torch.randn(r, dtype=dtype, device=device) * 0.1 for r in rs] if shift else None
+    return ws, sc, sh
+
+
+def _leaves(x, ws, sc, sh):
+    return [x] + ws + (sc or []) + (sh or [])
+
+
+def _assert_close(actual, expected, dtype, what):
+    assert actual.shape == expected.shape, what
+    assert actual.dtype == expected.dtype, what
+    scale = expected.abs().max().item()
+    err = (actual.double() - expected.double()).abs().max().item()
+    assert err <= TOL[dtype] * max(scale, 1e-30) or err == 0.0, (
+        f"{what}: max abs error {err:.3e} vs tolerance {TOL[dtype]} x {scale:.3e}"
+    )
+
+
+def _run_case(device, dtype, n, c, h, w, bins, layout, scale, shift, relu, weight_4d):
+    x = _make_x(n, c, h, w, dtype, layout, device).requires_grad_(True)
+    ws, sc, sh = _make_params(c, bins, dtype, device, scale=scale, shift=shift, weight_4d=weight_4d)
+    leaves = _leaves(x, ws, sc, sh)
+    for t in leaves:
+        t.requires_grad_(True)
+    ys = psp_kernels.pyramid_pool_conv(x, ws, bins, scale=sc, shift=sh, relu=relu, backend="triton")
+    ref = reference.pyramid_pool_conv(x, ws, bins, scale=sc, shift=sh, relu=relu)
+    assert len(ys) == len(bins)
+    for i, (y, r, b) in enumerate(zip(ys, ref, bins)):
+        assert y.shape == (n, ws[i].shape[0], b, b)
+        _assert_close(y, r, dtype, f"y[{i}]")
+    gs = [torch.randn_like(r) for r in ref]
+    grads = torch.autograd.grad(ys, leaves, gs)
+    ref_grads = torch.autograd.grad(ref, leaves, gs)
+    names = ["x"] + [f"weights[{i}]" for i in range(len(ws))]
+    names += [f"scale[{i}]" for i in range(len(sc or []))]
+    names += [f"shift[{i}]" for i in range(len(sh or []))]
+    for name, g, rg in zip(names, grads, ref_grads):
+        _assert_close(g, rg, dtype, f"grad {name}")
+    assert grads[0].shape == x.shape
+    for g, wt in zip(grads[1 : 1 + len(ws)], ws):
+        assert g.shape == wt.shape  # (R, C, 1, 1) stays 4D
+    return x, grads
+
+
+F64, F32 = torch.float64, torch.float32
+# A covering set (not a product): every C, size, bins set, batch, layout, affine combination,
+# relu and weight rank appears at least once.
+# (dtype, N, C, H, W, bins, layout, scale, shift, relu, weight_4d)
+CASES = [
+    (F64, 3, 3, 13, 17, (1, 2, 3, 6), "contiguous", True, True, True, True),
+    (F32, 1, 3, 97, 97, (1, 2, 3, 6), "channels_last", True, False, False, False),
+    (F32, 1, 1, 1, 1, (1, 2, 3, 6), "contiguous", False, True, True, True),
+    (F64, 1, 64, 5, 5, (6, 3, 2, 1), "channel_slice", False, False, True, False),
+    (F32, 3, 130, 13, 17, (1,), "transposed", True, True, False, True),
+    (F32, 1, 3, 61, 61, (6, 3, 2, 1), "contiguous", True, True, True, True),
+    (F64, 3, 3, 7, 9, (4, 8, 16), "channels_last", True, True, True, False),
+    (F32, 1, 64, 60, 60, (1, 2, 3, 6), "spatial_slice", False, False, False, True),
+    (F32, 3, 130, 5, 5, (4, 8, 16), "contiguous", False, True, True, False),
+    (F64, 1, 1, 97, 97, (1,), "transposed", False, False, False, False),
+]
+
+
+def _case_id(case):
+    dtype, n, c, h, w, bins, layout, scale, shift, relu, w4 = case
+    aff = ("s" if scale else "") + ("b" if shift else "")
+    return (
+        f"{str(dtype)[6:]}-n{n}-c{c}-{h}x{w}-bins{''.join(map(str, bins))}-{layout}"
+        f"-{aff or 'noaffine'}{'-relu' if relu else ''}-w{'4d' if w4 else '2d'}"
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_matches_reference(device, case):
+    _run_case(device, *case)
+
+
+def test_channels_last_gradient_keeps_layout(device):
+    x, grads = _run_case(
+        device, F32, 2, 16, 6, 7, (1, 2, 3), "channels_last", True, True, True, True
+    )
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_split_rows_and_dx_row_blocks(device, monkeypatch):
+    """The row-split path of stage 1 (used on GPUs at small batch) and short dx row blocks."""
+    monkeypatch.setattr(ppc, "_FORCE_SPLITS", 4)
+    monkeypatch.setattr(ppc, "_FORCE_DX_ROWS", 3)
+    _run_case(device, F64, 2, 5, 13, 11, (1, 2, 3, 6), "contiguous", True, True, True, True)
+    _run_case(device, F32, 1, 3, 9, 10, (4, 8, 16), "spatial_slice", False, True, False, False)
+
+
+def test_unused_outputs_and_no_grad_for_x(device):
+    """Gradients when only some branches are used, and when x does not need a gradient."""
+    x = torch.randn(2, 4, 9, 8, dtype=F64, device=device)
+    ws, sc, sh = _make_params(4, (1, 2, 3), F64, device, scale=True, shift=True, weight_4d=False)
+    for t in ws + sc + sh:
+        t.requires_grad_(True)
+    ys = psp_kernels.pyramid_pool_conv(x, ws, (1, 2, 3), scale=sc, shift=sh, backend="triton")
+    ref = reference.pyramid_pool_conv(x, ws, (1, 2, 3), scale=sc, shift=sh)
+    loss, ref_loss = (ys[1] ** 2).sum(), (ref[1] ** 2).sum()
+    grads = torch.autograd.grad(loss, ws + sc + sh)
+    ref_grads = torch.autograd.grad(ref_loss, ws + sc + sh, allow_unused=True)
+    for g, rg in zip(grads, ref_grads):
+        _assert_close(g, torch.zeros_like(g) if rg is None else rg, F64, "grad")
+    assert grads[0].abs().max() == 0  # branch 0 unused
+
+
+def test_torch_fallback_of_the_op(device, monkeypatch):
+    """The op's plain-torch path (CPU without interpreter, float64 on CUDA) matches too."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if device == "cuda":
+        dtype = F64  # the CUDA kernels do not take float64: the op falls back to torch
+    else:
+        dtype = F32
+    x = _make_x(2, 6, 11, 7, dtype, "channels_last", device).requires_grad_(True)
+    ws, sc, sh = _make_params(6, (1, 3, 4), dtype, device, scale=True, shift=True, weight_4d=True)
+    leaves = _leaves(x, ws, sc, sh)
+    for t in leaves:
+        t.requires_grad_(True)
+    ys, pooled = torch.ops.psp_kernels.pyramid_pool_conv_fwd(
+        x, [w.flatten(1) for w in ws], [1, 3, 4], sc, sh, True
+    )
+    ref = reference.pyramid_pool_conv(x, ws, (1, 3, 4), scale=sc, shift=sh, relu=True)
+    assert pooled.shape == (2, 1 + 9 + 16, 6)
+    for y, r in zip(ys, ref):
+        _assert_close(y, r, dtype, "y")
+    gs = [torch.randn_like(r) for r in ref]
+    for g, rg in zip(torch.autograd.grad(ys, leaves, gs), torch.autograd.grad(ref, leaves, gs)):
+        _assert_close(g, rg, dtype, "grad")
+
+
+def test_gradcheck(device):
+    if device == "cuda":
+        pytest.skip("float64 runs through the torch fallback on CUDA; gradcheck runs on CPU")
+    x = torch.randn(1, 2, 4, 5, dtype=F64, requires_grad=True)
+    ws, sc, sh = _make_params(2, (1, 2), F64, "cpu", scale=True, shift=True, weight_4d=False)
+    ws = [w[:2].clone().requires_grad_(True) for w in ws]
+    sc = [s[:2].clone().requires_grad_(True) for s in sc]
+    sh = [s[:2].clone().requires_grad_(True) for s in sh]
+
+    def fn(x, w0, w1, s0, s1, b0, b1):
+        return tuple(
+            psp_kernels.pyramid_pool_conv(
+                x, [w0, w1], (1, 2), scale=[s0, s1], shift=[b0, b1], backend="triton"
+            )
+        )
+
+    assert torch.autograd.gradcheck(fn, (x, *ws, *sc, *sh), eps=1e-6, atol=1e-8, fast_mode=True)
+
+
+def test_opcheck(device):
+    x = torch.randn(2, 3, 5, 4, dtype=F32, device=device, requires_grad=True)
+    ws = [torch.randn(2, 3, device=device, requires_grad=True) for _ in range(2)]
+    sc = [torch.rand(2, device=device, requires_grad=True) for _ in range(2)]
+    sh = [torch.randn(2, device=device, requires_grad=True) for _ in range(2)]
+    torch.library.opcheck(
+        torch.ops.psp_kernels.pyramid_pool_conv_fwd.default, (x, ws, [1, 2], sc, sh, True)
+    )
+    ys, pooled = torch.ops.psp_kernels.pyramid_pool_conv_fwd(x, ws, [1, 2], sc, sh, True)
+    gs = [torch.randn_like(y) for y in ys]
+    detached = [[t.detach() for t in lst] for lst in (ys, ws, sc, sh)]
+    ys_d, ws_d, sc_d, sh_d = detached
+    args = (gs, ys_d, pooled.detach(), ws_d, sc_d, sh_d, [1, 2], True, 5, 4)
+    torch.library.opcheck(torch.ops.psp_kernels.pyramid_pool_conv_bwd.default, (*args, False, True))
+
+
+def test_deterministic(device):
+    x = _make_x(2, 40, 19, 23, F32, "contiguous", device).requires_grad_(True)
+    ws, sc, sh = _make_params(40, (1, 2, 3, 6), F32, device, scale=True, shift=True, weight_4d=True)
+    leaves = _leaves(x, ws, sc, sh)
+    for t in leaves:
+        t.requires_grad_(True)
+    gs = [torch.randn(2, w.shape[0], b, b, device=device) for w, b in zip(ws, (1, 2, 3, 6))]
+    runs = []
+    for _ in range(2):
+        ys = psp_kernels.pyramid_pool_conv(
+            x, ws, (1, 2, 3, 6), scale=sc, shift=sh, relu=True, backend="triton"
+        )
+        runs.append(list(ys) + list(torch.autograd.grad(ys, leaves, gs)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def _compile_fn(x, w0, w1, s0, b1):
+    ys = psp_kernels.pyramid_pool_conv(
+        x, [w0, w1], (1, 3), scale=[s0, b1.abs() + 0.5], shift=[s0 * 0.1, b1], relu=True
+    )
+    return ys[0].sum() * 0.5 + (ys[1] * ys[1]).sum()
+
+
+@pytest.mark.parametrize(
+    "backend,dynamic", [("aot_eager", False), ("inductor", True)], ids=["static", "dynamic"]
+)
+def test_torch_compile_fullgraph(device, backend, dynamic):
+    torch._dynamo.reset()
+    compiled = torch.compile(_compile_fn, fullgraph=True, backend=backend, dynamic=dynamic)
+    for h, w in ((7, 9), (10, 6)):  # the second size re-uses the dynamic graph
+        x = torch.randn(2, 5, h, w, device=device, requires_grad=True)
+        params = [
+            torch.randn(4, 5, 1, 1, device=device),
+            torch.randn(3, 5, device=device),
+            torch.rand(4, device=device) + 0.5,
+            torch.randn(3, device=device),
+        ]
+        leaves = [x] + [p.requires_grad_(True) for p in params]
+        out = compiled(*leaves)
+        grads = torch.autograd.grad(out, leaves)
+        eager = _compile_fn(*leaves)
+        eager_grads = torch.autograd.grad(eager, leaves)
+        _assert_close(out, eager, F32, "compiled forward")
+        for g, eg in zip(grads, eager_grads):
+            _assert_close(g, eg, F32, "compiled gradient")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not ON_CUDA,
+    reason="float16/bfloat16 kernels are checked on a GPU only "
+    "(Triton's interpreter computes bfloat16 wrongly)",
+)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(2, 512, 60, 60), (1, 130, 13, 17)])
+def test_low_precision_parity_cuda(dtype, layout, shape):
+    n, c, h, w = shape
+    bins = (1, 2, 3, 6)
+    x = _make_x(n, c, h, w, dtype, layout, "cuda").requires_grad_(True)
+    ws, sc, sh = _make_params(c, bins, dtype, "cuda", scale=True, shift=True, weight_4d=True)
+    leaves = _leaves(x, ws, sc, sh)
+    for t in leaves:
+        t.requires_grad_(True)
+    ys = psp_kernels.pyramid_pool_conv(x, ws, bins, scale=sc, shift=sh, relu=True)
+    leaves64 = [t.detach().double().requires_grad_(True) for t in leaves]
+    x64, rest = leaves64[0], leaves64[1:]
+    ws64, sc64, sh64 = rest[:4], rest[4:8], rest[8:]
+    ref = reference.pyramid_pool_conv(x64, ws64, bins, scale=sc64, shift=sh64, relu=True)
+    for y, r in zip(ys, ref):
+        _assert_close(y.double(), r, dtype, "y")
+    gs = [torch.randn_like(r) for r in ref]
+    grads = torch.autograd.grad(ys, leaves, [g.to(dtype) for g in gs])
+    ref_grads = torch.autograd.grad(ref, leaves64, gs)
+    for g, rg in zip(grads, ref_grads):
+        _assert_close(g.double(), rg, dtype, "grad")
