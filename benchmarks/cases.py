@@ -211,6 +211,8 @@ def skip_reason(b: Bench, *, cuda: bool, gpu_shape: bool, full: bool, interp: bo
     if not cuda:
         if b.provider == "fused" and not interp:
             return "fused kernels need CUDA (or TRITON_INTERPRET=1: the Triton interpreter)"
+        if b.provider == "fused" and b.case == "train" and not full:
+            return "a training step through the Triton interpreter takes minutes: use --bench-full"
         if b.provider == "fused-compiled":
             return "fused-compiled runs on CUDA only"
         if b.provider in COMPILED and not full:

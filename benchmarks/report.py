@@ -245,6 +245,7 @@ def plot_speedups(records: Sequence[dict], path: str | Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         return None
     rows = [r for r in speedups(records) if r["provider"] != "eager" and r["vs_eager"]]
@@ -263,6 +264,8 @@ def plot_speedups(records: Sequence[dict], path: str | Path) -> Path | None:
             ax.plot(*zip(*points), marker="o", label=provider)
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{case} {pass_} {dtype}")
         ax.set_xlabel("input size (MB)")
         ax.set_ylabel("speed-up over eager")
