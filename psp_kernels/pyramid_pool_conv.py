@@ -335,17 +335,22 @@ def _cells_to_pixels_kernel(
 # more cells loop over cell blocks. num_warps/stages were chosen so that no configuration spills
 # registers on sm_80 or sm_90 (python -m psp_kernels.compile_check).
 _POOL_CONFIGS = {
-    16: dict(BLOCK_CELLS=16, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=3),
-    64: dict(BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=3),
+    ("16bit", 16): dict(BLOCK_CELLS=16, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=3),
+    ("16bit", 64): dict(BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=64, num_warps=8, num_stages=3),
+    # float32: tf32x3 dots hold three operand copies: narrower pixel tiles
+    ("fp32", 16): dict(BLOCK_CELLS=16, BLOCK_W=32, BLOCK_C=64, num_warps=4, num_stages=3),
+    ("fp32", 64): dict(BLOCK_CELLS=64, BLOCK_W=32, BLOCK_C=64, num_warps=8, num_stages=2),
 }
 _DX_CONFIGS = {
-    16: dict(BLOCK_CELLS=16, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=2),
-    64: dict(BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=2),
+    ("16bit", 16): dict(BLOCK_CELLS=16, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=2),
+    ("16bit", 64): dict(BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=64, num_warps=8, num_stages=2),
+    ("fp32", 16): dict(BLOCK_CELLS=16, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=2),
+    ("fp32", 64): dict(BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=64, num_warps=8, num_stages=2),
 }
 # Stage 2: few (sample, cell) columns (bin 1 and 2 at small batch) or many.
 _CONV_CONFIGS = {
     "narrow": dict(BLOCK_R=64, BLOCK_M=16, BLOCK_C=64, num_warps=4, num_stages=3),
-    "wide": dict(BLOCK_R=64, BLOCK_M=64, BLOCK_C=32, num_warps=4, num_stages=3),
+    "wide": dict(BLOCK_R=64, BLOCK_M=32, BLOCK_C=32, num_warps=4, num_stages=2),
 }
 _GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TRITON_DTYPE = {
@@ -410,7 +415,11 @@ def _interp_cells_block(total: int) -> int:
     return _clamp(_next_pow2(total), 16, 64)
 
 
-def _pool_config(total: int, c: int, w: int) -> dict:
+def _dtype_class(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
+def _pool_config(total: int, c: int, w: int, dtype: torch.dtype) -> dict:
     if interpreting():
         # the interpreter pays per program and per loop step, not per element: few, large blocks
         return dict(
@@ -420,10 +429,10 @@ def _pool_config(total: int, c: int, w: int) -> dict:
             num_warps=4,
             num_stages=1,
         )
-    return _POOL_CONFIGS[16 if total <= 16 else 64]
+    return _POOL_CONFIGS[(_dtype_class(dtype), 16 if total <= 16 else 64)]
 
 
-def _dx_config(total: int, c: int, w: int) -> dict:
+def _dx_config(total: int, c: int, w: int, dtype: torch.dtype) -> dict:
     if interpreting():
         return dict(
             BLOCK_CELLS=_interp_cells_block(total),
@@ -432,7 +441,7 @@ def _dx_config(total: int, c: int, w: int) -> dict:
             num_warps=4,
             num_stages=1,
         )
-    return _DX_CONFIGS[16 if total <= 16 else 64]
+    return _DX_CONFIGS[(_dtype_class(dtype), 16 if total <= 16 else 64)]
 
 
 def _conv_config(m: int, r: int, c: int) -> dict:
@@ -457,7 +466,7 @@ def _pool_cells(x: torch.Tensor, bins: tuple[int, ...]) -> torch.Tensor:
     n, c, h, w = x.shape
     total = _total_cells(bins)
     cells = geometry.cell_table(h, w, bins, x.device)
-    meta, opts = _launch_opts(_pool_config(total, c, w))
+    meta, opts = _launch_opts(_pool_config(total, c, w, x.dtype))
     num_c_blocks = triton.cdiv(c, meta["BLOCK_C"])
     num_cell_blocks = triton.cdiv(total, meta["BLOCK_CELLS"])
     programs = n * num_c_blocks * num_cell_blocks
@@ -532,7 +541,7 @@ def _cells_to_pixels(dp: torch.Tensor, bins, height: int, width: int, dx: torch.
     """dx = the gather of dp (N, TOTAL, C) cell gradients (not yet divided by area) to pixels."""
     n, total, c = dp.shape
     cells = geometry.cell_table(height, width, bins, dp.device)
-    meta, opts = _launch_opts(_dx_config(total, c, width))
+    meta, opts = _launch_opts(_dx_config(total, c, width, dx.dtype))
     num_w_blocks = triton.cdiv(width, meta["BLOCK_W"])
     num_c_blocks = triton.cdiv(c, meta["BLOCK_C"])
     if _FORCE_DX_ROWS is not None:
@@ -801,6 +810,9 @@ def aot_specs() -> list[AotSpec]:
         t = _TRITON_DTYPE[dtype]
         prec = _heavy_dot_precision(dtype)
         for key, cfg in _POOL_CONFIGS.items():
+            if key[0] != _dtype_class(dtype):
+                continue
+            key = key[1]
             meta, opts = _launch_opts(cfg)
             constexprs = dict(DOT_PRECISION=prec, **meta)
             pointers = {"x_ptr": f"*{t}", "cells_ptr": "*i32", "ws_ptr": "*fp32"}
@@ -828,6 +840,9 @@ def aot_specs() -> list[AotSpec]:
                 )
             )
         for key, cfg in _DX_CONFIGS.items():
+            if key[0] != _dtype_class(dtype):
+                continue
+            key = key[1]
             meta, opts = _launch_opts(cfg)
             # 16 cells: bins (1,), (1, 2, 3): one cell block; 64: (1, 2, 3, 6) one block, or
             # more cells looping over blocks: compile both paths for the 64-cell configuration
