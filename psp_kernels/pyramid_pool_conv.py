@@ -404,8 +404,21 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _sample_extent_fits_int32(t: torch.Tensor) -> bool:
+    """The kernels address inside one sample with int32 offsets (64-bit sample and row bases)."""
+    return (
+        sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:])) < 2**31
+    )
+
+
 def _uses_triton(x: torch.Tensor) -> bool:
-    """Whether the op implementation launches the Triton kernels for a tensor like ``x``."""
+    """Whether the op implementation launches the Triton kernels for a tensor like ``x``.
+
+    Elsewhere (CPU without the interpreter, float64 on CUDA, a single sample over 2**31
+    elements) the op runs its plain-torch path, which gives the same results.
+    """
+    if not _sample_extent_fits_int32(x):
+        return False
     if x.device.type == "cuda":
         return x.dtype in _GPU_DTYPES
     return x.device.type == "cpu" and interpreting()
