@@ -16,6 +16,7 @@ see ``python -m pspnet train --help``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -96,7 +97,7 @@ def _cmd_train(args) -> int:
     t0 = time.perf_counter()
     out = train(cfg)
     m = out["metrics"]
-    if m is not None:
+    if m is not None and int(os.environ.get("RANK", "0")) == 0:
         print(
             f"done in {time.perf_counter() - t0:.1f}s: mIoU {m['mIoU']:.4f}; "
             f"checkpoint {out['out_dir'] / 'last.pth'}"

@@ -294,6 +294,15 @@ def add_config_arguments(
     ``fields``: only these fields; ``exclude``: not these."""
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS), help="config preset")
     parser.add_argument("--config", default=None, metavar="YAML", help="YAML config file")
+    if fields is None or "dataset_kwargs" in fields:
+        parser.add_argument(
+            "--dataset-opt",
+            action="append",
+            default=None,
+            metavar="KEY=VALUE",
+            help="extra build_dataset keyword (repeatable; VALUE parsed as YAML), e.g. "
+            "--dataset-opt list_file=train.txt --dataset-opt num_classes=5",
+        )
     hints = typing.get_type_hints(Config)
     group = parser.add_argument_group("config overrides (default: from preset / YAML)")
     for f in dataclasses.fields(Config):
@@ -318,4 +327,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Build the Config from parsed arguments (see :func:`add_config_arguments`)."""
     names = {f.name for f in dataclasses.fields(Config)} - _NO_CLI
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return load_config(getattr(args, "config", None), getattr(args, "preset", None), **overrides)
+    cfg = load_config(getattr(args, "config", None), getattr(args, "preset", None), **overrides)
+    opts = getattr(args, "dataset_opt", None)
+    if opts:
+        import yaml
+
+        kw = dict(cfg.dataset_kwargs)
+        for item in opts:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--dataset-opt expects KEY=VALUE, got {item!r}")
+            kw[key.strip()] = yaml.safe_load(value)
+        cfg = cfg.replace(dataset_kwargs=kw)
+    return cfg

@@ -637,11 +637,15 @@ def train(cfg: Config, log=print) -> dict:
 
     start_epoch = 0
     resume = _find_resume(cfg)
+    if resume is None and cfg.resume == "auto":
+        say(f"--resume auto: no {cfg.out_dir / 'last.pth'}, starting from scratch")
     if resume is not None:
         state = load_training_state(
             resume, model, optimizer, scheduler, scaler, map_location=device
         )
         start_epoch = int(state["epoch"])
+        # the schedule follows the current config (e.g. more epochs than the first run)
+        scheduler.max_iter, scheduler.power = max_iter, cfg.power
         say(f"resumed from {resume} at epoch {start_epoch} (iteration {scheduler.last_epoch})")
         if world > 1:  # ranks must not share dropout masks
             torch.manual_seed(_mix(cfg.seed, rank, start_epoch, 2))

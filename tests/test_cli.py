@@ -171,6 +171,12 @@ def test_config_layers_yaml_then_cli(tmp_path):
     args = build_parser().parse_args(["train", "--config", str(p), "--preset", "voc"])
     assert config_from_args(args).classes == 21
     assert load_config(None).preset == "synthetic"
+    args = build_parser().parse_args(
+        ["train", "--dataset-opt", "size=33", "--dataset-opt", "list_file=a b.txt"]
+    )
+    assert config_from_args(args).dataset_kwargs == {"size": 33, "list_file": "a b.txt"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        config_from_args(build_parser().parse_args(["train", "--dataset-opt", "size"]))
 
 
 def test_presets_match_official_recipes():

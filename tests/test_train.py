@@ -3,6 +3,7 @@ torch.compile (no graph breaks, same step as eager), 2-process DDP with gloo."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 
@@ -309,3 +310,25 @@ def test_ddp_two_processes_gloo_train_in_step(tmp_path):
     # only rank 0 wrote files
     assert (tmp_path / "run" / "last.pth").is_file()
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_amp_compile_channels_last(tmp_path, amp):
+    torch._dynamo.reset()
+    cfg = tiny_cfg(
+        tmp_path, device="cuda", amp=amp, compile=True, channels_last=True, epochs=2,
+        max_iters_per_epoch=3, final_eval=True,
+    )  # fmt: skip
+    out = train(cfg, log=_quiet)
+    assert all(math.isfinite(r["loss"]) for r in out["history"])
+    state = _state(tmp_path / "run" / "last.pth")
+    assert state["scaler"] is not None
+    if amp == "fp16":
+        assert state["scaler"].get("scale", 0) > 0
+    assert 0.0 <= out["metrics"]["mIoU"] <= 1.0
+    torch._dynamo.reset()
