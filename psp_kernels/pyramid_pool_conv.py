@@ -7,13 +7,16 @@ Design (byte counts in ``/work/shared/DESIGN.md``):
 
 * Forward stage 1, ``_pool_cells_kernel``: every pooling cell of every bin (``TOTAL`` cells, 50 for
   bins 1, 2, 3, 6) is a row of one int32 cell table. A program owns one sample, one block of
-  channels and one block of cells; it streams over the flattened ``H * W`` pixels, builds the 0/1
-  "pixel is in cell" indicator tile on the fly and accumulates ``indicator @ x_tile`` with
-  ``tl.dot`` in fp32. With ``TOTAL <= 64`` there is a single cell block, so ``x`` is read exactly
-  once for all bins. The cell means go to a small fp32 workspace ``(N, TOTAL, C)`` (~400 KB per
-  image at C=2048). When there are too few programs to fill the GPU (batch 1), the pixel range
-  is split over a second grid axis; each split writes its own partial means and they are summed in
-  a fixed order afterwards (``torch.sum`` over the split axis), so the result stays deterministic.
+  channels and one block of cells; it streams over the image rows (only those its cells cover),
+  builds the 0/1 "pixel is in cell" indicator of a row from a row-independent column part and one
+  compare per cell, and accumulates ``indicator @ x_row_tile`` with ``tl.dot`` in fp32. (Rows
+  rather than flattened ``H * W`` tiles: the flattened version needs a div/mod and a 2D compare
+  set per element and spilled registers on sm_80/sm_90.) With ``TOTAL <= 64`` there is a single
+  cell block, so ``x`` is read exactly once for all bins. The cell means go to a small fp32
+  workspace ``(N, TOTAL, C)`` (~400 KB per image at C=2048). When the batch alone cannot fill the
+  GPU (batch 1), the rows are split over a second grid axis; each split writes its own partial
+  means and they are summed in a fixed order afterwards (``torch.sum`` over the split axis), so
+  the result stays deterministic.
 * Forward stage 2, ``_cells_conv_kernel``: one small launch per bin computes the 1x1 convolution as a
   GEMM ``W_b (R x C) @ pooled_b^T (C x N*b*b)`` over the workspace, with the affine/ReLU epilogue,
   and stores ``y_b`` in x's dtype. The reduction over ``C`` stays inside one program (no split-K),
@@ -22,8 +25,9 @@ Design (byte counts in ``/work/shared/DESIGN.md``):
   L2) and the weights dominate the bytes of this stage anyway.
 * Backward: the tiny parts (ReLU mask, scale/shift gradients, ``dW_b = dz_b^T pooled_b`` and
   ``dpooled_b = dz_b W_b``) are plain fp32 torch matmuls on ``N x TOTAL`` rows. The big part,
-  ``dx``, is ``_cells_to_pixels_kernel``: each program gathers, for a tile of pixels and channels,
-  ``indicator^T @ (dpooled / area)`` over all cells and stores the tile once (no atomics).
+  ``dx``, is ``_cells_to_pixels_kernel``: each program owns a few image rows x a column block x a
+  channel block, loads ``dpooled / area`` once, and per row computes ``indicator @ dp_tile`` and
+  stores it once (a gather: no atomics).
 
 Accuracy: the indicator is exactly 0/1 in every dtype. For float32 the heavy dots use Triton's
 ``"tf32x3"`` input precision instead of ``"ieee"``: with an exact 0/1 operand only the other
