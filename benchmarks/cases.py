@@ -44,7 +44,6 @@ out). Every input read once, every output written once:
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 
 import torch
@@ -150,7 +149,7 @@ def gpu_grid(full: bool) -> list[Bench]:
                 for n, s in sizes:
                     for pass_ in ("fwd", "fwd+bwd"):
                         shape = Shape(n, 2048, s, s, 512, dtype)
-                        out += [Bench(case, pass_, shape, p) for p in _providers(case, "gpu")]
+                        out += [Bench(case, pass_, shape, p) for p in _providers(case)]
         for dtype in ("bfloat16", "float32"):
             shape = TrainShape(8, 473, dtype)
             out += [Bench("train", "step", shape, p) for p in PROVIDERS]
@@ -158,7 +157,7 @@ def gpu_grid(full: bool) -> list[Bench]:
     # default: the headline configuration for every case and provider ...
     headline = Shape(8, 2048, 60, 60, 512, "bfloat16")
     for case in ("kernel1", "kernel2", "ppm", "head"):
-        providers = _providers(case, "gpu")
+        providers = _providers(case)
         if case.startswith("kernel"):
             providers = tuple(p for p in providers if p != "compiled-max-autotune")
         for pass_ in ("fwd", "fwd+bwd"):
@@ -184,15 +183,15 @@ def cpu_grid() -> list[Bench]:
     shape = Shape(2, 64, 30, 30, 16, "float32")
     for case in ("kernel1", "kernel2", "ppm", "head"):
         for pass_ in ("fwd", "fwd+bwd"):
-            out += [Bench(case, pass_, shape, p) for p in _providers(case, "cpu")]
+            out += [Bench(case, pass_, shape, p) for p in _providers(case)]
     small = Shape(1, 32, 13, 13, 8, "float32")
-    out += [Bench("ppm", "fwd", small, p) for p in _providers("ppm", "cpu")]
+    out += [Bench("ppm", "fwd", small, p) for p in _providers("ppm")]
     train = TrainShape(2, 25, "float32")
     out += [Bench("train", "step", train, p) for p in PROVIDERS]
     return out
 
 
-def _providers(case: str, where: str) -> tuple[str, ...]:
+def _providers(case: str) -> tuple[str, ...]:
     if case in ("kernel1", "kernel2"):
         return tuple(p for p in PROVIDERS if p != "fused-compiled")
     return PROVIDERS
@@ -340,13 +339,9 @@ def fused_ppm(plain: PlainPPM, in_dim: int, reduction_dim: int, bins) -> nn.Modu
 # Building one provider for one configuration
 
 
-def compile_mode(provider: str) -> str | None:
-    return COMPILED.get(provider)
-
-
 def _compile(fn, provider: str):
     torch._dynamo.reset()  # no reuse of (or recompile limit from) another shape or dtype
-    return torch.compile(fn, mode=compile_mode(provider), dynamic=False)
+    return torch.compile(fn, mode=COMPILED.get(provider), dynamic=False)
 
 
 def is_compiled(provider: str) -> bool:
@@ -536,12 +531,6 @@ def _clear_grads(tensors):
     return setup
 
 
-def is_full(config) -> bool:
-    """True when the full grid was asked for (``--bench-full`` or ``PSP_BENCH_FULL=1``)."""
-    env = os.environ.get("PSP_BENCH_FULL", "0") not in ("", "0")
-    return bool(config.getoption("--bench-full", default=False)) or env
-
-
 def info(b: Bench) -> dict:
     """The part of a result record that describes the configuration."""
     shape = b.shape
@@ -571,7 +560,6 @@ __all__ = [
     "gpu_grid",
     "ideal_bytes",
     "info",
-    "is_full",
     "run_bench",
     "skip_reason",
 ]

@@ -25,7 +25,7 @@ import torch
 from psp_kernels import interpreting
 
 from . import report
-from .cases import cpu_grid, gpu_grid, is_full, skip_reason
+from .cases import cpu_grid, gpu_grid, skip_reason
 from .harness import RESULTS
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -45,6 +45,12 @@ def pytest_addoption(parser):
         metavar="DIR",
         help="directory for the summary .md and speed-up .png (env PSP_BENCH_OUT)",
     )
+
+
+def is_full(config) -> bool:
+    """True when the full grid was asked for (``--bench-full`` or ``PSP_BENCH_FULL=1``)."""
+    env = os.environ.get("PSP_BENCH_FULL", "0") not in ("", "0")
+    return bool(config.getoption("--bench-full")) or env
 
 
 def pytest_generate_tests(metafunc):
