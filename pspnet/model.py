@@ -15,13 +15,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .heads import concat_free_conv3x3
 from .ppm import PPM
 from .resnet import resnet50, resnet101, resnet152
 
 __all__ = ["PSPNet"]
 
 _BACKBONES = {50: resnet50, 101: resnet101, 152: resnet152}
-_HEADS = ("concat",)
+_HEADS = ("concat", "concat_free")
 
 
 def _head(in_dim: int, mid_dim: int, classes: int, dropout: float) -> nn.Sequential:
@@ -52,7 +53,10 @@ class PSPNet(nn.Module):
     Extensions (keyword only; the defaults keep the official behaviour):
         aux_weight: weight of the auxiliary loss used by :meth:`loss` (official training: 0.4).
         backbone_path: ImageNet backbone file to load (implies loading; must exist).
-        head: ``"concat"``: the classifier sees ``cat([x, up(bin_1), up(bin_2), ...])``.
+        head: ``"concat"`` (the paper's layout: the classifier's 3x3 conv runs over
+            ``cat([x, up(bin_1), up(bin_2), ...])``) or ``"concat_free"`` (the same function and
+            parameters, computed without the concat: the conv's pyramid half is applied at the
+            bins' own resolution and upsampled afterwards, see :mod:`pspnet.heads`).
 
     Modules: ``layer0`` (deep stem + maxpool), ``layer1..layer4``, ``ppm``, ``cls``, ``aux``.
 
@@ -151,15 +155,25 @@ class PSPNet(nn.Module):
         x = self.layer2(x)
         x_tmp = self.layer3(x)
         x = self.layer4(x_tmp)
-        if self.use_ppm:
-            x = self.ppm(x)
-        x = self._upsample(self.cls(x), size)
+        x = self._upsample(self._classify(x), size)
 
         if self.training and y is not None:
             aux = self._upsample(self.aux(x_tmp), size)
             main_loss = self.criterion(x, y)
             aux_loss = self.criterion(aux, y)
             return x.max(1)[1], main_loss, aux_loss
+        return x
+
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
+        """PPM + main head on the layer4 features."""
+        if not self.use_ppm:
+            return self.cls(x)
+        if self.head == "concat":
+            return self.cls(self.ppm(x))
+        conv, rest = self.cls[0], list(self.cls)[1:]
+        x = concat_free_conv3x3(x, self.ppm.pyramid(x), conv.weight, align_corners=True)
+        for module in rest:
+            x = module(x)
         return x
 
     def loss(self, main_loss: torch.Tensor, aux_loss: torch.Tensor) -> torch.Tensor:

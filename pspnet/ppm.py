@@ -118,14 +118,15 @@ class PPM(nn.Module):
     def bins(self) -> tuple[int, ...]:
         return tuple(_bin_of(f[0]) for f in self.features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The branch outputs ``relu(bn_b(conv_b(pool_b(x))))`` at their ``b x b`` resolution."""
         bins = self.bins
         weights = [f[1].weight.to(x.dtype) for f in self.features]
         norms = [f[2] for f in self.features]
         if not any(_uses_batch_stats(bn) for bn in norms):
             # Eval: BatchNorm and ReLU folded into kernel 1's epilogue.
             folded = [_folded(bn, x.dtype) for bn in norms]
-            ys = psp_kernels.pyramid_pool_conv(
+            return psp_kernels.pyramid_pool_conv(
                 x,
                 weights,
                 bins,
@@ -133,11 +134,12 @@ class PPM(nn.Module):
                 shift=[t for _, t in folded],
                 relu=True,
             )
-        else:
-            ys = psp_kernels.pyramid_pool_conv(x, weights, bins)
-            # (.to: a no-op, unless autocast ran the BatchNorm in another dtype)
-            ys = [f[3](_branch_norm(f[2], y)).to(x.dtype) for f, y in zip(self.features, ys)]
-        return psp_kernels.upsample_concat(x, ys, align_corners=True)
+        ys = psp_kernels.pyramid_pool_conv(x, weights, bins)
+        # (.to: a no-op, unless autocast ran the BatchNorm in another dtype)
+        return [f[3](_branch_norm(f[2], y)).to(x.dtype) for f, y in zip(self.features, ys)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return psp_kernels.upsample_concat(x, self.pyramid(x), align_corners=True)
 
     def extra_repr(self) -> str:
         return f"bins={self.bins}, fused=True"

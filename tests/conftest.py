@@ -6,6 +6,10 @@ imports psp_kernels.
 
 import os
 
+# Triton's interpreter runs tl.dot as numpy matmuls: BLAS threads fighting over the 2 CI cores make
+# them ~100x slower, so keep BLAS single-threaded (must be set before numpy is imported).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 if os.environ.get("PSP_NO_INTERPRET", "0") == "0":
     try:
         import torch
