@@ -222,3 +222,19 @@ def test_module_entry_point_runs():
     )  # fmt: skip
     assert r.returncode == 0
     assert "--resume" in r.stdout and "--compile" in r.stdout and "--amp" in r.stdout
+
+
+def test_official_style_checkpoint_needs_a_config(tmp_path):
+    from pspnet.train import TinyPSPNet, model_from_checkpoint
+
+    model = TinyPSPNet(classes=3, width=4)
+    sd = {"module." + k: v for k, v in model.state_dict().items()}
+    path = tmp_path / "official.pth"
+    torch.save({"epoch": 50, "state_dict": sd}, path)
+    with pytest.raises(ValueError, match="holds no config"):
+        model_from_checkpoint(path)
+    cfg = Config(arch="tiny", tiny_width=4, classes=3)
+    loaded, cfg2, _ = model_from_checkpoint(path, cfg)
+    assert not loaded.training and cfg2.classes == 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
