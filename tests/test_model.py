@@ -314,7 +314,7 @@ def test_use_ppm_false_and_bins_match_official():
         ({"classes": 1}, "classes"),
         ({"zoom_factor": 3}, "zoom_factor"),
         ({"dropout": 1.5}, "dropout"),
-        ({"head": "concat_free"}, "head"),
+        ({"head": "concat-free"}, "head"),
     ],
 )
 def test_bad_arguments(kwargs, match):
