@@ -54,6 +54,7 @@ class Config:
     backbone_path: str | None = None
     aux_weight: float = 0.4
     tiny_width: int = 16  # arch=tiny: channels of the first ResNet stage
+    head: str = ""  # PSPNet head: "" (the model's default) | concat | concat_free
 
     # --- augmentation (official train transform)
     crop_size: tuple[int, int] = (473, 473)

@@ -18,6 +18,7 @@ CUDA and gloo on CPU, and only rank 0 logs and writes files.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -102,6 +103,18 @@ def _tiny_modules(width: int, bins, classes: int, dropout: float, use_ppm: bool)
     return layer0, stages, ppm, cls, aux
 
 
+def _default_head() -> str:
+    """PSPNet's default ``head`` (the official concat, or the concat-free fused head)."""
+    p = inspect.signature(PSPNet.__init__).parameters.get("head")
+    return p.default if p is not None else "concat"
+
+
+def _model_heads() -> tuple:
+    from . import model
+
+    return tuple(getattr(model, "_HEADS", ("concat",)))
+
+
 class TinyPSPNet(PSPNet):
     """A narrow PSPNet for CPU runs and tests: the same modules (``layer0..layer4``, ``ppm``,
     ``cls``, ``aux``), forward and losses as :class:`pspnet.PSPNet`, with a one-block-per-stage
@@ -117,8 +130,11 @@ class TinyPSPNet(PSPNet):
         use_ppm: bool = True,
         criterion: nn.Module | None = None,
         aux_weight: float = 0.4,
+        head: str | None = None,
     ):
         nn.Module.__init__(self)
+        if head is None:
+            head = _default_head()
         if classes < 2:
             raise ValueError(f"classes must be an int > 1, got {classes!r}")
         if zoom_factor not in (1, 2, 4, 8):
@@ -131,7 +147,9 @@ class TinyPSPNet(PSPNet):
             criterion if criterion is not None else nn.CrossEntropyLoss(ignore_index=255)
         )
         self.aux_weight = float(aux_weight)
-        self.head = "concat"
+        if head not in _model_heads():
+            raise ValueError(f"head must be one of {_model_heads()}, got {head!r}")
+        self.head = head
         layer0, stages, ppm, cls, aux = _tiny_modules(
             width, self.bins, classes, dropout, self.use_ppm
         )
@@ -159,7 +177,9 @@ def build_model(cfg: Config, classes: int | None = None) -> nn.Module:
             use_ppm=cfg.use_ppm,
             criterion=criterion,
             aux_weight=cfg.aux_weight,
+            head=cfg.head or None,
         )
+    extra = {"head": cfg.head} if cfg.head else {}
     return PSPNet(
         layers=cfg.layers,
         bins=cfg.bins,
@@ -171,6 +191,7 @@ def build_model(cfg: Config, classes: int | None = None) -> nn.Module:
         pretrained=cfg.pretrained,
         aux_weight=cfg.aux_weight,
         backbone_path=cfg.backbone_path,
+        **extra,
     )
 
 

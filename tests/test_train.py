@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from pspnet.config import Config
+from pspnet.model import PSPNet
 from pspnet.train import (
     PolyLR,
     TinyPSPNet,
@@ -130,8 +131,10 @@ def test_poly_schedule_values():
     assert sched2.last_epoch == 10
 
 
-def test_tiny_model_is_a_pspnet():
-    model = TinyPSPNet(classes=3, width=4)
+@pytest.mark.parametrize("head", [None, "concat"])
+def test_tiny_model_is_a_pspnet(head):
+    model = TinyPSPNet(classes=3, width=4, head=head)
+    assert model.head == (head or PSPNet.__init__.__kwdefaults__.get("head", "concat"))
     names = {n for n, _ in model.named_children()}
     assert names >= {"layer0", "layer1", "layer2", "layer3", "layer4", "ppm", "cls", "aux"}
     x = torch.randn(2, 3, 30, 37)
