@@ -107,16 +107,18 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .evaluate import run_eval
+    from .train import saved_config
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, base=saved_config(args.checkpoint))
     run_eval(cfg, args.checkpoint)
     return 0
 
 
 def _cmd_predict(args) -> int:
     from .predict import run_predict
+    from .train import saved_config
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, base=saved_config(args.checkpoint))
     written = run_predict(cfg, args.checkpoint, args.images, args.out, alpha=args.alpha)
     for path in written:
         print(path)

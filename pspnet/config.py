@@ -325,11 +325,19 @@ def add_config_arguments(
         group.add_argument(*names, **kw)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Build the Config from parsed arguments (see :func:`add_config_arguments`)."""
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """Build the Config from parsed arguments (see :func:`add_config_arguments`).
+
+    ``base`` (e.g. the config saved in a checkpoint) replaces defaults + preset + YAML when
+    neither ``--preset`` nor ``--config`` was given; command-line overrides apply on top.
+    """
     names = {f.name for f in dataclasses.fields(Config)} - _NO_CLI
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    cfg = load_config(getattr(args, "config", None), getattr(args, "preset", None), **overrides)
+    preset, path = getattr(args, "preset", None), getattr(args, "config", None)
+    if base is not None and preset is None and path is None:
+        cfg = base.replace(**overrides)
+    else:
+        cfg = load_config(path, preset, **overrides)
     opts = getattr(args, "dataset_opt", None)
     if opts:
         import yaml

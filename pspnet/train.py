@@ -454,6 +454,19 @@ def load_training_state(
     return state
 
 
+def saved_config(path) -> Config | None:
+    """The Config stored in one of our checkpoints (``None`` for official / plain files or an
+    unreadable path; errors are reported when the model is loaded)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - reported later by model_from_checkpoint
+        return None
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        known = Config.__dataclass_fields__
+        return Config.from_dict({k: v for k, v in obj["config"].items() if k in known})
+    return None
+
+
 def model_from_checkpoint(path, cfg: Config | None = None, map_location="cpu"):
     """``(model in eval mode, cfg, class_names)`` from a checkpoint.
 

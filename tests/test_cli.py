@@ -87,6 +87,10 @@ def test_eval_cli_prints_table(trained, capsys):
     )  # fmt: skip
     assert rc == 0
     assert "flip True, mode slide" in capsys.readouterr().out
+    # without --preset/--config the checkpoint's own config (tiny synthetic data) is used
+    rc = main(["eval", "--checkpoint", ck, "--no-progress", "--val-batch-size", "16"])
+    assert rc == 0
+    assert "synthetic/val: 16 images" in capsys.readouterr().out
 
 
 def _png(path, size=(40, 30)):
