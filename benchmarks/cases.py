@@ -408,6 +408,7 @@ class Case:
         plain.load_state_dict(model.ppm.state_dict())
         eager = copy.deepcopy(model)
         eager.ppm = plain
+        eager.head = "concat"  # the official layout (PlainPPM has no pyramid() for concat_free)
         self.models = {"fused": model, "eager": eager}
         self.x = torch.randn(s.n, 3, s.crop, s.crop, generator=gen).to(self.device)
         out_h, out_w = model.output_size(s.crop, s.crop)
