@@ -24,7 +24,26 @@ Cases (``pass`` is ``fwd`` or ``fwd+bwd``; the training step is ``step``)
                  ``bfloat16`` means ``torch.autocast`` with float32 parameters (mixed precision),
                  ``float32`` plain.
                  The eager/compiled model is the same PSPNet with its PPM swapped for
-                 :class:`PlainPPM` (same weights).
+                 :class:`PlainPPM` (same weights) and ``head="concat"`` (the official layout).
+
+Head-layout comparison (``concat`` vs ``concat_free``; both on the fused ``pspnet.PPM``)
+    ``headcmp``  PPM + classifier as ``pspnet.PSPNet`` runs them (``PSPNet._classify``):
+                 ``concat`` = ``cls(ppm(x))``, the paper's layout; ``concat_free`` = the head's 3x3
+                 conv without the 4096-channel concat (``pspnet.heads``). ``fwd``: eval,
+                 ``torch.no_grad()``; ``fwd+bwd``: training mode, gradients for x and parameters.
+    ``modelcmp`` the whole ``pspnet.PSPNet`` (``head=`` either layout, same weights). ``fwd``:
+                 eval forward (logits) under ``torch.no_grad()``; ``fwd+bwd``: training forward
+                 with labels, ``main + 0.4 aux`` loss, backward (no optimiser step).
+                 ``bfloat16`` = ``torch.autocast``.
+    Providers ``concat``, ``concat_free`` and, on CUDA, ``concat-compiled``,
+    ``concat_free-compiled`` (``torch.compile``, default mode). Every provider of a configuration
+    gets the same RNG seed before each call, so dropout masks agree and the ``fwd+bwd`` outputs are
+    checked against ``concat`` too. Besides time and peak memory these record ``flops``
+    (``torch.utils.flop_counter.FlopCounterMode`` over one call of the uncompiled module: forward,
+    or forward + backward; our Triton custom ops count 0 on CUDA, a few MFLOP) and, for
+    ``fwd+bwd``, ``saved_bytes``: the bytes of the distinct tensors autograd saves for backward
+    during the forward (``torch.autograd.graph.saved_tensors_hooks``), parameters and inputs
+    excluded; deterministic, so a CPU proxy of the training memory.
 
 Ideal bytes (what a perfect implementation must move; ``e`` bytes per element, ``S = sum b^2``
 cells over the ``nb`` bins, ``R`` channels per bin; tiny terms such as BatchNorm vectors are left
@@ -60,6 +79,8 @@ CLASSES = 21
 PROVIDERS = ("eager", "compiled", "compiled-max-autotune", "fused", "fused-compiled")
 COMPILED = {"compiled": None, "compiled-max-autotune": "max-autotune-no-cudagraphs"}
 CASES = ("kernel1", "kernel2", "ppm", "head", "train")
+CMP_CASES = ("headcmp", "modelcmp")
+CMP_PROVIDERS = ("concat", "concat_free", "concat-compiled", "concat_free-compiled")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -191,18 +212,75 @@ def cpu_grid() -> list[Bench]:
     return out
 
 
+def cmp_gpu_grid(full: bool) -> list[Bench]:
+    """GPU configurations of the head-layout comparison (``concat`` vs ``concat_free``).
+
+    Default: the head at N in {1, 8} x 60x60 x {bf16, fp32} (compiled variants at N=8 bf16) and
+    PSPNet-50 at N in {1, 8} x 473 x {bf16, fp32}, eager only; ``full``: every provider.
+    """
+    out: list[Bench] = []
+    for dtype in ("bfloat16", "float32"):
+        for n in (1, 8):
+            shape = Shape(n, 2048, 60, 60, 512, dtype)
+            compiled = full or (n == 8 and dtype == "bfloat16")
+            providers = CMP_PROVIDERS if compiled else CMP_PROVIDERS[:2]
+            for pass_ in ("fwd", "fwd+bwd"):
+                out += [Bench("headcmp", pass_, shape, p) for p in providers]
+    for dtype in ("bfloat16", "float32"):
+        for n in (1, 8):
+            shape = TrainShape(n, 473, dtype)
+            providers = CMP_PROVIDERS if full else CMP_PROVIDERS[:2]
+            for pass_ in ("fwd", "fwd+bwd"):
+                out += [Bench("modelcmp", pass_, shape, p) for p in providers]
+    return out
+
+
+# The opt-in CPU comparison of the real model (about 10 s per forward on 2 cores)
+CPU_MODEL_FWD = TrainShape(1, 473, "float32")
+CPU_MODEL_TRAIN = TrainShape(2, 473, "float32")
+
+
+def cmp_cpu_grid() -> list[Bench]:
+    """CPU configurations of the head-layout comparison.
+
+    CI smoke (default): the full-width head (2048 -> 512 per bin, 4096 -> 512 3x3 conv) at N=1 on
+    20x20 features, and PSPNet-50 at N=1 97x97 (fwd) / N=2 65x65 (fwd+bwd). Opt-in
+    (``--bench-cpu-model`` / ``PSP_BENCH_CPU_MODEL=1``, or ``--bench-full``): PSPNet-50 1x3x473x473
+    eval forward; the 2x3x473x473 training forward + backward only with ``--bench-full``.
+    """
+    out: list[Bench] = []
+    head = Shape(1, 2048, 20, 20, 512, "float32")
+    for pass_ in ("fwd", "fwd+bwd"):
+        out += [Bench("headcmp", pass_, head, p) for p in CMP_PROVIDERS]
+    for pass_, shape in (
+        ("fwd", TrainShape(1, 97)),
+        ("fwd+bwd", TrainShape(2, 65)),
+        ("fwd", CPU_MODEL_FWD),
+        ("fwd+bwd", CPU_MODEL_TRAIN),
+    ):
+        out += [Bench("modelcmp", pass_, shape, p) for p in CMP_PROVIDERS]
+    return out
+
+
 def _providers(case: str) -> tuple[str, ...]:
     if case in ("kernel1", "kernel2"):
         return tuple(p for p in PROVIDERS if p != "fused-compiled")
     return PROVIDERS
 
 
-def skip_reason(b: Bench, *, cuda: bool, gpu_shape: bool, full: bool, interp: bool) -> str | None:
-    """Why ``b`` cannot or should not run here; ``None`` when it runs."""
+def skip_reason(
+    b: Bench, *, cuda: bool, gpu_shape: bool, full: bool, interp: bool, cpu_model: bool = False
+) -> str | None:
+    """Why ``b`` cannot or should not run here; ``None`` when it runs.
+
+    ``cpu_model``: the opt-in full-size PSPNet-50 forward on CPU (``--bench-cpu-model``).
+    """
     if gpu_shape and not cuda:
         return "GPU shape: needs CUDA"
     if not gpu_shape and cuda:
         return "CPU smoke shape: runs only without CUDA"
+    if b.case in CMP_CASES:
+        return _cmp_skip_reason(b, cuda=cuda, full=full, cpu_model=cpu_model)
     if b.case == "train" and pspnet_model() is None:
         return "pspnet.PSPNet is not available yet (pspnet/model.py not committed)"
     if b.case in ("ppm", "head") and b.pass_ == "fwd+bwd" and b.shape.n == 1:
@@ -220,6 +298,20 @@ def skip_reason(b: Bench, *, cuda: bool, gpu_shape: bool, full: bool, interp: bo
             if b.case != "ppm" or b.provider != "compiled" or b.shape.n == 1:
                 # two compiles (PPM fwd, fwd+bwd) are about a minute of the CPU run
                 return "CPU smoke run compiles only the PPM (default mode): use --bench-full"
+    return None
+
+
+def _cmp_skip_reason(b: Bench, *, cuda: bool, full: bool, cpu_model: bool) -> str | None:
+    if pspnet_model() is None:
+        return "pspnet.PSPNet is not available"
+    if cuda or full:
+        return None
+    if b.provider.endswith("-compiled"):
+        return "torch.compile on CPU only with --bench-full"
+    if b.case == "modelcmp" and b.shape == CPU_MODEL_TRAIN:
+        return "PSPNet-50 2x3x473x473 training step on CPU (minutes): use --bench-full"
+    if b.case == "modelcmp" and b.shape == CPU_MODEL_FWD and not cpu_model:
+        return "PSPNet-50 1x3x473x473 on CPU (~10 s a call): use --bench-cpu-model"
     return None
 
 
@@ -335,6 +427,46 @@ def fused_ppm(plain: PlainPPM, in_dim: int, reduction_dim: int, bins) -> nn.Modu
     return fused
 
 
+class HeadModule(nn.Module):
+    """PPM + classifier computed exactly as ``pspnet.PSPNet`` computes them (its ``_classify``).
+
+    ``head`` is ``"concat"`` or ``"concat_free"``, as in ``PSPNet(head=...)``; calling the model's
+    own method keeps this benchmark in step with the model.
+    """
+
+    use_ppm = True
+
+    def __init__(self, ppm: nn.Module, cls: nn.Sequential, head: str):
+        super().__init__()
+        self.ppm = ppm
+        self.cls = cls
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pspnet_model()._classify(self, x)
+
+
+def saved_tensor_bytes(fn, exclude=()) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn()`` runs.
+
+    Tensors whose storage is one of ``exclude``'s (parameters, buffers, inputs: memory that exists
+    anyway) are not counted; views of one storage count once, with the whole storage.
+    """
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in skip and ptr != 0:
+            seen[ptr] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return int(sum(seen.values()))
+
+
 # ---------------------------------------------------------------------------------------------
 # Building one provider for one configuration
 
@@ -345,7 +477,7 @@ def _compile(fn, provider: str):
 
 
 def is_compiled(provider: str) -> bool:
-    return provider in COMPILED or provider == "fused-compiled"
+    return provider in COMPILED or provider.endswith("-compiled")
 
 
 class Case:
@@ -412,6 +544,25 @@ class Case:
         self.models = {"fused": model, "eager": eager}
         self.x = torch.randn(s.n, 3, s.crop, s.crop, generator=gen).to(self.device)
         out_h, out_w = model.output_size(s.crop, s.crop)
+        self.y = torch.randint(0, CLASSES, (s.n, out_h, out_w), generator=gen).to(self.device)
+
+    def _inputs_headcmp(self, gen):
+        import pspnet
+
+        s = self.b.shape
+        self._module_init(gen)
+        ppm = pspnet.PPM(s.c, s.r, s.bins)
+        self.module = HeadModule(ppm, classifier(s.c + len(s.bins) * s.r, s.c // 4), "concat")
+        _randomise_batchnorm(self.module)
+        self.x = self._rand(gen, s.n, s.c, s.h, s.w)
+        self.grad = self._rand(gen, s.n, CLASSES, s.h, s.w)
+
+    def _inputs_modelcmp(self, gen):
+        s = self.b.shape
+        self._module_init(gen)
+        self.module = pspnet_model()(layers=s.layers, classes=CLASSES, pretrained=False)
+        self.x = torch.randn(s.n, 3, s.crop, s.crop, generator=gen).to(self.device)
+        out_h, out_w = self.module.output_size(s.crop, s.crop)
         self.y = torch.randint(0, CLASSES, (s.n, out_h, out_w), generator=gen).to(self.device)
 
     # --- providers -------------------------------------------------------------------------
@@ -515,6 +666,83 @@ class Case:
 
         return Runnable(fn, check=False)
 
+    def _cmp_module(self, provider: str) -> nn.Module:
+        module = copy.deepcopy(self.module)
+        module.head = provider.removesuffix("-compiled")
+        if self.b.case == "headcmp":
+            return module.to(self.device, self.dtype)
+        return module.to(self.device)  # PSPNet: float32 parameters, autocast for bf16
+
+    def _cmp_parts(self, provider: str):
+        """``(module, callable, runnable)`` of a head-layout provider."""
+        module = self._cmp_module(provider)
+        f = _compile(module, provider) if is_compiled(provider) else module
+        amp = self.b.case == "modelcmp" and self.dtype != torch.float32
+        device_type = self.device.type
+
+        def reseed():
+            torch.manual_seed(self.seed)  # same dropout masks for every provider
+
+        if self.b.pass_ == "fwd":
+            module.eval()
+
+            def fwd():
+                with torch.no_grad(), torch.autocast(device_type, self.dtype, enabled=amp):
+                    return [f(self.x)]
+
+            return module, Runnable(fwd, reseed)
+        module.train()
+        params = list(module.parameters())
+        clear = _clear_grads(params)
+        conv = module.cls[0].weight  # the 3x3 head conv the two layouts compute differently
+        if self.b.case == "headcmp":
+            x = self.x.detach().requires_grad_()
+
+            def fn():
+                out = f(x)
+                out.backward(self.grad)
+                return [out, x.grad, conv.grad]
+
+            return module, Runnable(fn, _then(_clear_grads([x, *params]), reseed))
+
+        def step():
+            with torch.autocast(device_type, self.dtype, enabled=amp):
+                _, main_loss, aux_loss = f(self.x, self.y)
+                loss = main_loss + 0.4 * aux_loss
+            loss.backward()
+            return [main_loss.detach(), aux_loss.detach(), conv.grad]
+
+        return module, Runnable(step, _then(clear, reseed))
+
+    def _run_headcmp(self, provider):
+        return self._cmp_parts(provider)[1]
+
+    _run_modelcmp = _run_headcmp
+
+    def counts(self, provider: str) -> dict:
+        """``flops`` of one call (forward, or forward + backward) and, for ``fwd+bwd``,
+        ``saved_bytes`` (see the module docstring), measured on the uncompiled module."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        module, run = self._cmp_parts(provider.removesuffix("-compiled"))
+        run.setup()
+        with FlopCounterMode(display=False) as counter:
+            run.fn()
+        out = {"flops": int(counter.get_total_flops()), "saved_bytes": None}
+        if self.b.pass_ == "fwd+bwd":
+            run.setup()
+            exclude = [*module.parameters(), *module.buffers(), self.x]
+            out["saved_bytes"] = saved_tensor_bytes(run.fn, exclude)
+        return out
+
+
+def _then(*fns):
+    def run():
+        for fn in fns:
+            fn()
+
+    return run
+
 
 def _no_grad_run(f) -> Runnable:
     def fn():
@@ -550,18 +778,24 @@ def info(b: Bench) -> dict:
 __all__ = [
     "BINS",
     "CASES",
+    "CMP_CASES",
+    "CMP_PROVIDERS",
     "PROVIDERS",
     "Bench",
     "Case",
+    "HeadModule",
     "PlainPPM",
     "Shape",
     "TrainShape",
     "classifier",
+    "cmp_cpu_grid",
+    "cmp_gpu_grid",
     "cpu_grid",
     "gpu_grid",
     "ideal_bytes",
     "info",
     "run_bench",
+    "saved_tensor_bytes",
     "skip_reason",
 ]
 
@@ -570,15 +804,20 @@ def run_bench(benchmark, b: Bench, device: torch.device, test_id: str = "") -> d
     """Build ``b`` on ``device`` and measure it (see :func:`benchmarks.harness.measure`)."""
     benchmark.group = b.group
     case = Case(b, device)
+    record = info(b)
+    baseline = "eager"
+    if b.case in CMP_CASES:
+        baseline = "concat"
+        record.update(case.counts(b.provider))
     run = case.runnable(b.provider)
     reference = None
-    if b.provider != "eager" and b.case != "train":
-        reference = case.runnable("eager")
+    if b.provider != baseline and b.case != "train":
+        reference = case.runnable(baseline)
     return measure(
         benchmark,
         run,
         device=device,
-        info=info(b),
+        info=record,
         reference=reference,
         dtype=case.dtype,
         compiled=is_compiled(b.provider),

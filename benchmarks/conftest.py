@@ -2,6 +2,8 @@
 
 Options (also settable through environment variables):
     --bench-full       (PSP_BENCH_FULL=1)   the full GPU grid, not the default one (~8 min, H100)
+    --bench-cpu-model  (PSP_BENCH_CPU_MODEL=1) on CPU, also the PSPNet-50 1x3x473x473 forward with
+                       both head layouts (``modelcmp``; ~10 s a call on 2 cores)
     --bench-out DIR    (PSP_BENCH_OUT=DIR)  where the summary .md and .png go. Default: beside
                        --benchmark-json when given, else benchmarks/results/latest on CUDA, else a
                        fresh temporary directory (a CPU run never writes into the repository).
@@ -25,7 +27,7 @@ import torch
 from psp_kernels import interpreting
 
 from . import report
-from .cases import cpu_grid, gpu_grid, skip_reason
+from .cases import cmp_cpu_grid, cmp_gpu_grid, cpu_grid, gpu_grid, skip_reason
 from .harness import RESULTS
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -38,6 +40,12 @@ def pytest_addoption(parser):
         action="store_true",
         default=False,
         help="run the full GPU grid (every case x N in 1,8,16 x 60/90 x fp32/fp16/bf16 x provider)",
+    )
+    group.addoption(
+        "--bench-cpu-model",
+        action="store_true",
+        default=False,
+        help="on CPU, also compare the head layouts on PSPNet-50 1x3x473x473 (~10 s a call)",
     )
     group.addoption(
         "--bench-out",
@@ -53,6 +61,12 @@ def is_full(config) -> bool:
     return bool(config.getoption("--bench-full")) or env
 
 
+def is_cpu_model(config) -> bool:
+    """True when the opt-in full-size CPU model comparison was asked for."""
+    env = os.environ.get("PSP_BENCH_CPU_MODEL", "0") not in ("", "0")
+    return bool(config.getoption("--bench-cpu-model")) or env
+
+
 def pytest_generate_tests(metafunc):
     if "bench" not in metafunc.fixturenames:
         return
@@ -60,12 +74,16 @@ def pytest_generate_tests(metafunc):
     cuda = torch.cuda.is_available()
     full = is_full(metafunc.config)
     interp = interpreting()
+    cpu_model = is_cpu_model(metafunc.config)
     params = []
-    for gpu_shape, grid in ((True, gpu_grid(full)), (False, cpu_grid())):
+    grids = ((True, gpu_grid(full) + cmp_gpu_grid(full)), (False, cpu_grid() + cmp_cpu_grid()))
+    for gpu_shape, grid in grids:
         for b in grid:
             if b.case not in cases:
                 continue
-            reason = skip_reason(b, cuda=cuda, gpu_shape=gpu_shape, full=full, interp=interp)
+            reason = skip_reason(
+                b, cuda=cuda, gpu_shape=gpu_shape, full=full, interp=interp, cpu_model=cpu_model
+            )
             marks = [pytest.mark.skip(reason=reason)] if reason else []
             params.append(pytest.param(b, id=b.id, marks=marks))
     metafunc.parametrize("bench", params)

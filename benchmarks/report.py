@@ -18,7 +18,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 __all__ = [
+    "CMP_TARGETS",
     "TARGETS",
+    "cmp_target_checks",
     "load_records",
     "main",
     "plot_speedups",
@@ -29,10 +31,14 @@ __all__ = [
 ]
 
 COMPILED_PROVIDERS = ("compiled", "compiled-max-autotune")
+CMP_CASES = ("headcmp", "modelcmp")
 FUSED_PROVIDERS = ("fused", "fused-compiled")
 
 # The headline configuration the targets refer to (PPM on H100/H200, bf16).
 HEADLINE = {"n": 8, "c": 2048, "h": 60, "w": 60, "r": 512, "dtype": "bfloat16"}
+# Concat-free head targets (from the issue): PSPNet-50 1x3x473x473 CPU forward, FLOPs at 473,
+# training peak memory at N=8 473 on a GPU.
+CMP_TARGETS = {"cpu_fwd_speedup": 1.15, "flops_ratio": 0.80, "train_mem_ratio": 0.90}
 TARGETS = {
     "ppm fwd": {"vs_eager": 3.0, "vs_compiled": 1.5, "pct_peak": 80.0},
     "ppm fwd+bwd": {"vs_eager": 2.0, "vs_compiled": 1.3, "memory_le_eager": True},
@@ -65,8 +71,14 @@ def speedups(records: Sequence[dict]) -> list[dict]:
     The best compiled time is the fastest of the ``compiled*`` providers on the same case, pass and
     configuration. A ratio is ``None`` when either time is missing.
     """
-    eager, best = {}, {}
+    eager, best, concat = {}, {}, {}
     for r in records:
+        if (
+            r["case"] in CMP_CASES
+            and r["provider"].startswith("concat-")
+            or r["provider"] == "concat"
+        ):
+            concat[(*_key(r), r["provider"].endswith("-compiled"))] = r
         t = r.get("time_s")
         if t is None:
             continue
@@ -78,14 +90,22 @@ def speedups(records: Sequence[dict]) -> list[dict]:
     for r in records:
         t = r.get("time_s")
         e, c = eager.get(_key(r)), best.get(_key(r))
-        out.append(
-            {
-                **r,
-                "vs_eager": e / t if e and t else None,
-                "vs_compiled": c / t if c and t else None,
-            }
-        )
+        row = {
+            **r,
+            "vs_eager": e / t if e and t else None,
+            "vs_compiled": c / t if c and t else None,
+        }
+        if r["case"] in CMP_CASES:
+            base = concat.get((*_key(r), r["provider"].endswith("-compiled"))) or {}
+            row["vs_concat"] = _ratio(base.get("time_s"), t)
+            for field in ("flops", "saved_bytes", "peak_mem_bytes"):
+                row[f"{field}_vs_concat"] = _ratio(r.get(field), base.get(field))
+        out.append(row)
     return out
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
 
 
 def _fmt(value, spec: str, none: str = "-") -> str:
@@ -104,7 +124,8 @@ def _tables(rows: Sequence[dict]) -> list[str]:
     lines: list[str] = []
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["case"], r["pass"]), []).append(r)
+        if r["case"] not in CMP_CASES:
+            groups.setdefault((r["case"], r["pass"]), []).append(r)
     header = (
         "| config | provider | time (ms) | x eager | x best compile | GB/s | % peak BW "
         "| peak mem (MiB) | first call (s) |"
@@ -121,6 +142,89 @@ def _tables(rows: Sequence[dict]) -> list[str]:
                 f"| {_mib(r.get('peak_mem_bytes'))} | {_fmt(r.get('first_call_s'), '.2f')} |"
             )
     return lines
+
+
+def _pct(ratio) -> str:
+    return "-" if ratio is None else f"{100 * (ratio - 1):+.0f}%"
+
+
+def _cmp_tables(rows: Sequence[dict]) -> list[str]:
+    """Head-layout comparison: one table per case and pass, ``concat_free`` against ``concat``."""
+    lines: list[str] = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["case"] in CMP_CASES:
+            groups.setdefault((r["case"], r["pass"]), []).append(r)
+    header = (
+        "| config | provider | time (ms) | x concat | GFLOP | FLOPs vs concat "
+        "| saved for bwd (MiB) | saved vs concat | peak mem (MiB) | peak mem vs concat "
+        "| first call (s) |"
+    )
+    for (case, pass_), group in groups.items():
+        lines += ["", f"### {case} {pass_} (head layouts)", "", header, "|" + "---|" * 11]
+        group = sorted(group, key=lambda r: (r.get("input_bytes") or 0, r["config"], r["provider"]))
+        for r in group:
+            t = r.get("time_s")
+            flops = r.get("flops")
+            lines.append(
+                f"| {r['config']} | {r['provider']} | {_fmt(t and t * 1e3, '.1f')} "
+                f"| {_fmt(r.get('vs_concat'), '.2f')} | {_fmt(flops and flops / 1e9, '.1f')} "
+                f"| {_pct(r.get('flops_vs_concat'))} | {_mib(r.get('saved_bytes'))} "
+                f"| {_pct(r.get('saved_bytes_vs_concat'))} | {_mib(r.get('peak_mem_bytes'))} "
+                f"| {_pct(r.get('peak_mem_bytes_vs_concat'))} "
+                f"| {_fmt(r.get('first_call_s'), '.2f')} |"
+            )
+    return lines
+
+
+def cmp_target_checks(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
+    """``(target, status, detail)`` for the concat-free head (rows from :func:`speedups`).
+
+    * PSPNet-50 1x3x473x473 eval forward on CPU: ``concat_free`` >= 1.15x faster than ``concat``;
+    * FLOPs of that forward (any device): ``concat_free`` <= 0.80 x ``concat`` (-20%);
+    * training (``modelcmp fwd+bwd``) at N=8 473 on a GPU: peak memory <= 0.90 x ``concat``.
+    """
+    t = CMP_TARGETS
+    free = [r for r in rows if r["case"] == "modelcmp" and r["provider"] == "concat_free"]
+    free = [r for r in free if r.get("crop") == 473]
+    checks = []
+    cpu = [r for r in free if r["pass"] == "fwd" and r.get("device") == "cpu" and r["n"] == 1]
+    cpu = [r for r in cpu if r.get("vs_concat") is not None]
+    name = "PSPNet-50 1x3x473x473 CPU forward, concat_free vs concat"
+    if not cpu:
+        checks.append((name, "not run", "needs modelcmp fwd N1 473 on CPU (--bench-cpu-model)"))
+    for r in cpu:
+        ok = r["vs_concat"] >= t["cpu_fwd_speedup"]
+        detail = (
+            f"{r['vs_concat']:.2f}x (target >= {t['cpu_fwd_speedup']:g}x) on {r['device_name']}"
+        )
+        checks.append((name, "pass" if ok else "MISS", detail))
+    fl = [r for r in free if r["pass"] == "fwd" and r.get("flops_vs_concat") is not None]
+    name = "PSPNet-50 473 forward FLOPs, concat_free vs concat"
+    if not fl:
+        checks.append((name, "not run", "needs modelcmp fwd at 473"))
+    else:
+        r = fl[0]
+        ok = r["flops_vs_concat"] <= t["flops_ratio"]
+        detail = (
+            f"{_pct(r['flops_vs_concat'])} ({r['flops'] / 1e9:.0f} vs "
+            f"{r['flops'] / r['flops_vs_concat'] / 1e9:.0f} GFLOP at N{r['n']}; target <= "
+            f"{_pct(t['flops_ratio'])})"
+        )
+        checks.append((name, "pass" if ok else "MISS", detail))
+    mem = [r for r in free if r["pass"] == "fwd+bwd" and r.get("device") == "cuda" and r["n"] == 8]
+    mem = [r for r in mem if r.get("peak_mem_bytes_vs_concat") is not None]
+    name = "PSPNet-50 N8 473 training peak memory (GPU), concat_free vs concat"
+    if not mem:
+        checks.append((name, "not run", "needs modelcmp fwd+bwd N8 473 on a GPU"))
+    for r in mem:
+        ok = r["peak_mem_bytes_vs_concat"] <= t["train_mem_ratio"]
+        detail = (
+            f"{_pct(r['peak_mem_bytes_vs_concat'])} ({r['dtype']}; target <= "
+            f"{_pct(t['train_mem_ratio'])}) on {r['device_name']}"
+        )
+        checks.append((name, "pass" if ok else "MISS", detail))
+    return checks
 
 
 def _is_headline(r: dict) -> bool:
@@ -231,6 +335,21 @@ def render(records: Sequence[dict], title: str = "psp-kernels benchmarks") -> st
     lines += ["| target | status | detail |", "|---|---|---|"]
     for name, status, detail in target_checks(rows):
         lines.append(f"| {name} | {status} | {detail} |")
+    if any(r["case"] in CMP_CASES for r in rows):
+        lines += [
+            "",
+            "## Head layouts: concat vs concat_free",
+            "",
+            "x concat: the concat provider's time over this one's (compiled against compiled); "
+            "GFLOP: FlopCounterMode over one call; saved for bwd: distinct tensors autograd "
+            "saves in the forward (parameters and inputs excluded); peak mem: GPU only; "
+            "... vs concat: relative change.",
+        ]
+        lines += _cmp_tables(rows)
+        lines += ["", "### Targets (concat-free head)", ""]
+        lines += ["| target | status | detail |", "|---|---|---|"]
+        for name, status, detail in cmp_target_checks(rows):
+            lines.append(f"| {name} | {status} | {detail} |")
     return "\n".join(lines) + "\n"
 
 
