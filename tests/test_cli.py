@@ -4,7 +4,6 @@ errors for bad paths and corrupt files, YAML + command-line overrides, preset fi
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,18 +20,8 @@ from pspnet.config import PRESETS, Config, config_from_args, load_config, preset
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "pspnet" / "configs"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_cpu():
-    n = torch.get_num_threads()
-    old = os.environ.get("TRITON_INTERPRET")
-    torch.set_num_threads(1)
-    os.environ["TRITON_INTERPRET"] = "0"
-    yield
-    torch.set_num_threads(n)
-    if old is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = old
+# one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
+pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
 
 
 TINY_YAML = {

@@ -7,17 +7,8 @@ import pspnet
 from psp_kernels import reference
 from pspnet.heads import concat_free_conv3x3
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _plain_torch_on_cpu():
-    """Full models run the plain-PyTorch paths (the kernels have their own interpreter tests)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRITON_INTERPRET", "0")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    mp.undo()
+# one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
+pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
 
 
 def _pair(dtype, **kw):

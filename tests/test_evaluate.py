@@ -4,7 +4,6 @@ inference (shapes, one window == whole image, exact averaging, flip symmetry).""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -15,19 +14,8 @@ from pspnet.evaluate import evaluate, net_process, predict_probs, scaled_size, s
 from pspnet.metrics import ConfusionMeter, compute_metrics, confusion_matrix, format_table
 from pspnet.train import TinyPSPNet
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_cpu():
-    n = torch.get_num_threads()
-    old = os.environ.get("TRITON_INTERPRET")
-    torch.set_num_threads(1)
-    os.environ["TRITON_INTERPRET"] = "0"
-    yield
-    torch.set_num_threads(n)
-    if old is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = old
+# one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
+pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
 
 
 # -------------------------------------------------------------------------------- metrics

@@ -207,25 +207,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5) -> None:
     assert err <= rtol * scale, f"max abs error {err} vs scale {scale}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_cpu():
-    """Keep these model-level tests fast on CPU.
-
-    One intra-op thread: on a shared 2-core machine two OpenMP threads run these small
-    convolutions several times slower than one. And the PPM's ``backend="auto"`` takes the
-    plain-PyTorch path on CPU (not Triton's interpreter at 2048 channels): the kernels have their
-    own tests; here the model around them is checked.
-    """
-    n = torch.get_num_threads()
-    old = os.environ.get("TRITON_INTERPRET")
-    torch.set_num_threads(1)
-    os.environ["TRITON_INTERPRET"] = "0"
-    yield
-    torch.set_num_threads(n)
-    if old is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = old
+# one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
+pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
 
 
 @pytest.fixture(scope="module")

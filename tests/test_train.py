@@ -23,21 +23,8 @@ from pspnet.train import (
     train,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_cpu():
-    """One intra-op thread (two OpenMP threads are slower on a shared 2-core machine) and the
-    plain-PyTorch PPM path on CPU (the kernels have their own tests)."""
-    n = torch.get_num_threads()
-    old = os.environ.get("TRITON_INTERPRET")
-    torch.set_num_threads(1)
-    os.environ["TRITON_INTERPRET"] = "0"
-    yield
-    torch.set_num_threads(n)
-    if old is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = old
+# one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
+pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
 
 
 def tiny_cfg(tmp_path, **kw) -> Config:
