@@ -10,12 +10,14 @@
 from . import geometry, reference
 from ._backend import interpreting, resolve_backend
 from .pyramid_pool_conv import pyramid_pool_conv
+from .pyramid_pooling import pyramid_pooling
 from .shifted_upsample_add import shifted_upsample_add
 from .upsample_concat import upsample_concat
 
 __all__ = [
     "pyramid_pool_conv",
     "upsample_concat",
+    "pyramid_pooling",
     "shifted_upsample_add",
     "reference",
     "geometry",

@@ -79,7 +79,14 @@ def _pool_cells_kernel(
     stride_xc,
     stride_xh,
     stride_xw,
+    out_ptr,
+    COPY_CELL_BLOCK,
+    stride_on,
+    stride_oc,
+    stride_oh,
+    stride_ow,
     DOT_PRECISION: tl.constexpr,
+    COPY_X: tl.constexpr,
     BLOCK_CELLS: tl.constexpr,
     BLOCK_W: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -89,6 +96,11 @@ def _pool_cells_kernel(
     The loop runs over image rows; the column part of the indicator (cell x column) does not
     depend on the row and is built once per column chunk, the row part is one compare per cell,
     so each step costs one select and one ``tl.dot`` (indicator @ x_row_tile).
+
+    With ``COPY_X``, the programs of cell block ``COPY_CELL_BLOCK`` also store every x tile they
+    load into ``out[n, c, h, w]`` (``out``'s own strides, x's dtype), so that ``x`` is read once
+    for the pooling and for the copy into the first C channels of the PPM output. Those programs
+    visit every row of their split: rows their cells do not cover are copied without a dot.
     """
     # program id 0 -> (sample n, channel block, cell block), the cell block fastest so that the
     #                 programs that read the same x tile run next to each other (L2 reuse);
@@ -121,6 +133,14 @@ def _pool_cells_kernel(
     h_end = tl.minimum(h_end, H)
 
     acc = tl.zeros((BLOCK_CELLS, BLOCK_C), dtype=acc_dtype)
+    if COPY_X:
+        copier = pid_cell == COPY_CELL_BLOCK
+        # the split's rows outside [h_begin, h_end) (none when the copying block's cells cover
+        # every row, which the launcher arranges when it can): copied by the copier, not pooled
+        split_begin = pid_split * ROWS_PER_SPLIT
+        split_end = tl.minimum(split_begin + ROWS_PER_SPLIT, H)
+        out_c_off = offs_c[None, :] * stride_oc
+        out_base = out_ptr + n.to(tl.int64) * stride_on
     for w0 in range(0, W, BLOCK_W):
         offs_w = w0 + tl.arange(0, BLOCK_W)
         mask_w = offs_w < W
@@ -130,12 +150,37 @@ def _pool_cells_kernel(
         tile_off = offs_w[:, None] * stride_xw + c_off  # loop-invariant int32 offsets
         # scalar 64-bit row pointer, one row step at a time (no per-element 64-bit pointers)
         row_ptr = x_ptr + n.to(tl.int64) * stride_xn + h_begin.to(tl.int64) * stride_xh
+        if COPY_X:
+            out_off = offs_w[:, None] * stride_ow + out_c_off  # int32: the launcher checks out
+            out_mask = x_mask & copier  # one cell block writes the copy, the others only pool
+            out_row = out_base + h_begin.to(tl.int64) * stride_oh
         for h in range(h_begin, h_end):
             x_tile = tl.load(row_ptr + tile_off, mask=x_mask, other=0.0)
             row_ptr += stride_xh
+            if COPY_X:
+                tl.store(out_row + out_off, x_tile, mask=out_mask)
+                out_row += stride_oh
             row_in = (h >= row_start) & (h < row_end)
             indicator = (col_in & row_in[:, None]).to(x_tile.dtype)  # exact 0/1
             acc = tl.dot(indicator, x_tile, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
+        if COPY_X:
+            if copier:
+                # copy-only rows of the split above and below the band the cells cover
+                x_row = x_ptr + n.to(tl.int64) * stride_xn + split_begin.to(tl.int64) * stride_xh
+                out_row = out_base + split_begin.to(tl.int64) * stride_oh
+                for _h in range(split_begin, tl.minimum(h_begin, split_end)):
+                    x_tile = tl.load(x_row + tile_off, mask=x_mask)
+                    tl.store(out_row + out_off, x_tile, mask=x_mask)
+                    x_row += stride_xh
+                    out_row += stride_oh
+                h_low = tl.maximum(h_end, split_begin)
+                x_row = x_ptr + n.to(tl.int64) * stride_xn + h_low.to(tl.int64) * stride_xh
+                out_row = out_base + h_low.to(tl.int64) * stride_oh
+                for _h in range(h_low, split_end):
+                    x_tile = tl.load(x_row + tile_off, mask=x_mask)
+                    tl.store(out_row + out_off, x_tile, mask=x_mask)
+                    x_row += stride_xh
+                    out_row += stride_oh
 
     area = ((row_end - row_start) * (col_end - col_start)).to(acc_dtype)
     area = tl.where(mask_k, area, 1.0)
@@ -345,6 +390,13 @@ _POOL_CONFIGS = {
     ("fp32", 16): dict(BLOCK_CELLS=16, BLOCK_W=32, BLOCK_C=64, num_warps=4, num_stages=3),
     ("fp32", 64): dict(BLOCK_CELLS=64, BLOCK_W=32, BLOCK_C=64, num_warps=8, num_stages=2),
 }
+# Stage 1 with COPY_X (the fused PPM forward, ``pyramid_pooling``): the same, except fp32 with 64
+# cells, whose copy store pushed sm_80 past 255 registers (16 spills): half the channels per
+# program (212 registers on sm_80, 193 on sm_90; rows stay 32 columns = 128 B wide).
+_POOL_COPY_CONFIGS = dict(_POOL_CONFIGS)
+_POOL_COPY_CONFIGS[("fp32", 64)] = dict(
+    BLOCK_CELLS=64, BLOCK_W=32, BLOCK_C=32, num_warps=8, num_stages=2
+)
 _DX_CONFIGS = {
     ("16bit", 16): dict(BLOCK_CELLS=16, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=2),
     ("16bit", 64): dict(BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=64, num_warps=8, num_stages=2),
@@ -436,7 +488,7 @@ def _dtype_class(dtype: torch.dtype) -> str:
     return "fp32" if dtype == torch.float32 else "16bit"
 
 
-def _pool_config(total: int, c: int, w: int, dtype: torch.dtype) -> dict:
+def _pool_config(total: int, c: int, w: int, dtype: torch.dtype, copy_x: bool = False) -> dict:
     if interpreting():
         # the interpreter pays per program and per loop step, not per element: few, large blocks
         return dict(
@@ -446,7 +498,8 @@ def _pool_config(total: int, c: int, w: int, dtype: torch.dtype) -> dict:
             num_warps=4,
             num_stages=1,
         )
-    return _POOL_CONFIGS[(_dtype_class(dtype), 16 if total <= 16 else 64)]
+    configs = _POOL_COPY_CONFIGS if copy_x else _POOL_CONFIGS
+    return configs[(_dtype_class(dtype), 16 if total <= 16 else 64)]
 
 
 def _dx_config(total: int, c: int, w: int, dtype: torch.dtype) -> dict:
@@ -478,12 +531,34 @@ def _launch_opts(cfg: dict) -> tuple[dict, dict]:
     return meta, dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
-def _pool_cells(x: torch.Tensor, bins: tuple[int, ...]) -> torch.Tensor:
-    """Stage 1: the (N, TOTAL, C) cell means of x (fp32, or fp64 for fp64 input)."""
+@functools.lru_cache(maxsize=256)
+def _copy_cell_block(height: int, width: int, bins: tuple[int, ...], block_cells: int) -> int:
+    """The cell block whose cells cover the most image rows (all of them when a whole bin fits
+    in one block): its programs write the copy of x and read only the rows they pool anyway."""
+    table = geometry.cell_table(height, width, bins)
+    best, best_rows = 0, -1
+    for k0 in range(0, table.shape[1], block_cells):
+        rows = int(table[1, k0 : k0 + block_cells].max()) - int(
+            table[0, k0 : k0 + block_cells].min()
+        )
+        if rows > best_rows:
+            best, best_rows = k0 // block_cells, rows
+    return best
+
+
+def _pool_cells(
+    x: torch.Tensor, bins: tuple[int, ...], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Stage 1: the (N, TOTAL, C) cell means of x (fp32, or fp64 for fp64 input).
+
+    With ``out`` (an ``(N, C', H, W)`` tensor, ``C' >= C``, same dtype and device, any strides
+    within int32 per sample: see :func:`_can_copy_into`), ``x`` is also copied into
+    ``out[:, :C]`` by the same programs that read it for the pooling.
+    """
     n, c, h, w = x.shape
     total = _total_cells(bins)
     cells = geometry.cell_table(h, w, bins, x.device)
-    meta, opts = _launch_opts(_pool_config(total, c, w, x.dtype))
+    meta, opts = _launch_opts(_pool_config(total, c, w, x.dtype, copy_x=out is not None))
     num_c_blocks = triton.cdiv(c, meta["BLOCK_C"])
     num_cell_blocks = triton.cdiv(total, meta["BLOCK_CELLS"])
     programs = n * num_c_blocks * num_cell_blocks
@@ -512,13 +587,31 @@ def _pool_cells(x: torch.Tensor, bins: tuple[int, ...]) -> torch.Tensor:
         num_c_blocks,
         num_cell_blocks,
         *x.stride(),
+        out if out is not None else x,  # dummy pointer without the copy (never written)
+        _copy_cell_block(h, w, tuple(bins), meta["BLOCK_CELLS"]) if out is not None else 0,
+        *(out.stride() if out is not None else x.stride()),
         DOT_PRECISION=_heavy_dot_precision(x.dtype),
+        COPY_X=out is not None,
         **meta,
         **opts,
     )
     if splits == 1:
         return ws.view(n, total, c)
     return ws.sum(dim=1)  # fixed-order reduction over the splits: deterministic
+
+
+def _can_copy_into(x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether stage 1 can write x's copy into ``out[:, :C]`` (else the caller copies x)."""
+    return (
+        _uses_triton(x)
+        and _sample_extent_fits_int32(out)
+        and out.dim() == 4
+        and out.dtype == x.dtype
+        and out.device == x.device
+        and out.shape[0] == x.shape[0]
+        and out.shape[1] >= x.shape[1]
+        and out.shape[2:] == x.shape[2:]
+    )
 
 
 def _cells_conv(pooled, weight, scale, shift, relu, b, cell_offset, out_dtype):
@@ -630,25 +723,21 @@ def _check_launch(x: torch.Tensor, weights, bins, scale, shift) -> None:
             )
 
 
-# ----------------------------------------------------------------------------------------------
-# torch.library registration
-# ----------------------------------------------------------------------------------------------
+def launch_forward(x, weights, bins, scale, shift, relu, out=None):
+    """The op's forward: ``(ys, pooled, copied)``.
 
-
-@torch.library.custom_op("psp_kernels::pyramid_pool_conv_fwd", mutates_args=())
-def _fwd_op(
-    x: torch.Tensor,
-    weights: list[torch.Tensor],
-    bins: list[int],
-    scale: list[torch.Tensor],
-    shift: list[torch.Tensor],
-    relu: bool,
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Returns ``(ys, pooled)``: the outputs and the (N, TOTAL, C) cell means (for backward)."""
+    ``out``: optional ``(N, C', H, W)`` output of the whole PPM; when the Triton path runs
+    (:func:`_can_copy_into`), stage 1 writes ``x`` into ``out[:, :C]`` while it reads ``x`` for
+    the pooling and ``copied`` is True; otherwise ``out`` is untouched and ``copied`` is False.
+    """
     bins = [int(b) for b in bins]
     _check_launch(x, weights, bins, scale, shift)
     triton_path = _uses_triton(x)
-    pooled = _pool_cells(x, tuple(bins)) if triton_path else _pool_cells_torch(x, bins)
+    copied = out is not None and _can_copy_into(x, out)
+    if triton_path:
+        pooled = _pool_cells(x, tuple(bins), out if copied else None)
+    else:
+        pooled = _pool_cells_torch(x, bins)
     ys = []
     for i, (b, off) in enumerate(zip(bins, _cell_offsets(bins))):
         s = scale[i] if scale else None
@@ -666,6 +755,25 @@ def _fwd_op(
         if relu:
             y = torch.relu(y)
         ys.append(y.reshape(x.shape[0], -1, b, b).contiguous())
+    return ys, pooled, copied
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registration
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("psp_kernels::pyramid_pool_conv_fwd", mutates_args=())
+def _fwd_op(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    bins: list[int],
+    scale: list[torch.Tensor],
+    shift: list[torch.Tensor],
+    relu: bool,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Returns ``(ys, pooled)``: the outputs and the (N, TOTAL, C) cell means (for backward)."""
+    ys, pooled, _ = launch_forward(x, weights, bins, scale, shift, relu)
     return ys, pooled
 
 
@@ -826,22 +934,24 @@ def aot_specs() -> list[AotSpec]:
     for dtype in _GPU_DTYPES:
         t = _TRITON_DTYPE[dtype]
         prec = _heavy_dot_precision(dtype)
-        for key, cfg in _POOL_CONFIGS.items():
+        for key in _POOL_CONFIGS:
             if key[0] != _dtype_class(dtype):
                 continue
-            key = key[1]
-            meta, opts = _launch_opts(cfg)
-            constexprs = dict(DOT_PRECISION=prec, **meta)
-            pointers = {"x_ptr": f"*{t}", "cells_ptr": "*i32", "ws_ptr": "*fp32"}
-            specs.append(
-                AotSpec(
-                    name=f"pool_cells[{t},cells={key}]",
-                    kernel=_pool_cells_kernel,
-                    signature=_spec_signature(_pool_cells_kernel, constexprs, pointers),
-                    constexprs=constexprs,
-                    **opts,
+            # COPY_X: the fused PPM forward (pyramid_pooling) also writes x's copy into out
+            for copy_x in (False, True):
+                meta, opts = _launch_opts((_POOL_COPY_CONFIGS if copy_x else _POOL_CONFIGS)[key])
+                constexprs = dict(DOT_PRECISION=prec, COPY_X=copy_x, **meta)
+                pointers = {"x_ptr": f"*{t}", "cells_ptr": "*i32", "ws_ptr": "*fp32"}
+                pointers["out_ptr"] = f"*{t}"
+                specs.append(
+                    AotSpec(
+                        name=f"pool_cells[{t},cells={key[1]}{',copy_x' if copy_x else ''}]",
+                        kernel=_pool_cells_kernel,
+                        signature=_spec_signature(_pool_cells_kernel, constexprs, pointers),
+                        constexprs=constexprs,
+                        **opts,
+                    )
                 )
-            )
         for key, cfg in _CONV_CONFIGS.items():
             meta, opts = _launch_opts(cfg)
             constexprs = dict(HAS_SCALE=True, HAS_SHIFT=True, RELU=True, **meta)

@@ -4,9 +4,9 @@
 AdaptiveAvgPool2d, ``.1`` Conv2d 1x1 without bias, ``.2`` BatchNorm2d, ``.3`` ReLU), so official
 checkpoints load unchanged, but its forward is two fused operations:
 
-* eval: ``psp_kernels.pyramid_pool_conv`` with every BatchNorm folded into a per-channel
-  scale/shift and ReLU (``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``),
-  then ``psp_kernels.upsample_concat`` (``align_corners=True``);
+* eval: ``psp_kernels.pyramid_pooling`` (kernel 1 then kernel 2 in one op, x read once) with
+  every BatchNorm folded into a per-channel scale/shift and ReLU (``scale = gamma / sqrt(var +
+  eps)``, ``shift = beta - mean * scale``), ``align_corners=True``;
 * training: ``pyramid_pool_conv`` gives the small conv outputs, each branch's own BatchNorm
   module (batch statistics, running statistics updated exactly as in the plain module; a
   ``SyncBatchNorm`` works too) and ReLU run on them, then ``upsample_concat``.
@@ -118,27 +118,40 @@ class PPM(nn.Module):
     def bins(self) -> tuple[int, ...]:
         return tuple(_bin_of(f[0]) for f in self.features)
 
+    def _folded_params(self, x: torch.Tensor):
+        """``(weights, scale, shift)`` with every BatchNorm folded, or ``None`` when one of them
+        uses batch statistics (training)."""
+        norms = [f[2] for f in self.features]
+        if any(_uses_batch_stats(bn) for bn in norms):
+            return None
+        weights = [f[1].weight.to(x.dtype) for f in self.features]
+        folded = [_folded(bn, x.dtype) for bn in norms]
+        return weights, [s for s, _ in folded], [t for _, t in folded]
+
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The branch outputs ``relu(bn_b(conv_b(pool_b(x))))`` at their ``b x b`` resolution."""
         bins = self.bins
-        weights = [f[1].weight.to(x.dtype) for f in self.features]
-        norms = [f[2] for f in self.features]
-        if not any(_uses_batch_stats(bn) for bn in norms):
+        folded = self._folded_params(x)
+        if folded is not None:
             # Eval: BatchNorm and ReLU folded into kernel 1's epilogue.
-            folded = [_folded(bn, x.dtype) for bn in norms]
+            weights, scale, shift = folded
             return psp_kernels.pyramid_pool_conv(
-                x,
-                weights,
-                bins,
-                scale=[s for s, _ in folded],
-                shift=[t for _, t in folded],
-                relu=True,
+                x, weights, bins, scale=scale, shift=shift, relu=True
             )
+        weights = [f[1].weight.to(x.dtype) for f in self.features]
         ys = psp_kernels.pyramid_pool_conv(x, weights, bins)
         # (.to: a no-op, unless autocast ran the BatchNorm in another dtype)
         return [f[3](_branch_norm(f[2], y)).to(x.dtype) for f, y in zip(self.features, ys)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        folded = self._folded_params(x)
+        if folded is not None:
+            # Eval: one fused op; kernel 1 copies x into the output while it reads x, so the
+            # whole forward reads x once and writes the output once.
+            weights, scale, shift = folded
+            return psp_kernels.pyramid_pooling(
+                x, weights, self.bins, scale=scale, shift=shift, relu=True, align_corners=True
+            )
         return psp_kernels.upsample_concat(x, self.pyramid(x), align_corners=True)
 
     def extra_repr(self) -> str:

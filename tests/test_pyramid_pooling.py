@@ -1,0 +1,270 @@
+"""The fused PPM forward ``psp_kernels.pyramid_pooling`` (kernel 1 copies x) vs the reference.
+
+The reference is the composition ``upsample_concat(x, pyramid_pool_conv(x, ...))`` of the plain
+PyTorch functions. On CPU the kernels run through Triton's interpreter (tests/conftest.py), so the
+sizes stay small.
+"""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn as nn
+
+import psp_kernels
+import pspnet
+from psp_kernels import reference
+
+ppc = importlib.import_module("psp_kernels.pyramid_pool_conv")
+uc = importlib.import_module("psp_kernels.upsample_concat")
+fused = importlib.import_module("psp_kernels.pyramid_pooling")
+
+F32, F64 = torch.float32, torch.float64
+TOL = {F64: 1e-10, F32: 1e-5}
+
+
+def _make_x(n, c, h, w, dtype, layout, device):
+    if layout == "contiguous":
+        x = torch.randn(n, c, h, w, dtype=dtype, device=device)
+    elif layout == "channels_last":
+        x = torch.randn(n, c, h, w, dtype=dtype, device=device)
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "strided":  # every other channel of a crop: no dense memory format
+        x = torch.randn(n, 2 * c, h + 2, w + 3, dtype=dtype, device=device)
+        x = x[:, ::2, 1 : h + 1, 2 : w + 2]
+        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    else:
+        raise AssertionError(layout)
+    return x
+
+
+def _make_params(c, bins, dtype, device, affine=True):
+    rs = [2 + (i % 3) for i in range(len(bins))]
+    ws = [torch.randn(r, c, dtype=dtype, device=device) / c**0.5 for r in rs]
+    sc = [torch.rand(r, dtype=dtype, device=device) + 0.5 for r in rs] if affine else None
+    sh = [torch.randn(r, dtype=dtype, device=device) * 0.1 for r in rs] if affine else None
+    return ws, sc, sh
+
+
+def _assert_close(actual, expected, dtype, what):
+    assert actual.shape == expected.shape, what
+    assert actual.dtype == expected.dtype, what
+    scale = expected.abs().max().item()
+    err = (actual.double() - expected.double()).abs().max().item()
+    assert err <= TOL[dtype] * max(scale, 1e-30) or err == 0.0, (
+        f"{what}: max abs error {err:.3e} vs tolerance {TOL[dtype]} x {scale:.3e}"
+    )
+
+
+def _reference(x, ws, bins, sc, sh, relu, align_corners):
+    ys = reference.pyramid_pool_conv(x, ws, bins, scale=sc, shift=sh, relu=relu)
+    return reference.upsample_concat(x, ys, align_corners=align_corners)
+
+
+@pytest.fixture
+def spy_copy(monkeypatch):
+    """Records kernel 2's ``copy_x`` flag (the copy of x must come from kernel 1), and fills
+    every new output with NaN so that a pixel nobody writes cannot pass for a copied one."""
+    calls = []
+    real = uc.launch_forward
+    real_empty = uc._empty_output
+    monkeypatch.setattr(uc, "_empty_output", lambda x, c: real_empty(x, c).fill_(float("nan")))
+
+    def spy(x, branches, align_corners, out=None, copy_x=True):
+        calls.append(copy_x)
+        return real(x, branches, align_corners, out=out, copy_x=copy_x)
+
+    monkeypatch.setattr(uc, "launch_forward", spy)
+    return calls
+
+
+def _run_case(device, dtype, n, c, h, w, bins, layout, relu=True, affine=True, align=True):
+    x = _make_x(n, c, h, w, dtype, layout, device)
+    ws, sc, sh = _make_params(c, bins, dtype, device, affine)
+    leaves = [x] + ws + (sc or []) + (sh or [])
+    for t in leaves:
+        t.requires_grad_(True)
+    out = psp_kernels.pyramid_pooling(
+        x, ws, bins, scale=sc, shift=sh, relu=relu, align_corners=align, backend="triton"
+    )
+    ref = _reference(x, ws, bins, sc, sh, relu, align)
+    _assert_close(out, ref, dtype, "output")
+    assert torch.equal(out[:, :c], x), "the copy of x must be exact"
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert out.is_contiguous()
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, leaves, g)
+    ref_grads = torch.autograd.grad(ref, leaves, g)
+    names = ["x"] + [f"leaf{i}" for i in range(1, len(leaves))]
+    for name, a, b in zip(names, grads, ref_grads):
+        _assert_close(a, b, dtype, f"grad {name}")
+    return out, grads
+
+
+CASES = [
+    # (dtype, n, c, h, w, bins, layout, splits): splits forces stage 1's row split (batch 1 on GPUs)
+    (F32, 2, 5, 13, 17, (1, 2, 3, 6), "contiguous", None),
+    (F64, 2, 5, 13, 17, (1, 2, 3, 6), "contiguous", None),
+    (F32, 1, 3, 61, 61, (1, 2, 3, 6), "contiguous", 4),
+    (F64, 2, 3, 9, 10, (4, 8, 16), "contiguous", None),  # 336 cells: several cell blocks
+    (F32, 1, 3, 9, 10, (4, 8, 16), "channels_last", 3),
+    (F64, 1, 3, 11, 7, (16, 8), "strided", 4),  # the copying cell block is not the first
+    (F32, 2, 4, 12, 11, (16,), "channels_last", None),  # no block covers all rows: copy-only rows
+    (F64, 1, 4, 12, 11, (16,), "contiguous", 5),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1:5]}-{c[5]}-{c[6]}-{c[7]}")
+def test_matches_reference(case, device, monkeypatch, spy_copy):
+    dtype, n, c, h, w, bins, layout, splits = case
+    if device == "cuda" and dtype == F64:
+        pytest.skip("float64 runs the torch fallback on CUDA (test_fallback_copies_in_kernel_2)")
+    monkeypatch.setattr(ppc, "_FORCE_SPLITS", splits)
+    _run_case(device, dtype, n, c, h, w, bins, layout)
+    assert spy_copy == [False], "kernel 2 must not copy x again"
+
+
+def test_no_affine_no_relu_align_false(device):
+    _run_case(device, F32, 2, 3, 8, 9, (2, 5), "contiguous", relu=False, affine=False, align=False)
+
+
+def test_fallback_copies_in_kernel_2(device, monkeypatch, spy_copy):
+    """Where kernel 1 runs its torch fallback (float64 on CUDA, huge samples), kernel 2 copies."""
+    monkeypatch.setattr(ppc, "_uses_triton", lambda x: False)
+    x = _make_x(2, 4, 7, 6, F32, "channels_last", device)
+    ws, sc, sh = _make_params(4, (1, 3), F32, device)
+    for t in [x] + ws + sc + sh:
+        t.requires_grad_(True)
+    out = psp_kernels.pyramid_pooling(x, ws, (1, 3), scale=sc, shift=sh, relu=True)
+    ref = _reference(x, ws, (1, 3), sc, sh, True, True)
+    _assert_close(out, ref, F32, "output")
+    assert spy_copy == [True]
+    g = torch.randn_like(ref)
+    leaves = [x] + ws + sc + sh
+    for a, b in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
+        _assert_close(a, b, F32, "grad")
+
+
+def test_no_grad_for_x_and_reference_backend(device):
+    x = torch.randn(2, 4, 7, 8, dtype=F64, device=device)
+    ws, sc, sh = _make_params(4, (1, 2), F64, device)
+    for t in ws + sc + sh:
+        t.requires_grad_(True)
+    out = psp_kernels.pyramid_pooling(x, ws, [1, 2], scale=sc, shift=sh, relu=True)
+    ref = psp_kernels.pyramid_pooling(
+        x, ws, [1, 2], scale=sc, shift=sh, relu=True, backend="reference"
+    )
+    _assert_close(out, ref, F64, "output")
+    g = torch.randn_like(ref)
+    params = ws + sc + sh
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        _assert_close(a, b, F64, "grad")
+
+
+def test_bad_input_raises():
+    x = torch.randn(1, 4, 5, 5)
+    with pytest.raises(ValueError, match="weights"):
+        psp_kernels.pyramid_pooling(x, [torch.randn(2, 3)], (1,))
+    with pytest.raises(ValueError, match="one tensor per bin"):
+        psp_kernels.pyramid_pooling(x, [torch.randn(2, 4)], (1, 2))
+    with pytest.raises(ValueError, match="backend"):
+        psp_kernels.pyramid_pooling(x, [torch.randn(2, 4)], (1,), backend="cuda")
+
+
+def test_gradcheck(device):
+    if device == "cuda":
+        pytest.skip("float64 runs through the torch fallback on CUDA; gradcheck runs on CPU")
+    x = torch.randn(1, 2, 4, 5, dtype=F64, requires_grad=True)
+    ws, sc, sh = _make_params(2, (1, 2), F64, "cpu")
+    leaves = [t.clone().requires_grad_(True) for t in ws + sc + sh]
+
+    def fn(x, w0, w1, s0, s1, b0, b1):
+        return psp_kernels.pyramid_pooling(
+            x, [w0, w1], (1, 2), scale=[s0, s1], shift=[b0, b1], relu=True, backend="triton"
+        )
+
+    assert torch.autograd.gradcheck(fn, (x, *leaves), eps=1e-6, atol=1e-8, fast_mode=True)
+
+
+def test_opcheck(device):
+    x = torch.randn(2, 3, 5, 4, dtype=F32, device=device, requires_grad=True)
+    ws = [torch.randn(2, 3, device=device, requires_grad=True) for _ in range(2)]
+    sc = [torch.rand(2, device=device, requires_grad=True) for _ in range(2)]
+    sh = [torch.randn(2, device=device, requires_grad=True) for _ in range(2)]
+    torch.library.opcheck(
+        torch.ops.psp_kernels.pyramid_pooling_fwd.default, (x, ws, [1, 2], sc, sh, True, True)
+    )
+
+
+def test_bitwise_deterministic(device):
+    x = torch.randn(2, 6, 9, 11, device=device, requires_grad=True)
+    ws, sc, sh = _make_params(6, (1, 2, 3, 6), F32, device)
+    leaves = [x] + [t.requires_grad_(True) for t in ws + sc + sh]
+    runs = []
+    for _ in range(2):
+        out = psp_kernels.pyramid_pooling(x, ws, (1, 2, 3, 6), scale=sc, shift=sh, relu=True)
+        g = torch.ones_like(out)
+        runs.append([out] + list(torch.autograd.grad(out, leaves, g)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def _compile_fn(x, w0, w1, s0, b1):
+    out = psp_kernels.pyramid_pooling(
+        x, [w0, w1], (1, 3), scale=[s0, b1.abs() + 0.5], shift=[s0 * 0.1, b1], relu=True
+    )
+    return (out * out).sum()
+
+
+def test_compile_fullgraph_forward_backward(device):
+    torch._dynamo.reset()
+    compiled = torch.compile(_compile_fn, fullgraph=True, backend="inductor", dynamic=True)
+    for h, w in ((7, 9), (10, 6)):  # the second size re-uses the dynamic graph
+        x = torch.randn(2, 5, h, w, device=device, requires_grad=True)
+        params = [
+            torch.randn(4, 5, 1, 1, device=device),
+            torch.randn(3, 5, device=device),
+            torch.rand(4, device=device) + 0.5,
+            torch.randn(3, device=device),
+        ]
+        leaves = [x] + [p.requires_grad_(True) for p in params]
+        out = compiled(*leaves)
+        grads = torch.autograd.grad(out, leaves)
+        eager = _compile_fn(*leaves)
+        eager_grads = torch.autograd.grad(eager, leaves)
+        _assert_close(out, eager, F32, "compiled forward")
+        for g, eg in zip(grads, eager_grads):
+            _assert_close(g, eg, F32, "compiled gradient")
+
+
+def test_ppm_eval_uses_the_fused_op(device, monkeypatch):
+    """pspnet.PPM in eval: one pyramid_pooling call, equal to the two-op path."""
+    ppm = pspnet.PPM(6, 3, (1, 2, 3, 6)).to(device)
+    with torch.no_grad():
+        for m in ppm.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    ppm.eval()
+    calls = []
+    real = psp_kernels.pyramid_pooling
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(psp_kernels, "pyramid_pooling", spy)
+    x = torch.randn(2, 6, 11, 9, device=device)
+    with torch.no_grad():
+        got = ppm(x)
+        plain = psp_kernels.upsample_concat(x, ppm.pyramid(x), align_corners=True)
+    assert len(calls) == 1 and calls[0]["relu"] and calls[0]["align_corners"]
+    _assert_close(got, plain, F32, "PPM eval output")
+    ppm.train()
+    with torch.no_grad():
+        ppm(x)
+    assert len(calls) == 1, "training keeps the two-op path"
