@@ -17,6 +17,12 @@ Design (byte counts in ``/work/shared/DESIGN.md``):
   GPU (batch 1), the rows are split over a second grid axis; each split writes its own partial
   means and they are summed in a fixed order afterwards (``torch.sum`` over the split axis), so
   the result stays deterministic.
+* Stage 1 with ``COPY_X`` (the fused PPM forward, ``psp_kernels.pyramid_pooling``): the programs
+  of one cell block (the one whose cells cover the most rows, all of them whenever a whole bin
+  fits in a block) also store every x tile they load into ``out[:, :C]`` of the PPM output, and
+  copy without a dot the rows of their split their cells do not cover; the other cell blocks
+  only pool. Every pixel of x is copied exactly once, also in the row-split mode, and kernel 2
+  then writes only the branches: the PPM forward reads x once and writes its output once.
 * Forward stage 2, ``_cells_conv_kernel``: one small launch per bin computes the 1x1 convolution as a
   GEMM ``W_b (R x C) @ pooled_b^T (C x N*b*b)`` over the workspace, with the affine/ReLU epilogue,
   and stores ``y_b`` in x's dtype. The reduction over ``C`` stays inside one program (no split-K),
