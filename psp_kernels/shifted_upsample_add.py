@@ -36,14 +36,12 @@ from .geometry import shifted_interp_matrices
 # Pyramid rows k = (map b, row tap di, low-res row bi) and columns j = (map b, column tap dj,
 # low-res column bj). ``ahat`` is the dense (H, K_PAD) matrix [S_di A_b] and ``bhat`` the dense
 # (W, J_PAD) matrix [S_dj B_b] (zero-padded columns); both are tiny and stay in cache.
-# int32 tables: k_ptr rows (kbase, khw, kmap), j_ptr rows (jdj + 1, bj, jmap); the low-res value of
-# row k, column j (same map) sits at packed offset kbase + (jdj + 1) * khw + bj.
+# int32 tables: k_ptr rows (kbase, khw, kmap), j_ptr rows (dj + 1, bj, jmap); the low-res value of
+# row k, column j (same map) sits at packed offset kbase + (dj + 1) * khw + bj.
 
 
 @triton.jit
-def _pyramid_tile(
-    v_row, k_ptr, j_ptr, stride_k, stride_j, K, J, K_PAD: tl.constexpr, J_PAD: tl.constexpr
-):
+def _pyramid_tile(k_ptr, j_ptr, stride_k, stride_j, K, J, K_PAD: tl.constexpr, J_PAD: tl.constexpr):
     """Offsets (K_PAD x J_PAD) of the low-res values of one (sample, channel), and their mask."""
     offs_k = tl.arange(0, K_PAD)
     offs_j = tl.arange(0, J_PAD)
@@ -101,7 +99,7 @@ def _shifted_upsample_add_fwd_kernel(
     n = pid_no // O
     o = pid_no % O
     v_row = v_ptr + n.to(tl.int64) * stride_vn + o.to(tl.int64) * stride_vo
-    offs, keep = _pyramid_tile(v_row, k_ptr, j_ptr, stride_k, stride_j, K, J, K_PAD, J_PAD)
+    offs, keep = _pyramid_tile(k_ptr, j_ptr, stride_k, stride_j, K, J, K_PAD, J_PAD)
     v = tl.load(v_row + offs, mask=keep, other=0.0).to(ACC)
 
     # M = V @ bhat^T: every map's rows interpolated and shifted along the columns of this block.
@@ -197,7 +195,7 @@ def _shifted_upsample_add_bwd_kernel(
         dv += tl.dot(g, b, input_precision=PRECISION)
 
     dv_row = dv_ptr + n.to(tl.int64) * stride_dvn + o.to(tl.int64) * stride_dvo
-    offs, keep = _pyramid_tile(dv_row, k_ptr, j_ptr, stride_k, stride_j, K, J, K_PAD, J_PAD)
+    offs, keep = _pyramid_tile(k_ptr, j_ptr, stride_k, stride_j, K, J, K_PAD, J_PAD)
     tl.store(dv_row + offs, dv.to(dv_ptr.dtype.element_ty), mask=keep)
 
 
