@@ -287,8 +287,14 @@ def _cells_to_pixels_kernel(
     stride_dc,
     stride_dh,
     stride_dw,
+    add_ptr,
+    stride_an,
+    stride_ac,
+    stride_ah,
+    stride_aw,
     DOT_PRECISION: tl.constexpr,
     ONE_CELL_BLOCK: tl.constexpr,
+    HAS_ADDEND: tl.constexpr,
     BLOCK_W: tl.constexpr,
     BLOCK_CELLS: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -298,6 +304,10 @@ def _cells_to_pixels_kernel(
     A gather: each program owns ROWS_PER_PROGRAM image rows x BLOCK_W columns x BLOCK_C channels
     and writes every pixel of it once (no atomics). Per row: one select builds the indicator from
     the row-independent column part, and one ``tl.dot`` (indicator @ dp_tile) gives the row.
+
+    With ``HAS_ADDEND`` (the fused PPM backward, ``psp_kernels.pyramid_pooling``), the row's
+    ``add[n, c, h, w]`` tile (``add``'s own strides, any dtype) is loaded as the dot's fp32
+    accumulator, so ``dx = add + gather`` is rounded to dx's dtype once and written in one pass.
     """
     # program id 0 -> (sample n, row block, column block), the column block fastest;
     # program id 1 -> channel block.
@@ -320,6 +330,9 @@ def _cells_to_pixels_kernel(
     # scalar 64-bit row pointer, one row step at a time; int32 offsets inside the row
     row_ptr = dx_ptr + n.to(tl.int64) * stride_dn + h_begin.to(tl.int64) * stride_dh
     tile_off = offs_w[:, None] * stride_dw + offs_c[None, :] * stride_dc
+    if HAS_ADDEND:  # same scheme: int32 offsets inside the row (the launcher checks add)
+        add_row = add_ptr + n.to(tl.int64) * stride_an + h_begin.to(tl.int64) * stride_ah
+        add_off = offs_w[:, None] * stride_aw + offs_c[None, :] * stride_ac
 
     if ONE_CELL_BLOCK:
         # every cell fits one block: the cell gradients and the column indicator are loaded and
@@ -342,12 +355,21 @@ def _cells_to_pixels_kernel(
         for h in range(h_begin, h_end):
             row_in = (h >= row_start) & (h < row_end)
             indicator = (col_in & row_in[None, :]).to(acc_dtype)
-            acc = tl.dot(indicator, dp, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
+            if HAS_ADDEND:
+                acc = tl.load(add_row + add_off, mask=dx_mask, other=0.0).to(acc_dtype)
+                add_row += stride_ah
+                acc = tl.dot(indicator, dp, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
+            else:
+                acc = tl.dot(indicator, dp, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
             tl.store(row_ptr + tile_off, acc.to(dx_ptr.dtype.element_ty), mask=dx_mask)
             row_ptr += stride_dh
     else:
         for h in range(h_begin, h_end):
-            acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_dtype)
+            if HAS_ADDEND:
+                acc = tl.load(add_row + add_off, mask=dx_mask, other=0.0).to(acc_dtype)
+                add_row += stride_ah
+            else:
+                acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_dtype)
             for k0 in range(0, TOTAL, BLOCK_CELLS):
                 offs_k = k0 + tl.arange(0, BLOCK_CELLS)
                 mask_k = offs_k < TOTAL
@@ -409,6 +431,12 @@ _DX_CONFIGS = {
     ("fp32", 16): dict(BLOCK_CELLS=16, BLOCK_W=64, BLOCK_C=64, num_warps=4, num_stages=2),
     ("fp32", 64): dict(BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=64, num_warps=8, num_stages=2),
 }
+# The dx gather with HAS_ADDEND (the fused PPM backward, ``pyramid_pooling``: dx = grad[:, :C] +
+# gather in one pass): the addend tile is loaded as the dot's accumulator.
+_DX_ADD_CONFIGS = dict(_DX_CONFIGS)
+_DX_ADD_CONFIGS[("fp32", 64)] = dict(
+    BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=32, num_warps=8, num_stages=2
+)
 # Stage 2: few (sample, cell) columns (bin 1 and 2 at small batch) or many.
 _CONV_CONFIGS = {
     "narrow": dict(BLOCK_R=64, BLOCK_M=16, BLOCK_C=64, num_warps=4, num_stages=3),
@@ -508,7 +536,7 @@ def _pool_config(total: int, c: int, w: int, dtype: torch.dtype, copy_x: bool = 
     return configs[(_dtype_class(dtype), 16 if total <= 16 else 64)]
 
 
-def _dx_config(total: int, c: int, w: int, dtype: torch.dtype) -> dict:
+def _dx_config(total: int, c: int, w: int, dtype: torch.dtype, addend: bool = False) -> dict:
     if interpreting():
         return dict(
             BLOCK_CELLS=_interp_cells_block(total),
@@ -517,7 +545,8 @@ def _dx_config(total: int, c: int, w: int, dtype: torch.dtype) -> dict:
             num_warps=4,
             num_stages=1,
         )
-    return _DX_CONFIGS[(_dtype_class(dtype), 16 if total <= 16 else 64)]
+    configs = _DX_ADD_CONFIGS if addend else _DX_CONFIGS
+    return configs[(_dtype_class(dtype), 16 if total <= 16 else 64)]
 
 
 def _conv_config(m: int, r: int, c: int) -> dict:
@@ -653,11 +682,22 @@ def _cells_conv(pooled, weight, scale, shift, relu, b, cell_offset, out_dtype):
     return y
 
 
-def _cells_to_pixels(dp: torch.Tensor, bins, height: int, width: int, dx: torch.Tensor) -> None:
-    """dx = the gather of dp (N, TOTAL, C) cell gradients (not yet divided by area) to pixels."""
+def _cells_to_pixels(
+    dp: torch.Tensor,
+    bins,
+    height: int,
+    width: int,
+    dx: torch.Tensor,
+    addend: torch.Tensor | None = None,
+) -> None:
+    """dx = the gather of dp (N, TOTAL, C) cell gradients (not yet divided by area) to pixels.
+
+    ``addend``: optional ``(N, C, H, W)`` tensor, any strides within int32 per sample (see
+    :func:`_can_add_in_kernel`): then ``dx = addend + gather``, summed in fp32 and rounded once.
+    """
     n, total, c = dp.shape
     cells = geometry.cell_table(height, width, bins, dp.device)
-    meta, opts = _launch_opts(_dx_config(total, c, width, dx.dtype))
+    meta, opts = _launch_opts(_dx_config(total, c, width, dx.dtype, addend=addend is not None))
     num_w_blocks = triton.cdiv(width, meta["BLOCK_W"])
     num_c_blocks = triton.cdiv(c, meta["BLOCK_C"])
     if _FORCE_DX_ROWS is not None:
@@ -683,10 +723,23 @@ def _cells_to_pixels(dp: torch.Tensor, bins, height: int, width: int, dx: torch.
         num_row_blocks,
         num_w_blocks,
         *dx.stride(),
+        addend if addend is not None else dx,  # dummy pointer without the addend (never read)
+        *(addend.stride() if addend is not None else dx.stride()),
         DOT_PRECISION=_heavy_dot_precision(dx.dtype),
         ONE_CELL_BLOCK=total <= meta["BLOCK_CELLS"],
+        HAS_ADDEND=addend is not None,
         **meta,
         **opts,
+    )
+
+
+def _can_add_in_kernel(dx: torch.Tensor, addend: torch.Tensor) -> bool:
+    """Whether the dx gather can add ``addend`` in its pass (else the caller adds it)."""
+    return (
+        _sample_extent_fits_int32(addend)
+        and addend.shape == dx.shape
+        and addend.dtype == dx.dtype
+        and addend.device == dx.device
     )
 
 
@@ -805,10 +858,14 @@ def _bwd_op(
     width: int,
     channels_last: bool,
     need_dx: bool,
+    dx_addend: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """Returns ``(dx, dweights, dscale, dshift)``; dx is empty when ``need_dx`` is False.
 
     ``ys`` are the forward outputs when ``relu`` (for the mask), else an empty list.
+    ``dx_addend``: optional ``(N, C, H, W)`` gradient of any strides added to dx (the fused PPM
+    backward passes ``grad[:, :C]``): the gather writes ``dx_addend + gather`` in one pass, summed
+    in fp32 and rounded once. ``pyramid_pool_conv``'s own backward passes none.
     """
     bins = [int(b) for b in bins]
     n, total, c = pooled.shape
@@ -839,15 +896,33 @@ def _bwd_op(
         )
         # dx's dtype is x's dtype: decide the path from a tensor of that dtype
         if _uses_triton(dx):
-            _cells_to_pixels(dp, tuple(bins), height, width, dx)
+            fuse = dx_addend is not None and _can_add_in_kernel(dx, dx_addend)
+            _cells_to_pixels(dp, tuple(bins), height, width, dx, dx_addend if fuse else None)
+            if dx_addend is not None and not fuse:  # rare: a huge or mismatched gradient view
+                dx.add_(dx_addend)
         else:
-            dx.copy_(_cells_to_pixels_torch(dp, bins, height, width))
+            gathered = _cells_to_pixels_torch(dp, bins, height, width)
+            if dx_addend is not None:
+                gathered = gathered + dx_addend.to(acc)  # fp32 sum, one rounding below
+            dx.copy_(gathered)
     return dx, dws, dscales, dshifts
 
 
 @_bwd_op.register_fake
 def _bwd_fake(
-    grads, ys, pooled, weights, scale, shift, bins, relu, height, width, channels_last, need_dx
+    grads,
+    ys,
+    pooled,
+    weights,
+    scale,
+    shift,
+    bins,
+    relu,
+    height,
+    width,
+    channels_last,
+    need_dx,
+    dx_addend=None,
 ):
     n, _, c = pooled.shape
     out_dtype = weights[0].dtype
@@ -972,25 +1047,33 @@ def aot_specs() -> list[AotSpec]:
                     **opts,
                 )
             )
-        for key, cfg in _DX_CONFIGS.items():
-            if key[0] != _dtype_class(dtype):
+        for (cls, cells), _ in _DX_CONFIGS.items():
+            if cls != _dtype_class(dtype):
                 continue
-            key = key[1]
-            meta, opts = _launch_opts(cfg)
             # 16 cells: bins (1,), (1, 2, 3): one cell block; 64: (1, 2, 3, 6) one block, or
-            # more cells looping over blocks: compile both paths for the 64-cell configuration
-            for one_block in (True, False) if key == 64 else (True,):
-                constexprs = dict(DOT_PRECISION=prec, ONE_CELL_BLOCK=one_block, **meta)
-                pointers = {"dp_ptr": "*fp32", "cells_ptr": "*i32", "dx_ptr": f"*{t}"}
-                specs.append(
-                    AotSpec(
-                        name=f"cells_to_pixels[{t},cells={key}{'' if one_block else ',looped'}]",
-                        kernel=_cells_to_pixels_kernel,
-                        signature=_spec_signature(_cells_to_pixels_kernel, constexprs, pointers),
-                        constexprs=constexprs,
-                        **opts,
+            # more cells looping over blocks: compile both paths for the 64-cell configuration.
+            # HAS_ADDEND: the fused PPM backward (pyramid_pooling) adds grad[:, :C] in the pass.
+            for has_addend in (False, True):
+                cfg = (_DX_ADD_CONFIGS if has_addend else _DX_CONFIGS)[(cls, cells)]
+                meta, opts = _launch_opts(cfg)
+                for one_block in (True, False) if cells == 64 else (True,):
+                    constexprs = dict(
+                        DOT_PRECISION=prec, ONE_CELL_BLOCK=one_block, HAS_ADDEND=has_addend, **meta
                     )
-                )
+                    pointers = {"dp_ptr": "*fp32", "cells_ptr": "*i32", "dx_ptr": f"*{t}"}
+                    pointers["add_ptr"] = f"*{t}"
+                    tags = ("" if one_block else ",looped") + (",addend" if has_addend else "")
+                    specs.append(
+                        AotSpec(
+                            name=f"cells_to_pixels[{t},cells={cells}{tags}]",
+                            kernel=_cells_to_pixels_kernel,
+                            signature=_spec_signature(
+                                _cells_to_pixels_kernel, constexprs, pointers
+                            ),
+                            constexprs=constexprs,
+                            **opts,
+                        )
+                    )
     return specs
 
 

@@ -11,7 +11,11 @@ other (kernel 2 reads x a second time). The pooled workspace (0.4 MB) and the 1x
 
 Backward: the existing backward ops of the two kernels. Kernel 2's gives the branch gradients
 from ``grad[:, C:]`` (a gather), kernel 1's gives the weight/scale/shift gradients and its ``dx``
-gather; ``dx = grad[:, :C] + that gather``. Deterministic like both kernels (no atomics).
+gather, which is handed ``grad[:, :C]`` (a strided view of the output gradient, any memory
+format) as an addend: ``_cells_to_pixels_kernel`` with ``HAS_ADDEND`` loads it as the fp32
+accumulator of each dx tile, so ``dx = grad[:, :C] + gather`` is written in one pass and rounded
+once (no separate elementwise add: one x-sized read and write less). Deterministic like both
+kernels (no atomics).
 
 Layout of this file: the launcher, then the ``torch.library`` registration, then the public
 function (the kernels are those of :mod:`psp_kernels.pyramid_pool_conv` and
@@ -123,7 +127,8 @@ def _backward(ctx, grad, grad_ys, grad_pooled):
     for r, h, w in ctx.shapes:
         grads.append(packed[:, offset : offset + r * h * w].view(-1, r, h, w))
         offset += r * h * w
-    # kernel 1's backward: weight/scale/shift gradients and its dx gather
+    # kernel 1's backward: weight/scale/shift gradients and its dx gather, which also adds the
+    # pass-through gradient grad[:, :C] (a strided view, read in place) in the same pass
     need_dx = bool(ctx.needs_input_grad[0])
     dx, dws, dscales, dshifts = torch.ops.psp_kernels.pyramid_pool_conv_bwd(
         grads,
@@ -138,8 +143,9 @@ def _backward(ctx, grad, grad_ys, grad_pooled):
         ctx.width,
         ctx.channels_last,
         need_dx,
+        grad[:, :c] if need_dx else None,
     )
-    dx = grad[:, :c] + dx if need_dx else None
+    dx = dx if need_dx else None
     return dx, list(dws), None, list(dscales), list(dshifts), None, None
 
 

@@ -78,7 +78,57 @@ def spy_copy(monkeypatch):
     return calls
 
 
-def _run_case(device, dtype, n, c, h, w, bins, layout, relu=True, affine=True, align=True):
+@pytest.fixture
+def spy_addend(monkeypatch):
+    """Records whether each dx gather of kernel 1 got an addend (the fused PPM backward's
+    ``grad[:, :C]``) and checks that the addend is a view of the output gradient, not a copy."""
+    calls = []
+    real = ppc._cells_to_pixels
+
+    def spy(dp, bins, height, width, dx, addend=None):
+        calls.append(addend)
+        return real(dp, bins, height, width, dx, addend)
+
+    monkeypatch.setattr(ppc, "_cells_to_pixels", spy)
+    return calls
+
+
+def _make_grad(ref, layout):
+    """An output gradient like ``ref`` in the given memory layout (the addend is its [:, :C])."""
+    n, c, h, w = ref.shape
+    kw = dict(dtype=ref.dtype, device=ref.device)
+    if layout == "contiguous":
+        g = torch.randn(n, c, h, w, **kw)
+    elif layout == "channels_last":
+        g = torch.randn(n, c, h, w, **kw).to(memory_format=torch.channels_last)
+    elif layout == "transposed":  # H and W swapped in memory: no dense memory format
+        g = torch.randn(n, c, w, h, **kw).transpose(2, 3)
+    elif layout == "permuted":  # columns outermost, rows innermost
+        g = torch.randn(w, n, c, h, **kw).permute(1, 2, 3, 0)
+    elif layout == "expanded":  # stride 0 over the pixels (like the gradient of a mean)
+        g = torch.randn(n, c, 1, 1, **kw).expand(n, c, h, w)
+    else:
+        raise AssertionError(layout)
+    assert g.shape == ref.shape
+    if layout not in ("contiguous", "channels_last"):
+        assert not g.is_contiguous() and not g.is_contiguous(memory_format=torch.channels_last)
+    return g
+
+
+def _run_case(
+    device,
+    dtype,
+    n,
+    c,
+    h,
+    w,
+    bins,
+    layout,
+    relu=True,
+    affine=True,
+    align=True,
+    grad_layout="contiguous",
+):
     x = _make_x(n, c, h, w, dtype, layout, device)
     ws, sc, sh = _make_params(c, bins, dtype, device, affine)
     leaves = [x] + ws + (sc or []) + (sh or [])
@@ -94,36 +144,100 @@ def _run_case(device, dtype, n, c, h, w, bins, layout, relu=True, affine=True, a
         assert out.is_contiguous(memory_format=torch.channels_last)
     else:
         assert out.is_contiguous()
-    g = torch.randn_like(ref)
+    g = _make_grad(ref, grad_layout)
     grads = torch.autograd.grad(out, leaves, g)
     ref_grads = torch.autograd.grad(ref, leaves, g)
     names = ["x"] + [f"leaf{i}" for i in range(1, len(leaves))]
     for name, a, b in zip(names, grads, ref_grads):
         _assert_close(a, b, dtype, f"grad {name}")
+    # dx keeps x's memory format whatever the gradient's (autograd accepts any strides)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert grads[0].is_contiguous()
     return out, grads
 
 
 CASES = [
-    # (dtype, n, c, h, w, bins, layout, splits): splits forces stage 1's row split (batch 1 on GPUs)
-    (F32, 2, 5, 13, 17, (1, 2, 3, 6), "contiguous", None),
-    (F64, 2, 5, 13, 17, (1, 2, 3, 6), "contiguous", None),
-    (F32, 1, 3, 61, 61, (1, 2, 3, 6), "contiguous", 4),
-    (F64, 2, 3, 9, 10, (4, 8, 16), "contiguous", None),  # 336 cells: several cell blocks
-    (F32, 1, 3, 9, 10, (4, 8, 16), "channels_last", 3),
-    (F64, 1, 3, 11, 7, (16, 8), "strided", 4),  # the copying cell block is not the first
-    (F32, 2, 4, 12, 11, (16,), "channels_last", None),  # no block covers all rows: copy-only rows
-    (F64, 1, 4, 12, 11, (16,), "contiguous", 5),
+    # (dtype, n, c, h, w, bins, layout, splits, grad layout, dx rows): splits forces stage 1's row
+    # split (batch 1 on GPUs), dx rows the rows per program of the dx gather (None: all rows)
+    (F32, 2, 5, 13, 17, (1, 2, 3, 6), "contiguous", None, "contiguous", None),
+    (F64, 2, 5, 13, 17, (1, 2, 3, 6), "contiguous", None, "transposed", 4),
+    (F32, 1, 3, 61, 61, (1, 2, 3, 6), "contiguous", 4, "channels_last", 7),
+    (F64, 2, 3, 9, 10, (4, 8, 16), "contiguous", None, "permuted", None),  # 336 cells: looped
+    (F32, 1, 3, 9, 10, (4, 8, 16), "channels_last", 3, "transposed", 2),
+    (F64, 1, 3, 11, 7, (16, 8), "strided", 4, "channels_last", 3),  # copying block not the first
+    (F32, 2, 4, 12, 11, (16,), "channels_last", None, "expanded", None),  # copy-only rows
+    (F64, 1, 4, 12, 11, (16,), "contiguous", 5, "permuted", 5),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1:5]}-{c[5]}-{c[6]}-{c[7]}")
-def test_matches_reference(case, device, monkeypatch, spy_copy):
-    dtype, n, c, h, w, bins, layout, splits = case
+def _case_id(c):
+    return f"{c[0]}-{c[1:5]}-{c[5]}-{c[6]}-{c[7]}-grad_{c[8]}-dxrows{c[9]}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_matches_reference(case, device, monkeypatch, spy_copy, spy_addend):
+    dtype, n, c, h, w, bins, layout, splits, grad_layout, dx_rows = case
     if device == "cuda" and dtype == F64:
         pytest.skip("float64 runs the torch fallback on CUDA (test_fallback_copies_in_kernel_2)")
     monkeypatch.setattr(ppc, "_FORCE_SPLITS", splits)
-    _run_case(device, dtype, n, c, h, w, bins, layout)
+    monkeypatch.setattr(ppc, "_FORCE_DX_ROWS", dx_rows)
+    _run_case(device, dtype, n, c, h, w, bins, layout, grad_layout=grad_layout)
     assert spy_copy == [False], "kernel 2 must not copy x again"
+    # the backward's dx = grad[:, :C] + gather comes from one pass of the dx gather
+    assert len(spy_addend) == 1 and spy_addend[0] is not None, "dx gather must add grad[:, :C]"
+    assert spy_addend[0].shape == (n, c, h, w)
+
+
+def test_addend_unfused_fallback(device, monkeypatch, spy_addend):
+    """A gradient the kernel cannot address (over 2**31 per sample, another dtype) is added after
+    the gather: same values."""
+    monkeypatch.setattr(ppc, "_can_add_in_kernel", lambda dx, addend: False)
+    _run_case(device, F32, 2, 3, 8, 9, (1, 3), "channels_last", grad_layout="transposed")
+    assert len(spy_addend) == 1 and spy_addend[0] is None
+
+
+@pytest.mark.parametrize("path", ["triton", "torch_fallback"])
+def test_addend_single_rounding(device, monkeypatch, path):
+    """dx = grad[:, :C] + gather is summed in fp32 and rounded to x's dtype once.
+
+    bins (1,) on a 1 x 2 map: each pixel's gather is dp / 2 = 2**-11 - 2**-23, not a float16
+    value. With the addend 1 + 2**-10 the exact sum lies just below the midpoint of two float16
+    values (one rounding: 1 + 2**-10), while rounding the gather to float16 first (2**-11) and
+    adding after lands on the midpoint, which ties to 1 + 2**-9."""
+    if path == "triton" and device == "cuda":
+        pytest.skip("float16 dx dots use tf32 on GPUs, which rounds dp before the sum")
+    if path == "torch_fallback":
+        monkeypatch.setattr(ppc, "_uses_triton", lambda x: False)
+    f16 = torch.float16
+    c = 16
+    # dp = g * w = 2**-10 * (1 - 2**-6) * (1 + 2**-6) = 2**-10 - 2**-22, exact in fp32
+    g = torch.full((1, 1, 1, 1), 2.0**-10 * (1 - 2.0**-6), dtype=f16, device=device)
+    w = torch.full((1, c), 1 + 2.0**-6, dtype=f16, device=device)
+    pooled = torch.zeros(1, 1, c, device=device)
+    addend = torch.full((1, c, 2, 1), 1 + 2.0**-10, dtype=f16, device=device).transpose(2, 3)
+
+    def bwd(dx_addend):
+        args = ([g], [], pooled, [w], [], [], [1], False, 1, 2, False, True, dx_addend)
+        return torch.ops.psp_kernels.pyramid_pool_conv_bwd(*args)[0]
+
+    fused_dx = bwd(addend)
+    two_roundings = bwd(None) + addend
+    assert torch.equal(fused_dx, torch.full_like(fused_dx, 1 + 2.0**-10))
+    assert torch.equal(two_roundings, torch.full_like(fused_dx, 1 + 2.0**-9))
+
+
+def test_pyramid_pool_conv_backward_has_no_addend(device, spy_addend):
+    """kernel 1's own op (and so the training-mode PPM, which calls it) gathers dx alone."""
+    x = torch.randn(2, 4, 7, 6, device=device, requires_grad=True)
+    ws, sc, sh = _make_params(4, (1, 3), F32, device)
+    ys = psp_kernels.pyramid_pool_conv(x, ws, (1, 3), scale=sc, shift=sh, relu=True)
+    (dx,) = torch.autograd.grad(sum(y.sum() for y in ys), [x])
+    ref = reference.pyramid_pool_conv(x, ws, (1, 3), scale=sc, shift=sh, relu=True)
+    (ref_dx,) = torch.autograd.grad(sum(y.sum() for y in ref), [x])
+    _assert_close(dx, ref_dx, F32, "grad x")
+    assert spy_addend == [None]
 
 
 def test_no_affine_no_relu_align_false(device):
