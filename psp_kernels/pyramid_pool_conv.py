@@ -432,7 +432,9 @@ _DX_CONFIGS = {
     ("fp32", 64): dict(BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=64, num_warps=8, num_stages=2),
 }
 # The dx gather with HAS_ADDEND (the fused PPM backward, ``pyramid_pooling``: dx = grad[:, :C] +
-# gather in one pass): the addend tile is loaded as the dot's accumulator.
+# gather in one pass): the addend tile is loaded as the dot's accumulator. Same blocks, except
+# fp32 with 64 cells, which spilled on sm_80 at BLOCK_C=64 (48 spill stores one cell block, 20
+# looped): half the channels per program (186 / 225 registers on sm_80, 171 / 211 on sm_90).
 _DX_ADD_CONFIGS = dict(_DX_CONFIGS)
 _DX_ADD_CONFIGS[("fp32", 64)] = dict(
     BLOCK_CELLS=64, BLOCK_W=64, BLOCK_C=32, num_warps=8, num_stages=2
