@@ -33,7 +33,10 @@ Design (byte counts in ``/work/shared/DESIGN.md``):
   ``dpooled_b = dz_b W_b``) are plain fp32 torch matmuls on ``N x TOTAL`` rows. The big part,
   ``dx``, is ``_cells_to_pixels_kernel``: each program owns a few image rows x a column block x a
   channel block, loads ``dpooled / area`` once, and per row computes ``indicator @ dp_tile`` and
-  stores it once (a gather: no atomics).
+  stores it once (a gather: no atomics). With ``HAS_ADDEND`` (the fused PPM backward,
+  ``psp_kernels.pyramid_pooling``) each row tile starts from ``grad[:, :C]`` of the PPM output
+  gradient (read in place, any strides) as the fp32 accumulator: ``dx = grad[:, :C] + gather``
+  in one pass and one rounding. ``pyramid_pool_conv``'s own backward passes no addend.
 
 Accuracy: the indicator is exactly 0/1 in every dtype. For float32 the heavy dots use Triton's
 ``"tf32x3"`` input precision instead of ``"ieee"``: with an exact 0/1 operand only the other
