@@ -8,6 +8,7 @@ import importlib
 
 import pytest
 import torch
+from tolerances import assert_close_to_reference as _assert_close
 
 import psp_kernels
 from psp_kernels import reference
@@ -15,7 +16,6 @@ from psp_kernels import reference
 ppc = importlib.import_module("psp_kernels.pyramid_pool_conv")
 
 ON_CUDA = torch.cuda.is_available()
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 def _make_x(n, c, h, w, dtype, layout, device):
@@ -51,16 +51,6 @@ def _make_params(c, bins, dtype, device, *, scale, shift, weight_4d):
 
 def _leaves(x, ws, sc, sh):
     return [x] + ws + (sc or []) + (sh or [])
-
-
-def _assert_close(actual, expected, dtype, what):
-    assert actual.shape == expected.shape, what
-    assert actual.dtype == expected.dtype, what
-    scale = expected.abs().max().item()
-    err = (actual.double() - expected.double()).abs().max().item()
-    assert err <= TOL[dtype] * max(scale, 1e-30) or err == 0.0, (
-        f"{what}: max abs error {err:.3e} vs tolerance {TOL[dtype]} x {scale:.3e}"
-    )
 
 
 def _run_case(device, dtype, n, c, h, w, bins, layout, scale, shift, relu, weight_4d):

@@ -10,6 +10,7 @@ import importlib
 import pytest
 import torch
 import torch.nn as nn
+from tolerances import assert_close_to_reference as _assert_close
 
 import psp_kernels
 import pspnet
@@ -20,7 +21,6 @@ uc = importlib.import_module("psp_kernels.upsample_concat")
 fused = importlib.import_module("psp_kernels.pyramid_pooling")
 
 F32, F64 = torch.float32, torch.float64
-TOL = {F64: 1e-10, F32: 1e-5}
 
 
 def _make_x(n, c, h, w, dtype, layout, device):
@@ -44,16 +44,6 @@ def _make_params(c, bins, dtype, device, affine=True):
     sc = [torch.rand(r, dtype=dtype, device=device) + 0.5 for r in rs] if affine else None
     sh = [torch.randn(r, dtype=dtype, device=device) * 0.1 for r in rs] if affine else None
     return ws, sc, sh
-
-
-def _assert_close(actual, expected, dtype, what):
-    assert actual.shape == expected.shape, what
-    assert actual.dtype == expected.dtype, what
-    scale = expected.abs().max().item()
-    err = (actual.double() - expected.double()).abs().max().item()
-    assert err <= TOL[dtype] * max(scale, 1e-30) or err == 0.0, (
-        f"{what}: max abs error {err:.3e} vs tolerance {TOL[dtype]} x {scale:.3e}"
-    )
 
 
 def _reference(x, ws, bins, sc, sh, relu, align_corners):

@@ -11,13 +11,12 @@ import sys
 
 import pytest
 import torch
+from tolerances import assert_close_to_reference as _close
 
 import psp_kernels
 from psp_kernels import reference
 
 uc_mod = sys.modules["psp_kernels.upsample_concat"]
-
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 # (x shape, branch (R, h, w) list): every required size; big maps get few channels.
 CASES = {
@@ -40,12 +39,6 @@ def _make(case, dtype, device, requires_grad=False):
         for b in branches:
             b.requires_grad_()
     return x, branches
-
-
-def _close(got, want, dtype, what):
-    scale = max(want.abs().max().item(), 1e-30)
-    err = (got.double() - want.double()).abs().max().item()
-    assert err <= TOL[dtype] * scale, f"{what}: max abs err {err:.3e} (ref max abs {scale:.3e})"
 
 
 def _fwd_bwd(fn, x, branches, grad, align_corners):
