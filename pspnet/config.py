@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data.datasets import DATASETS
+
 __all__ = [
     "Config",
     "PRESETS",
@@ -170,6 +172,13 @@ class Config:
         return Config.from_dict(kw, base=self)
 
 
+def _dataset_facts(name: str) -> dict[str, Any]:
+    """Classes, crop and test base size of a dataset, from :data:`pspnet.data.DATASETS`."""
+    facts = DATASETS[name]
+    crop = facts["crop_size"]
+    return dict(classes=facts["classes"], crop_size=(crop, crop), base_size=facts["base_size"])
+
+
 # Official hszhao/semseg configs (config/<dataset>/<dataset>_pspnet50.yaml), plus the synthetic one.
 # Evaluation as the official test.py: resize to scale * base_size, sliding window at the crop size
 # with flip averaging.
@@ -195,38 +204,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         base_size=0,
     ),
     "ade20k": dict(
+        **_dataset_facts("ade20k"),
         dataset="ade20k",
         data_root="dataset/ade20k",
-        classes=150,
-        crop_size=(473, 473),
         epochs=100,
         batch_size=16,
         workers=16,
-        base_size=512,
         eval_mode="slide",
         eval_flip=True,
     ),
     "cityscapes": dict(
+        **_dataset_facts("cityscapes"),
         dataset="cityscapes",
         data_root="dataset/cityscapes",
-        classes=19,
-        crop_size=(713, 713),
         epochs=200,
         batch_size=16,
         workers=16,
-        base_size=2048,
         eval_mode="slide",
         eval_flip=True,
     ),
     "voc": dict(
+        **_dataset_facts("voc"),
         dataset="voc",
         data_root="dataset/voc2012",
-        classes=21,
-        crop_size=(473, 473),
         epochs=50,
         batch_size=16,
         workers=16,
-        base_size=512,
         eval_mode="slide",
         eval_flip=True,
     ),

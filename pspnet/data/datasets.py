@@ -65,27 +65,21 @@ VOC_CLASSES = [
     "train", "tvmonitor",
 ]  # fmt: skip
 
-# Presets (training recipes of the official PSPNet configs; crop = train_h = train_w).
+# What each dataset is: classes, the official crop (train_h = train_w) and test base size, the
+# ignore label and the class names. The training recipes built on them live in pspnet.config.
 DATASETS = {
     "ade20k": dict(
-        classes=150, crop_size=473, base_size=512, ignore_index=255, scale=(0.5, 2.0),
-        rotate=(-10, 10), epochs=100, batch_size=16, base_lr=0.01, train_split="train",
-        val_split="val", class_names=ADE20K_CLASSES,
+        classes=150, crop_size=473, base_size=512, ignore_index=255, class_names=ADE20K_CLASSES
     ),
     "cityscapes": dict(
-        classes=19, crop_size=713, base_size=2048, ignore_index=255, scale=(0.5, 2.0),
-        rotate=(-10, 10), epochs=200, batch_size=16, base_lr=0.01, train_split="train",
-        val_split="val", class_names=CITYSCAPES_CLASSES,
+        classes=19, crop_size=713, base_size=2048, ignore_index=255,
+        class_names=CITYSCAPES_CLASSES,
     ),
     "voc": dict(
-        classes=21, crop_size=473, base_size=512, ignore_index=255, scale=(0.5, 2.0),
-        rotate=(-10, 10), epochs=50, batch_size=16, base_lr=0.01, train_split="train",
-        val_split="val", class_names=VOC_CLASSES,
+        classes=21, crop_size=473, base_size=512, ignore_index=255, class_names=VOC_CLASSES
     ),
     "synthetic": dict(
-        classes=6, crop_size=65, base_size=65, ignore_index=255, scale=(0.5, 2.0),
-        rotate=(-10, 10), epochs=20, batch_size=16, base_lr=0.01, train_split="train",
-        val_split="val", class_names=SHAPE_CLASSES[:6],
+        classes=6, crop_size=65, base_size=65, ignore_index=255, class_names=SHAPE_CLASSES[:6]
     ),
 }  # fmt: skip
 
