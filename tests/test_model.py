@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from official import OfficialPPM
 
 import pspnet
 from pspnet import PSPNet, load_checkpoint
@@ -83,27 +84,6 @@ class _RefResNet(nn.Module):
         return nn.Sequential(*mods)
 
 
-class _RefPPM(nn.Module):
-    def __init__(self, in_dim, reduction_dim, bins):
-        super().__init__()
-        self.features = nn.ModuleList(
-            nn.Sequential(
-                nn.AdaptiveAvgPool2d(b),
-                nn.Conv2d(in_dim, reduction_dim, kernel_size=1, bias=False),
-                nn.BatchNorm2d(reduction_dim),
-                nn.ReLU(inplace=True),
-            )
-            for b in bins
-        )
-
-    def forward(self, x):
-        size = x.size()
-        out = [x]
-        for f in self.features:
-            out.append(F.interpolate(f(x), size[2:], mode="bilinear", align_corners=True))
-        return torch.cat(out, 1)
-
-
 _DEPTHS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 
 
@@ -139,7 +119,7 @@ class _RefPSPNet(nn.Module):
                     m.stride = (1, 1)
         fea_dim = 2048
         if use_ppm:
-            self.ppm = _RefPPM(fea_dim, int(fea_dim / len(bins)), bins)
+            self.ppm = OfficialPPM(fea_dim, int(fea_dim / len(bins)), bins)
             fea_dim *= 2
         self.cls = nn.Sequential(
             nn.Conv2d(fea_dim, 512, kernel_size=3, padding=1, bias=False),

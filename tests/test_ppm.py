@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from official import OfficialPPM
 
 import pspnet
 
@@ -15,28 +15,6 @@ IN_DIM, RED, BINS = 16, 4, (1, 2, 3, 6)
 # interpreter); on CUDA the kernels run float32 and are compared with a float32 tolerance.
 DTYPE = torch.float64 if not torch.cuda.is_available() else torch.float32
 TOL = 1e-9 if DTYPE == torch.float64 else 2e-4
-
-
-class PlainPPM(nn.Module):
-    """The official PSPNet PPM, written out in plain PyTorch (the definition of correct)."""
-
-    def __init__(self, in_dim, reduction_dim, bins):
-        super().__init__()
-        self.features = nn.ModuleList(
-            nn.Sequential(
-                nn.AdaptiveAvgPool2d(b),
-                nn.Conv2d(in_dim, reduction_dim, kernel_size=1, bias=False),
-                nn.BatchNorm2d(reduction_dim),
-                nn.ReLU(inplace=True),
-            )
-            for b in bins
-        )
-
-    def forward(self, x):
-        out = [x]
-        for f in self.features:
-            out.append(F.interpolate(f(x), x.shape[2:], mode="bilinear", align_corners=True))
-        return torch.cat(out, 1)
 
 
 def _randomise(module):
@@ -52,7 +30,7 @@ def _randomise(module):
 
 
 def _pair(device, momentum=0.1, sync=False):
-    plain = _randomise(PlainPPM(IN_DIM, RED, BINS))
+    plain = _randomise(OfficialPPM(IN_DIM, RED, BINS))
     ours = pspnet.PPM(IN_DIM, RED, BINS)
     for m in list(plain.modules()) + list(ours.modules()):
         if isinstance(m, nn.BatchNorm2d):
@@ -167,7 +145,7 @@ class _Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Conv2d(3, IN_DIM, 3, padding=1)
-        self.ppm = PlainPPM(IN_DIM, RED, BINS)
+        self.ppm = OfficialPPM(IN_DIM, RED, BINS)
         self.head = nn.Conv2d(IN_DIM + len(BINS) * RED, 2, 1)
 
     def forward(self, x):
@@ -193,7 +171,7 @@ def test_convert_ppm_model(mode, device):
 
 
 def test_convert_ppm_module_itself_and_idempotent(device):
-    plain = _randomise(PlainPPM(IN_DIM, RED, BINS)).to(device, DTYPE).eval()
+    plain = _randomise(OfficialPPM(IN_DIM, RED, BINS)).to(device, DTYPE).eval()
     fused = pspnet.convert_ppm(plain)
     assert isinstance(fused, pspnet.PPM) and not fused.training
     assert pspnet.convert_ppm(fused) is fused
@@ -201,7 +179,7 @@ def test_convert_ppm_module_itself_and_idempotent(device):
     with torch.no_grad():
         _assert_close(fused(x), plain(x), "output")
     # Not PPM-like (a bias in the conv): left alone.
-    other = PlainPPM(IN_DIM, RED, BINS)
+    other = OfficialPPM(IN_DIM, RED, BINS)
     other.features[0][1] = nn.Conv2d(IN_DIM, RED, 1, bias=True)
     assert pspnet.convert_ppm(other) is other
 
