@@ -5,14 +5,16 @@
 >>> out = psp_kernels.upsample_concat(x, ys, align_corners=True)        # upsample + concat
 
 ``psp_kernels.reference`` holds the same functions in plain PyTorch: the definition of correct.
+The implementations live in ``psp_kernels.ops`` (one package per op: kernels, configs, launch,
+op registration) around the shared policy of ``psp_kernels.ops.utils``.
 """
 
 from . import geometry, reference
 from ._backend import interpreting, resolve_backend
-from .pyramid_pool_conv import pyramid_pool_conv
-from .pyramid_pooling import pyramid_pooling
-from .shifted_upsample_add import shifted_upsample_add
-from .upsample_concat import upsample_concat
+from .ops.pyramid_pool_conv.op import pyramid_pool_conv
+from .ops.pyramid_pooling.op import pyramid_pooling
+from .ops.shifted_upsample_add.op import shifted_upsample_add
+from .ops.upsample_concat.op import upsample_concat
 
 __all__ = [
     "pyramid_pool_conv",

@@ -4,7 +4,7 @@ Usage::
 
     python -m psp_kernels.compile_check [--arch 80 90] [--jobs N] [-v]
 
-Every module of ``psp_kernels`` that defines ``aot_specs()`` lists the (kernel, block sizes, warps,
+Every op package's ``psp_kernels.ops.<op>.configs.aot_specs()`` lists the (kernel, block sizes, warps,
 stages, dtype) configurations its launcher can pick. Each one is compiled with
 ``triton.compile`` for sm_80 (A100) and sm_90 (H100), and the ``ptxas`` shipped with Triton reports
 its registers, spills and shared memory. This catches what Triton's CPU interpreter lets through
@@ -24,6 +24,7 @@ import argparse
 import concurrent.futures
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import pkgutil
@@ -49,22 +50,21 @@ def _rerun_without_interpreter(argv: list[str]) -> int:
 
 
 def collect_specs(modules=None):
-    """Return ``[(module_name, AotSpec)]`` for every op module of psp_kernels with ``aot_specs``.
+    """Return ``[(op_name, AotSpec)]`` for every op package of ``psp_kernels.ops``.
 
-    ``modules``: restrict to these module names (default: every public module).
+    Each op's ``configs.aot_specs()`` lists its GPU configurations. ``modules``: restrict to
+    these op names (default: every op).
     """
-    import psp_kernels
+    import psp_kernels.ops
 
     found = []
-    for info in sorted(pkgutil.iter_modules(psp_kernels.__path__), key=lambda i: i.name):
-        if info.name.startswith("_") or info.name == "compile_check":
+    for info in sorted(pkgutil.iter_modules(psp_kernels.ops.__path__), key=lambda i: i.name):
+        if not info.ispkg or (modules and info.name not in modules):
             continue
-        if modules and info.name not in modules:
+        name = f"psp_kernels.ops.{info.name}.configs"
+        if importlib.util.find_spec(name) is None:  # no kernels of its own (pyramid_pooling)
             continue
-        module = importlib.import_module(f"psp_kernels.{info.name}")
-        fn = getattr(module, "aot_specs", None)
-        if callable(fn):
-            found.extend((info.name, spec) for spec in fn())
+        found.extend((info.name, spec) for spec in importlib.import_module(name).aot_specs())
     return found
 
 
@@ -202,7 +202,7 @@ def compile_one(spec, arch: int) -> dict:
 
 def _compile_task(args):
     module_name, index, arch = args
-    module = importlib.import_module(f"psp_kernels.{module_name}")
+    module = importlib.import_module(f"psp_kernels.ops.{module_name}.configs")
     spec = module.aot_specs()[index]
     row = compile_one(spec, arch)
     row["module"] = module_name
@@ -240,7 +240,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles"
     )
-    parser.add_argument("--module", nargs="+", default=None, help="only these psp_kernels modules")
+    parser.add_argument(
+        "--module", nargs="+", default=None, help="only these ops (psp_kernels.ops.<op>)"
+    )
     args = parser.parse_args(argv)
     if _interpret_env_set():
         return _rerun_without_interpreter(argv)

@@ -42,12 +42,14 @@ def plain_torch_cpu():
     """Keep model-level test modules fast on CPU (use with ``pytest.mark.usefixtures``).
 
     One intra-op thread: on a shared 2-core machine two OpenMP threads run small convolutions
-    several times slower than one. And ``TRITON_INTERPRET=0`` at call time, so ``backend="auto"``
+    several times slower than one. And the interpreter flag off at call time, so ``backend="auto"``
     takes the plain-PyTorch paths on CPU instead of Triton's interpreter at 2048 channels: the
     kernels have their own interpreter tests; these modules check the model around them.
     """
+    from psp_kernels.ops import utils
+
     mp = pytest.MonkeyPatch()
-    mp.setenv("TRITON_INTERPRET", "0")
+    mp.setattr(utils, "INTERPRETER", False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

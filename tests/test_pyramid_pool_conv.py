@@ -4,16 +4,13 @@ On CPU the Triton kernels run through the interpreter (tests/conftest.py sets TR
 so sizes stay small; the largest maps only come with few channels.
 """
 
-import importlib
-
 import pytest
 import torch
 from tolerances import assert_close_to_reference as _assert_close
 
 import psp_kernels
 from psp_kernels import reference
-
-ppc = importlib.import_module("psp_kernels.pyramid_pool_conv")
+from psp_kernels.ops.pyramid_pool_conv import configs as ppc_configs
 
 ON_CUDA = torch.cuda.is_available()
 
@@ -120,8 +117,8 @@ def test_channels_last_gradient_keeps_layout(device):
 
 def test_split_rows_and_dx_row_blocks(device, monkeypatch):
     """The row-split path of stage 1 (used on GPUs at small batch) and short dx row blocks."""
-    monkeypatch.setattr(ppc, "_FORCE_SPLITS", 4)
-    monkeypatch.setattr(ppc, "_FORCE_DX_ROWS", 3)
+    monkeypatch.setattr(ppc_configs, "FORCE_SPLITS", 4)
+    monkeypatch.setattr(ppc_configs, "FORCE_DX_ROWS", 3)
     _run_case(device, F64, 2, 5, 13, 11, (1, 2, 3, 6), "contiguous", True, True, True, True)
     _run_case(device, F32, 1, 3, 9, 10, (4, 8, 16), "spatial_slice", False, True, False, False)
 
@@ -142,33 +139,9 @@ def test_unused_outputs_and_no_grad_for_x(device):
     assert grads[0].abs().max() == 0  # branch 0 unused
 
 
-def test_torch_fallback_of_the_op(device, monkeypatch):
-    """The op's plain-torch path (CPU without interpreter, float64 on CUDA) matches too."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    if device == "cuda":
-        dtype = F64  # the CUDA kernels do not take float64: the op falls back to torch
-    else:
-        dtype = F32
-    x = _make_x(2, 6, 11, 7, dtype, "channels_last", device).requires_grad_(True)
-    ws, sc, sh = _make_params(6, (1, 3, 4), dtype, device, scale=True, shift=True, weight_4d=True)
-    leaves = _leaves(x, ws, sc, sh)
-    for t in leaves:
-        t.requires_grad_(True)
-    ys, pooled = torch.ops.psp_kernels.pyramid_pool_conv_fwd(
-        x, [w.flatten(1) for w in ws], [1, 3, 4], sc, sh, True
-    )
-    ref = reference.pyramid_pool_conv(x, ws, (1, 3, 4), scale=sc, shift=sh, relu=True)
-    assert pooled.shape == (2, 1 + 9 + 16, 6)
-    for y, r in zip(ys, ref):
-        _assert_close(y, r, dtype, "y")
-    gs = [torch.randn_like(r) for r in ref]
-    for g, rg in zip(torch.autograd.grad(ys, leaves, gs), torch.autograd.grad(ref, leaves, gs)):
-        _assert_close(g, rg, dtype, "grad")
-
-
 def test_gradcheck(device):
     if device == "cuda":
-        pytest.skip("float64 runs through the torch fallback on CUDA; gradcheck runs on CPU")
+        pytest.skip("the CUDA kernels do not take float64; gradcheck runs through the interpreter")
     x = torch.randn(1, 2, 4, 5, dtype=F64, requires_grad=True)
     ws, sc, sh = _make_params(2, (1, 2), F64, "cpu", scale=True, shift=True, weight_4d=False)
     ws = [w[:2].clone().requires_grad_(True) for w in ws]

@@ -5,8 +5,6 @@ PyTorch functions. On CPU the kernels run through Triton's interpreter (tests/co
 sizes stay small.
 """
 
-import importlib
-
 import pytest
 import torch
 import torch.nn as nn
@@ -15,10 +13,9 @@ from tolerances import assert_close_to_reference as _assert_close
 import psp_kernels
 import pspnet
 from psp_kernels import reference
-
-ppc = importlib.import_module("psp_kernels.pyramid_pool_conv")
-uc = importlib.import_module("psp_kernels.upsample_concat")
-fused = importlib.import_module("psp_kernels.pyramid_pooling")
+from psp_kernels.ops.pyramid_pool_conv import configs as ppc_configs
+from psp_kernels.ops.pyramid_pool_conv import launch as ppc
+from psp_kernels.ops.upsample_concat import launch as uc
 
 F32, F64 = torch.float32, torch.float64
 
@@ -57,8 +54,8 @@ def spy_copy(monkeypatch):
     every new output with NaN so that a pixel nobody writes cannot pass for a copied one."""
     calls = []
     real = uc.launch_forward
-    real_empty = uc._empty_output
-    monkeypatch.setattr(uc, "_empty_output", lambda x, c: real_empty(x, c).fill_(float("nan")))
+    real_empty = uc.empty_output
+    monkeypatch.setattr(uc, "empty_output", lambda x, c: real_empty(x, c).fill_(float("nan")))
 
     def spy(x, branches, align_corners, out=None, copy_x=True):
         calls.append(copy_x)
@@ -73,13 +70,13 @@ def spy_addend(monkeypatch):
     """Records whether each dx gather of kernel 1 got an addend (the fused PPM backward's
     ``grad[:, :C]``) and checks that the addend is a view of the output gradient, not a copy."""
     calls = []
-    real = ppc._cells_to_pixels
+    real = ppc.cells_to_pixels
 
     def spy(dp, bins, height, width, dx, addend=None):
         calls.append(addend)
         return real(dp, bins, height, width, dx, addend)
 
-    monkeypatch.setattr(ppc, "_cells_to_pixels", spy)
+    monkeypatch.setattr(ppc, "cells_to_pixels", spy)
     return calls
 
 
@@ -171,8 +168,8 @@ def test_matches_reference(case, device, monkeypatch, spy_copy, spy_addend):
     dtype, n, c, h, w, bins, layout, splits, grad_layout, dx_rows = case
     if device == "cuda" and dtype == F64:
         pytest.skip("float64 runs the torch fallback on CUDA (test_fallback_copies_in_kernel_2)")
-    monkeypatch.setattr(ppc, "_FORCE_SPLITS", splits)
-    monkeypatch.setattr(ppc, "_FORCE_DX_ROWS", dx_rows)
+    monkeypatch.setattr(ppc_configs, "FORCE_SPLITS", splits)
+    monkeypatch.setattr(ppc_configs, "FORCE_DX_ROWS", dx_rows)
     _run_case(device, dtype, n, c, h, w, bins, layout, grad_layout=grad_layout)
     assert spy_copy == [False], "kernel 2 must not copy x again"
     # the backward's dx = grad[:, :C] + gather comes from one pass of the dx gather
@@ -183,23 +180,20 @@ def test_matches_reference(case, device, monkeypatch, spy_copy, spy_addend):
 def test_addend_unfused_fallback(device, monkeypatch, spy_addend):
     """A gradient the kernel cannot address (over 2**31 per sample, another dtype) is added after
     the gather: same values."""
-    monkeypatch.setattr(ppc, "_can_add_in_kernel", lambda dx, addend: False)
+    monkeypatch.setattr(ppc, "can_add_in_kernel", lambda dx, addend: False)
     _run_case(device, F32, 2, 3, 8, 9, (1, 3), "channels_last", grad_layout="transposed")
     assert len(spy_addend) == 1 and spy_addend[0] is None
 
 
-@pytest.mark.parametrize("path", ["triton", "torch_fallback"])
-def test_addend_single_rounding(device, monkeypatch, path):
+def test_addend_single_rounding(device):
     """dx = grad[:, :C] + gather is summed in fp32 and rounded to x's dtype once.
 
     bins (1,) on a 1 x 2 map: each pixel's gather is dp / 2 = 2**-11 - 2**-23, not a float16
     value. With the addend 1 + 2**-10 the exact sum lies just below the midpoint of two float16
     values (one rounding: 1 + 2**-10), while rounding the gather to float16 first (2**-11) and
     adding after lands on the midpoint, which ties to 1 + 2**-9."""
-    if path == "triton" and device == "cuda":
+    if device == "cuda":
         pytest.skip("float16 dx dots use tf32 on GPUs, which rounds dp before the sum")
-    if path == "torch_fallback":
-        monkeypatch.setattr(ppc, "_uses_triton", lambda x: False)
     f16 = torch.float16
     c = 16
     # dp = g * w = 2**-10 * (1 - 2**-6) * (1 + 2**-6) = 2**-10 - 2**-22, exact in fp32
@@ -235,8 +229,8 @@ def test_no_affine_no_relu_align_false(device):
 
 
 def test_fallback_copies_in_kernel_2(device, monkeypatch, spy_copy):
-    """Where kernel 1 runs its torch fallback (float64 on CUDA, huge samples), kernel 2 copies."""
-    monkeypatch.setattr(ppc, "_uses_triton", lambda x: False)
+    """Where kernel 1 cannot address the output (over 2**31 per sample), kernel 2 copies."""
+    monkeypatch.setattr(ppc, "can_copy_into", lambda x, out: False)
     x = _make_x(2, 4, 7, 6, F32, "channels_last", device)
     ws, sc, sh = _make_params(4, (1, 3), F32, device)
     for t in [x] + ws + sc + sh:

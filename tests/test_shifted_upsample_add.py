@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from tolerances import assert_close_to_reference
 
 from psp_kernels import reference, shifted_upsample_add
-from psp_kernels.shifted_upsample_add import _bwd_op, _fwd_op, separable_shifted_upsample_add
+from psp_kernels.ops.shifted_upsample_add.op import _bwd_op, _fwd_op
+from psp_kernels.ops.shifted_upsample_add.separable import separable_shifted_upsample_add
 
 PSP_SIZES = [(1, 1), (2, 2), (3, 3), (6, 6)]
 CASES = [

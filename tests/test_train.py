@@ -263,8 +263,10 @@ def _ddp_worker(rank, world, port, cfg_dict, out_dir):
         RANK=str(rank),
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
-        TRITON_INTERPRET="0",
     )
+    from psp_kernels.ops import utils
+
+    utils.INTERPRETER = False  # the plain-torch paths, as in the plain_torch_cpu fixture
     torch.set_num_threads(1)
     import torch.distributed as dist
 

@@ -7,16 +7,13 @@ GPU tile sizes (tl.dot backward, several channel / cell / pixel blocks) on CPU.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 from tolerances import assert_close_to_reference as _close
 
 import psp_kernels
 from psp_kernels import reference
-
-uc_mod = sys.modules["psp_kernels.upsample_concat"]
+from psp_kernels.ops.upsample_concat import configs as uc_configs
 
 # (x shape, branch (R, h, w) list): every required size; big maps get few channels.
 CASES = {
@@ -116,14 +113,14 @@ def test_gpu_configs_under_interpreter(monkeypatch, device):
     """Run the GPU tile sizes: tl.dot backward, multi-block channels, cells and pixels."""
     if device == "cuda":
         pytest.skip("the GPU configurations run natively on CUDA in the other tests")
-    monkeypatch.setattr(uc_mod, "_FWD_CONFIG_INTERPRETER", uc_mod._FWD_CONFIGS["nchw"])
-    monkeypatch.setattr(uc_mod, "_BWD_CONFIG_INTERPRETER", uc_mod._BWD_CONFIG)
+    monkeypatch.setattr(uc_configs, "FWD_CONFIG_INTERPRETER", uc_configs.FWD_CONFIGS["nchw"])
+    monkeypatch.setattr(uc_configs, "BWD_CONFIG_INTERPRETER", uc_configs.BWD_CONFIG)
     # 19x17 = 323 pixels: two NCHW pixel blocks; 33 channels: two 32-channel backward blocks;
     # 6x6 = 36 cells: two row-aligned cell blocks; 9x40: wider than BLOCK_CELLS, column chunks.
     x = torch.randn(1, 10, 19, 17)
     branches = [torch.randn(1, 33, 6, 6), torch.randn(1, 2, 9, 40), torch.randn(1, 3, 1, 1)]
     _check_against_reference(x, branches, False, torch.float32)
-    monkeypatch.setattr(uc_mod, "_FWD_CONFIG_INTERPRETER", uc_mod._FWD_CONFIGS["nhwc"])
+    monkeypatch.setattr(uc_configs, "FWD_CONFIG_INTERPRETER", uc_configs.FWD_CONFIGS["nhwc"])
     _check_against_reference(x.to(memory_format=torch.channels_last), branches, True, torch.float32)
 
 
@@ -167,7 +164,8 @@ def test_opcheck(device):
     dtype = torch.float32 if device == "cuda" else torch.float64
     x = torch.randn(2, 3, 6, 7, dtype=dtype, device=device)
     branches = [torch.randn(2, 2, s, s, dtype=dtype, device=device) for s in (1, 3)]
-    result = torch.library.opcheck(uc_mod._upsample_concat_op, (x, branches, True))
+    op = torch.ops.psp_kernels.upsample_concat.default
+    result = torch.library.opcheck(op, (x, branches, True))
     assert all(v == "SUCCESS" for v in result.values()), result
 
 

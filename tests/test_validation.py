@@ -9,6 +9,7 @@ import torch
 
 import psp_kernels
 from psp_kernels import resolve_backend
+from psp_kernels.ops import utils as ops_utils
 
 BACKENDS = ["triton", "reference"]
 
@@ -174,19 +175,19 @@ def test_upsample_concat_bad_input(device, backend):
 def test_resolve_backend(monkeypatch):
     x = torch.zeros(1, 1, 1, 1)
     assert resolve_backend("reference", x) == "reference"
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(ops_utils, "INTERPRETER", False)
     assert resolve_backend("auto", x) == "reference"
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         resolve_backend("triton", x)
     with pytest.raises(ValueError, match="backend"):
         resolve_backend("fast", x)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(ops_utils, "INTERPRETER", True)
     assert resolve_backend("auto", x) == "triton"
     assert resolve_backend("triton", x) == "triton"
 
 
 def test_triton_backend_on_cpu_without_interpreter_raises(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(ops_utils, "INTERPRETER", False)
     x, ws, bins = _ppc_args("cpu")
     with pytest.raises(RuntimeError, match="backend='triton'"):
         psp_kernels.pyramid_pool_conv(x, ws, bins, backend="triton")
@@ -195,3 +196,17 @@ def test_triton_backend_on_cpu_without_interpreter_raises(monkeypatch):
         psp_kernels.upsample_concat(x, br, backend="triton")
     # "auto" falls back to the reference and works
     assert psp_kernels.upsample_concat(x, br).shape == (2, 9, 6, 5)
+
+
+def test_kernel_limit_resolves_to_reference_or_raises(monkeypatch):
+    """An input over a kernel's own limit: "auto" takes the reference, "triton" raises."""
+    from psp_kernels.ops.pyramid_pool_conv.launch import kernel_limit
+
+    monkeypatch.setattr(ops_utils, "INTERPRETER", True)
+    x = torch.zeros(1, 1, 1, 1)
+    assert kernel_limit(x) is None
+    big = torch.empty(2, 2, 2**15, 2**16, device="meta")  # 2**32 elements per sample
+    assert "2**31" in kernel_limit(big)
+    assert resolve_backend("auto", x, kernel_limit=kernel_limit(big)) == "reference"
+    with pytest.raises(ValueError, match=r"backend='triton'.*2\*\*31"):
+        resolve_backend("triton", x, kernel_limit=kernel_limit(big))

@@ -1,0 +1,76 @@
+"""``torch.library`` registration of the concat-free head op and the public ``shifted_upsample_add``."""
+
+from __future__ import annotations
+
+import torch
+
+from ... import reference
+from ..._backend import resolve_backend
+from ..._validate import check_backend, check_shifted_upsample_add
+from .launch import kernel_limit, launch_backward, launch_forward, map_sizes
+from .separable import separable_shifted_upsample_add
+
+__all__ = ["shifted_upsample_add"]
+
+
+@torch.library.custom_op("psp_kernels::shifted_upsample_add_fwd", mutates_args=())
+def _fwd_op(base: torch.Tensor, maps: list[torch.Tensor], align_corners: bool) -> torch.Tensor:
+    return launch_forward(base, maps, align_corners)
+
+
+@_fwd_op.register_fake
+def _(base, maps, align_corners):
+    return torch.empty_like(base)
+
+
+@torch.library.custom_op("psp_kernels::shifted_upsample_add_bwd", mutates_args=())
+def _bwd_op(grad: torch.Tensor, sizes: list[int], align_corners: bool) -> list[torch.Tensor]:
+    pairs = tuple(zip(sizes[0::2], sizes[1::2]))
+    # the gradients are views of one packed buffer: outputs of a custom op may not alias
+    return [
+        g.clone(memory_format=torch.contiguous_format)
+        for g in launch_backward(grad, pairs, align_corners)
+    ]
+
+
+@_bwd_op.register_fake
+def _(grad, sizes, align_corners):
+    n, o = grad.shape[:2]
+    return [grad.new_empty(n, 9, o, h, w) for h, w in zip(sizes[0::2], sizes[1::2])]
+
+
+def _setup_context(ctx, inputs, output):
+    _, maps, align_corners = inputs
+    ctx.sizes = [s for m in maps for s in m.shape[-2:]]
+    ctx.align_corners = align_corners
+
+
+def _backward(ctx, grad):
+    grad_maps = _bwd_op(grad, ctx.sizes, ctx.align_corners)
+    return grad, grad_maps, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def shifted_upsample_add(base, maps, *, align_corners=True, backend="auto"):
+    """Return ``base`` plus the nine 3x3-shifted bilinear upsamplings of every map.
+
+    Args:
+        base: ``(N, O, H, W)``, typically the ``x``-half of the head's 3x3 convolution.
+        maps: tensors ``(N, 9, O, h_i, w_i)``: tap ``t = 3 * (di + 1) + (dj + 1)`` of map ``i`` is
+            the head conv's tap-``t`` weight slice applied (1x1) to pyramid branch ``i``.
+        align_corners: bilinear mode of the upsampling.
+        backend: ``"auto"`` (Triton on CUDA or under the interpreter, otherwise the separable
+            PyTorch path), ``"triton"`` or ``"reference"`` (the literal definition).
+
+    Differentiable in ``base`` and every map; deterministic.
+    """
+    check_backend(backend)
+    maps = check_shifted_upsample_add(base, maps)
+    if backend == "reference":
+        return reference.shifted_upsample_add(base, maps, align_corners=align_corners)
+    limit = kernel_limit(map_sizes(maps))
+    if resolve_backend(backend, base, kernel_limit=limit) == "triton":
+        return _fwd_op(base, list(maps), bool(align_corners))
+    return separable_shifted_upsample_add(base, maps, align_corners)

@@ -1,0 +1,140 @@
+"""Policy shared by every op: dtypes and dot precision, the interpreter flag, SM count, extents.
+
+Each decision is made here once; the kernels' launchers and op registrations only call these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "INTERPRETER",
+    "GPU_DTYPES",
+    "TRITON_DTYPE",
+    "interpreting",
+    "acc_dtype",
+    "tl_acc_dtype",
+    "dot_precision",
+    "num_sms",
+    "fits_int32",
+    "sample_fits_int32",
+    "device_guard",
+    "split_launch_options",
+    "next_power_of_2",
+    "clamp",
+]
+
+#: Whether Triton's interpreter is on. Read once, when ``psp_kernels`` is imported: that is when
+#: ``@triton.jit`` decorates the kernels and Triton itself reads ``TRITON_INTERPRET``, so a later
+#: change of the environment variable cannot make the two disagree. Tests may monkeypatch it.
+INTERPRETER: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+#: The dtypes the compiled GPU kernels take (float64 runs on the reference and the interpreter).
+GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+#: Triton's pointer element type names, for ahead-of-time signatures.
+TRITON_DTYPE = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float64: "fp64",
+}
+
+next_power_of_2 = triton.next_power_of_2
+
+
+def interpreting() -> bool:
+    """True when the kernels run through Triton's interpreter (on CPU tensors)."""
+    return INTERPRETER
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of every kernel: float32, or float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_acc_dtype(dtype: torch.dtype):
+    """:func:`acc_dtype` as a Triton type, for kernels that take it as a constexpr."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of every ``tl.dot`` for inputs of ``dtype``.
+
+    * float64 (interpreter only): ``"ieee"``.
+    * float32: ``"tf32x3"``: float32 accuracy (about 2**-22 relative per product) on the tensor
+      cores, where ``"ieee"`` would fall back to FMA and make the kernels compute-bound.
+    * float16 / bfloat16: ``"tf32"``. 16-bit operands ignore it (native tensor-core dot with
+      float32 accumulation); float32 operands derived from 16-bit data (cell gradients,
+      interpolation weights) round to tf32 (2**-11), well inside the 16-bit tolerances, at a
+      third of tf32x3's tensor-core work.
+    """
+    if dtype == torch.float64:
+        return "ieee"
+    if dtype == torch.float32:
+        return "tf32x3"
+    return "tf32"
+
+
+@functools.lru_cache(maxsize=16)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA ``device`` (cached per device)."""
+    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def fits_int32(t: torch.Tensor) -> bool:
+    """Whether every element offset of ``t`` (its largest offset from element 0) is below 2**31."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) < 2**31
+
+
+def sample_fits_int32(t: torch.Tensor) -> bool:
+    """Whether offsets inside one sample (all dimensions but the first) are below 2**31.
+
+    Kernels that address a sample with int32 offsets from a 64-bit sample base need this.
+    """
+    return (
+        sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:])) < 2**31
+    )
+
+
+def device_guard(**tensors: torch.Tensor | None):
+    """Check that the given tensors share one device and return a context that makes it current.
+
+    Launchers wrap their launches in it, so a tensor on ``cuda:1`` launches on ``cuda:1`` without
+    ``torch.cuda.set_device``. ``None`` entries are ignored. Raises ``ValueError`` naming the
+    arguments when the tensors are on different devices.
+    """
+    named = [(name, t) for name, t in tensors.items() if t is not None]
+    if not named:
+        return contextlib.nullcontext()
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise ValueError(
+                f"{name} is on {t.device} but {first_name} is on {first.device}; "
+                "all tensors of one op must be on one device"
+            )
+    if first.device.type == "cuda":
+        return torch.cuda.device(first.device)
+    return contextlib.nullcontext()
+
+
+def split_launch_options(cfg: dict) -> tuple[dict, dict]:
+    """``(constexprs, options)`` of a config dict: ``num_warps``/``num_stages`` are options."""
+    meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
+    opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+    return meta, opts
+
+
+def clamp(v: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, v))
