@@ -1,8 +1,11 @@
-"""Ahead-of-time compile specifications, consumed by ``python -m psp_kernels.compile_check``.
+"""What each op tells the ahead-of-time instruments about its kernels.
 
-Each op module defines ``aot_specs() -> list[AotSpec]``: one entry per Triton kernel and per
-configuration (block sizes, warps, stages, dtype) that its launcher can pick, so that the compile
-check covers exactly what can run on a GPU.
+* ``configs.aot_specs() -> list[AotSpec]``: one entry per Triton kernel and per configuration
+  (block sizes, warps, stages, dtype) that its launcher can pick, so that the generic
+  ``python -m psp_kernels.compile_check`` covers exactly what can run on a GPU;
+* ``configs.TRAFFIC``: per kernel name, a function of a recorded launch
+  (:class:`psp_kernels.analysis.record.Launch`) that returns its :class:`Traffic`, the inputs of
+  the workload report's cost model (:mod:`psp_kernels.analysis.cost`).
 """
 
 from __future__ import annotations
@@ -29,3 +32,41 @@ class AotSpec:
     constexprs: dict = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 2
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What one launch does, as the cost model needs it (estimates, from the kernel's design).
+
+    Attributes:
+        moved: bytes it reads and writes in HBM (re-reads of tensors too big for L2 included).
+        ideal: bytes of its inputs read once and its outputs written once.
+        dot_flops: FLOPs of its ``tl.dot`` products (0 without dots).
+        dot_kind: precision class of those dots: ``"16bit"``, ``"tf32"``, ``"tf32x3"`` or
+            ``"fp32"`` (``input_precision="ieee"``: FMA, no tensor cores).
+        steps: serial loop steps of its longest program that wait for a global load.
+        step_bytes: bytes one program loads per such step.
+        step_tensor: the pointer argument those loads read (its PTX accesses tell whether they
+            are software-pipelined).
+        fills_gpu: the launcher sizes the grid to fill the GPU whatever the batch (row splits),
+            so it must reach one wave at batch 1 too.
+    """
+
+    moved: int
+    ideal: int
+    dot_flops: float = 0.0
+    dot_kind: str = "16bit"
+    steps: int = 1
+    step_bytes: int = 0
+    step_tensor: str = ""
+    fills_gpu: bool = False
+
+
+def dot_kind(precision: str, operand_itemsize: int) -> str:
+    """The cost model's precision class of a ``tl.dot``: its ``input_precision`` and the size
+    of its operands' elements (2: 16-bit operands, whose dots ignore the precision)."""
+    if precision == "ieee":
+        return "fp32"
+    if operand_itemsize == 2:
+        return "16bit"
+    return precision  # "tf32" or "tf32x3" on float32 operands

@@ -2,9 +2,12 @@
 
 Usage::
 
-    python -m psp_kernels.compile_check [--arch 80 90] [--jobs N] [-v]
+    python -m psp_kernels.compile_check [--arch 80 90] [--jobs N] [--module OP ...]
+    python -m psp_kernels.compile_check --workload {ppm,ppm-train,head,all} [--n 8] [--c 2048]
+        [--hw 60 60] [--dtype bf16 fp16 fp32] [--layout nchw nhwc] [--ci] [--warn-only]
 
-Every op package's ``psp_kernels.ops.<op>.configs.aot_specs()`` lists the (kernel, block sizes, warps,
+Generic mode (the default):
+every op package's ``psp_kernels.ops.<op>.configs.aot_specs()`` lists the (kernel, block sizes, warps,
 stages, dtype) configurations its launcher can pick. Each one is compiled with
 ``triton.compile`` for sm_80 (A100) and sm_90 (H100), and the ``ptxas`` shipped with Triton reports
 its registers, spills and shared memory. This catches what Triton's CPU interpreter lets through
@@ -13,6 +16,13 @@ its registers, spills and shared memory. This catches what Triton's CPU interpre
 Prints one table row per (kernel configuration, architecture); exits with status 1 when any
 configuration fails to compile, spills registers or needs more shared memory than the target has
 (sm_80: 163 KB, sm_90: 227 KB opt-in per block), 0 otherwise.
+
+Workload mode (``--workload``): the launches a workload really makes (``psp_kernels.analysis``:
+recorded on meta tensors, compiled with the JIT's specialization), with grid, waves, registers,
+spills, shared memory, occupancy, the widths of the global loads and stores from the SASS,
+tensor-core instructions, the bytes each moves against the ideal and the cost model's time on
+A100 / H100 / H200; exits 1 on any finding (``psp_kernels.analysis.report``) unless
+``--warn-only``.
 
 The interpreter replaces ``@triton.jit`` functions when ``TRITON_INTERPRET=1`` is set at import
 time, so under that setting this module re-runs itself in a subprocess without it.
@@ -28,14 +38,13 @@ import importlib.util
 import json
 import os
 import pkgutil
-import re
 import subprocess
 import sys
-import tempfile
 import time
 
-# Largest shared memory one block may opt into, in bytes, per compute capability.
-SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+from .analysis import cli as workload_cli
+from .analysis.machine import SHARED_LIMIT
+
 DEFAULT_ARCHS = (80, 90)
 
 
@@ -68,17 +77,6 @@ def collect_specs(modules=None):
     return found
 
 
-def _bin_dir() -> str:
-    import triton
-
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-
-
-_PTXAS_REGS = re.compile(r"Used (\d+) registers")
-_PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
-_PTXAS_SMEM = re.compile(r"(\d+) bytes smem")
-
-
 def _usage_cache_dir() -> str:
     base = os.environ.get("TRITON_CACHE_DIR") or os.path.join(
         os.path.expanduser("~"), ".triton", "cache"
@@ -87,11 +85,9 @@ def _usage_cache_dir() -> str:
 
 
 def _ptxas_usage(ptx: str, arch: int) -> dict:
-    """Registers, spill stores/loads and static shared memory from ``ptxas -v``.
+    """``machine.ptxas_usage``, cached by the PTX's hash next to Triton's own cache."""
+    from .analysis.machine import ptxas_usage
 
-    Cached by the PTX's hash next to Triton's own cache (Triton caches the compile itself), so a
-    second run of the check costs almost nothing.
-    """
     key = hashlib.sha256(f"{arch}\n{ptx}".encode()).hexdigest()
     cache = os.path.join(_usage_cache_dir(), f"{key}.json")
     try:
@@ -99,7 +95,7 @@ def _ptxas_usage(ptx: str, arch: int) -> dict:
             return json.load(f)
     except (OSError, ValueError):
         pass
-    usage = _run_ptxas(ptx, arch)
+    usage = ptxas_usage(ptx, arch)
     try:
         os.makedirs(os.path.dirname(cache), exist_ok=True)
         tmp = f"{cache}.{os.getpid()}.tmp"
@@ -109,38 +105,6 @@ def _ptxas_usage(ptx: str, arch: int) -> dict:
     except OSError:
         pass
     return usage
-
-
-def _run_ptxas(ptx: str, arch: int) -> dict:
-    target = "sm_90a" if arch == 90 else f"sm_{arch}"
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "k.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
-        proc = subprocess.run(
-            [
-                os.path.join(_bin_dir(), "ptxas"),
-                f"-arch={target}",
-                "-v",
-                src,
-                "-o",
-                os.path.join(tmp, "k.o"),
-            ],
-            capture_output=True,
-            text=True,
-        )
-    text = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise RuntimeError(f"ptxas failed: {text.strip()}")
-    regs = _PTXAS_REGS.search(text)
-    spill = _PTXAS_SPILL.search(text)
-    smem = _PTXAS_SMEM.search(text)
-    return {
-        "registers": int(regs.group(1)) if regs else 0,
-        "spill_stores": int(spill.group(1)) if spill else 0,
-        "spill_loads": int(spill.group(2)) if spill else 0,
-        "static_smem": int(smem.group(1)) if smem else 0,
-    }
 
 
 def _full_signature(spec) -> dict:
@@ -243,9 +207,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--module", nargs="+", default=None, help="only these ops (psp_kernels.ops.<op>)"
     )
+    workload_cli.add_arguments(parser)
     args = parser.parse_args(argv)
     if _interpret_env_set():
         return _rerun_without_interpreter(argv)
+    if args.workload:
+        return workload_cli.run(args)
 
     start = time.perf_counter()
     specs = collect_specs(args.module)

@@ -7,6 +7,7 @@ so sizes stay small; the largest maps only come with few channels.
 import pytest
 import torch
 from tolerances import assert_close_to_reference as _assert_close
+from tolerances import skip_unless_kernels_take
 
 import psp_kernels
 from psp_kernels import reference
@@ -51,6 +52,7 @@ def _leaves(x, ws, sc, sh):
 
 
 def _run_case(device, dtype, n, c, h, w, bins, layout, scale, shift, relu, weight_4d):
+    skip_unless_kernels_take(dtype, device)
     x = _make_x(n, c, h, w, dtype, layout, device).requires_grad_(True)
     ws, sc, sh = _make_params(c, bins, dtype, device, scale=scale, shift=shift, weight_4d=weight_4d)
     leaves = _leaves(x, ws, sc, sh)
@@ -125,6 +127,7 @@ def test_split_rows_and_dx_row_blocks(device, monkeypatch):
 
 def test_unused_outputs_and_no_grad_for_x(device):
     """Gradients when only some branches are used, and when x does not need a gradient."""
+    skip_unless_kernels_take(F64, device)
     x = torch.randn(2, 4, 9, 8, dtype=F64, device=device)
     ws, sc, sh = _make_params(4, (1, 2, 3), F64, device, scale=True, shift=True, weight_4d=False)
     for t in ws + sc + sh:

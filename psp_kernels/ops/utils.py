@@ -88,8 +88,10 @@ def _num_sms(index: int) -> int:
 
 
 def num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA ``device`` (cached per device)."""
-    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    """Streaming multiprocessors of a CUDA ``device`` (cached per device index)."""
+    if device.index is not None:
+        return _num_sms(device.index)
+    return _num_sms(torch.cuda.current_device() if device.type == "cuda" else 0)
 
 
 def fits_int32(t: torch.Tensor) -> bool:

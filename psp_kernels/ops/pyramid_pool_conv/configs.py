@@ -11,8 +11,9 @@ from __future__ import annotations
 import inspect
 
 import torch
+import triton
 
-from ..._aot import AotSpec
+from ..._aot import AotSpec, Traffic, dot_kind
 from ..utils import GPU_DTYPES, TRITON_DTYPE, clamp, dot_precision, interpreting, next_power_of_2
 from ..utils import split_launch_options as launch_options
 from .kernels import _cells_conv_kernel, _cells_to_pixels_kernel, _pool_cells_kernel
@@ -185,3 +186,77 @@ def aot_specs() -> list[AotSpec]:
                         )
                     )
     return specs
+
+
+# ----------------------------------------------------------------------------------------------
+# Traffic model of each launch, for the workload report's cost model (estimates)
+# ----------------------------------------------------------------------------------------------
+
+
+def _pool_cells_traffic(launch) -> Traffic:
+    a = launch.args
+    x = a["x_ptr"]
+    n, c, h, w = x.shape
+    rows = min(a["ROWS_PER_SPLIT"], h)
+    steps = rows * triton.cdiv(w, a["BLOCK_W"])
+    copy = x.nbytes if a["COPY_X"] else 0
+    pooled = n * a["TOTAL"] * c * 4
+    tile = a["BLOCK_CELLS"] * a["BLOCK_W"] * a["BLOCK_C"]
+    return Traffic(
+        moved=a["NUM_CELL_BLOCKS"] * x.nbytes + a["ws_ptr"].nbytes + copy,
+        ideal=x.nbytes + pooled + copy,
+        dot_flops=2.0 * launch.programs * steps * tile,
+        dot_kind=dot_kind(a["DOT_PRECISION"], x.itemsize),
+        steps=steps,
+        step_bytes=a["BLOCK_W"] * a["BLOCK_C"] * x.itemsize,
+        step_tensor="x_ptr",
+        fills_gpu=a["NUM_CELL_BLOCKS"] == 1,
+    )
+
+
+def _cells_conv_traffic(launch) -> Traffic:
+    a = launch.args
+    weight, pooled_bytes = a["w_ptr"], a["M"] * a["C"] * 4
+    steps = triton.cdiv(a["C"], a["BLOCK_C"])
+    moved = weight.nbytes + pooled_bytes + a["y_ptr"].nbytes  # re-reads hit L2
+    return Traffic(
+        moved=moved,
+        ideal=moved,
+        dot_flops=2.0 * launch.programs * steps * a["BLOCK_R"] * a["BLOCK_M"] * a["BLOCK_C"],
+        dot_kind="fp32",  # input_precision="ieee"
+        steps=steps,
+        step_bytes=a["BLOCK_C"] * (a["BLOCK_R"] * weight.itemsize + a["BLOCK_M"] * 4),
+        step_tensor="w_ptr",
+    )
+
+
+def _cells_to_pixels_traffic(launch) -> Traffic:
+    a = launch.args
+    dx = a["dx_ptr"]
+    rows = a["ROWS_PER_PROGRAM"]
+    blocks = 1 if a["ONE_CELL_BLOCK"] else triton.cdiv(a["TOTAL"], a["BLOCK_CELLS"])
+    addend = dx.nbytes if a["HAS_ADDEND"] else 0
+    moved = dx.nbytes + addend + a["dp_ptr"].nbytes
+    tile = a["BLOCK_W"] * a["BLOCK_C"] * a["BLOCK_CELLS"]
+    if a["HAS_ADDEND"]:
+        steps, step_bytes, step_tensor = rows, a["BLOCK_W"] * a["BLOCK_C"] * dx.itemsize, "add_ptr"
+    else:
+        steps, step_bytes, step_tensor = 1, a["BLOCK_CELLS"] * a["BLOCK_C"] * 4, "dp_ptr"
+    if not a["ONE_CELL_BLOCK"]:
+        steps = rows * blocks
+    return Traffic(
+        moved=moved,
+        ideal=moved,
+        dot_flops=2.0 * launch.programs * rows * blocks * tile,
+        dot_kind=dot_kind(a["DOT_PRECISION"], 4),
+        steps=steps,
+        step_bytes=step_bytes,
+        step_tensor=step_tensor,
+    )
+
+
+TRAFFIC = {
+    "_pool_cells_kernel": _pool_cells_traffic,
+    "_cells_conv_kernel": _cells_conv_traffic,
+    "_cells_to_pixels_kernel": _cells_to_pixels_traffic,
+}

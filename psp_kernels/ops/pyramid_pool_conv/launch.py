@@ -61,14 +61,14 @@ def cell_offsets(bins) -> list[int]:
 def _copy_cell_block(height: int, width: int, bins: tuple[int, ...], block_cells: int) -> int:
     """The cell block whose cells cover the most image rows (all of them when a whole bin fits
     in one block): its programs write the copy of x and read only the rows they pool anyway."""
-    table = geometry.cell_table(height, width, bins)
+    # the cells' row windows in table order (bin by bin, row-major); host ints, no tensors
+    rows = [w for b in bins for w in geometry.pool_windows(height, b) for _ in range(b)]
     best, best_rows = 0, -1
-    for k0 in range(0, table.shape[1], block_cells):
-        rows = int(table[1, k0 : k0 + block_cells].max()) - int(
-            table[0, k0 : k0 + block_cells].min()
-        )
-        if rows > best_rows:
-            best, best_rows = k0 // block_cells, rows
+    for k0 in range(0, len(rows), block_cells):
+        block = rows[k0 : k0 + block_cells]
+        covered = max(e for _, e in block) - min(s for s, _ in block)
+        if covered > best_rows:
+            best, best_rows = k0 // block_cells, covered
     return best
 
 
@@ -90,7 +90,7 @@ def pool_cells(
     programs = n * num_c_blocks * num_cell_blocks
     if configs.FORCE_SPLITS is not None:
         splits = configs.FORCE_SPLITS
-    elif x.device.type == "cuda" and num_cell_blocks == 1:
+    elif not interpreting() and num_cell_blocks == 1:
         # fill the GPU (two programs per SM) when the batch alone does not, >= 8 rows per split
         want = 2 * num_sms(x.device)
         splits = min(triton.cdiv(want, programs), max(h // 8, 1)) if programs < want else 1

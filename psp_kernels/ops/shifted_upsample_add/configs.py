@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+import triton
 
-from ..._aot import AotSpec
+from ..._aot import AotSpec, Traffic, dot_kind
 from ..utils import GPU_DTYPES, TRITON_DTYPE, dot_precision, tl_acc_dtype
 from .kernels import _shifted_upsample_add_bwd_kernel, _shifted_upsample_add_fwd_kernel
 
@@ -47,3 +48,51 @@ def aot_specs() -> list[AotSpec]:
             specs.append(AotSpec(f"shifted_upsample_add_{label}[{ty}]", kernel, sig, consts,
                                  num_warps=num_warps))  # fmt: skip
     return specs
+
+
+# ----------------------------------------------------------------------------------------------
+# Traffic model of each launch, for the workload report's cost model (estimates)
+# ----------------------------------------------------------------------------------------------
+
+
+def _fwd_traffic(launch) -> Traffic:
+    a = launch.args
+    base = a["base_ptr"]
+    h_steps = triton.cdiv(a["H"], a["BLOCK_H"])
+    k, j, bw = a["K_PAD"], a["J_PAD"], a["BLOCK_W"]
+    moved = base.nbytes + a["out_ptr"].nbytes + a["v_ptr"].nbytes
+    flops = launch.programs * (2.0 * k * j * bw + h_steps * 2.0 * a["BLOCK_H"] * k * bw)
+    return Traffic(
+        moved=moved,
+        ideal=moved,
+        dot_flops=flops,
+        dot_kind=dot_kind(a["PRECISION"], 4),
+        steps=1 + h_steps,
+        step_bytes=a["BLOCK_H"] * bw * base.itemsize,
+        step_tensor="base_ptr",
+    )
+
+
+def _bwd_traffic(launch) -> Traffic:
+    a = launch.args
+    grad = a["grad_ptr"]
+    w_steps = triton.cdiv(a["W"], a["BLOCK_W"])
+    steps = w_steps * triton.cdiv(a["H"], a["BLOCK_H"])
+    k, j, bh, bw = a["K_PAD"], a["J_PAD"], a["BLOCK_H"], a["BLOCK_W"]
+    moved = grad.nbytes + a["dv_ptr"].nbytes
+    flops = launch.programs * (steps * 2.0 * k * bh * bw + w_steps * 2.0 * k * bw * j)
+    return Traffic(
+        moved=moved,
+        ideal=moved,
+        dot_flops=flops,
+        dot_kind=dot_kind(a["PRECISION"], 4),
+        steps=steps,
+        step_bytes=bh * bw * grad.itemsize,
+        step_tensor="grad_ptr",
+    )
+
+
+TRAFFIC = {
+    "_shifted_upsample_add_fwd_kernel": _fwd_traffic,
+    "_shifted_upsample_add_bwd_kernel": _bwd_traffic,
+}

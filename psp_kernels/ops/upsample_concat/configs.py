@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..._aot import AotSpec
+import triton
+
+from ..._aot import AotSpec, Traffic, dot_kind
 from ..utils import GPU_DTYPES, TRITON_DTYPE, dot_precision, interpreting
 from .kernels import _upsample_concat_bwd_kernel, _upsample_concat_fwd_kernel
 
@@ -103,3 +105,47 @@ def aot_specs() -> list[AotSpec]:
             )
         )
     return specs
+
+
+# ----------------------------------------------------------------------------------------------
+# Traffic model of each launch, for the workload report's cost model (estimates)
+# ----------------------------------------------------------------------------------------------
+
+
+def _fwd_traffic(launch) -> Traffic:
+    a = launch.args
+    x, out = a["x_ptr"], a["out_ptr"]
+    n, c_total, h, w = out.shape
+    rows = a["blocks_ptr"].numel // 8
+    channels = min(c_total, rows * a["BLOCK_C"])  # ragged blocks: a slight overestimate
+    copy = x.nbytes if channels > c_total - x.shape[1] else 0  # the table has copy rows
+    moved = n * channels * h * w * out.itemsize + copy + n * a["P"] * out.itemsize
+    return Traffic(
+        moved=moved,
+        ideal=moved,
+        steps=1,
+        step_bytes=a["BLOCK_C"] * a["BLOCK_HW"] * out.itemsize,
+        step_tensor="x_ptr",
+    )
+
+
+def _bwd_traffic(launch) -> Traffic:
+    a = launch.args
+    g, dy = a["g_ptr"], a["dy_ptr"]
+    # the output rectangle touching a block of cells: the whole map for bins up to 3, about
+    # 1/hb of it per row block of the larger bins; each of a program's steps is BLOCK_HW pixels
+    steps = triton.cdiv(a["H"] * a["W"], a["BLOCK_HW"])
+    moved = g.nbytes + dy.nbytes
+    tile = a["BLOCK_C"] * a["BLOCK_HW"] * a["BLOCK_CELLS"]
+    return Traffic(
+        moved=moved,
+        ideal=moved,
+        dot_flops=2.0 * launch.programs * steps * tile,
+        dot_kind=dot_kind(a["DOT_PRECISION"], 4),
+        steps=steps,
+        step_bytes=a["BLOCK_C"] * a["BLOCK_HW"] * g.itemsize,
+        step_tensor="g_ptr",
+    )
+
+
+TRAFFIC = {"_upsample_concat_fwd_kernel": _fwd_traffic, "_upsample_concat_bwd_kernel": _bwd_traffic}

@@ -1,0 +1,203 @@
+"""Record the Triton launches of a workload without a GPU.
+
+The public ops and ``pspnet`` modules run on ``meta`` tensors that stand in for CUDA tensors
+(shapes, strides and dtypes real, no data), with every kernel launch intercepted at the JIT
+boundary (``JITFunction.run``) and recorded instead of run. Meta tensors rather than
+``FakeTensorMode`` CUDA tensors: the launchers build their small index tables on the host from
+real values, which a fake-tensor mode would turn into value-less fakes.
+
+While recording:
+
+* ``psp_kernels`` decides the backend as for CUDA tensors (``_backend._why_not_triton``) and
+  picks the GPU configurations (``ops.utils.INTERPRETER`` off), with the SM count of the GPU
+  being modelled (``ops.utils._num_sms``);
+* every ``psp_kernels::`` custom op runs its real implementation (the launchers) also on meta
+  tensors, where torch would otherwise run its fake implementation and launch nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+from collections.abc import Iterator
+
+import torch
+from torch._library.custom_ops import CustomOpDef
+from triton.runtime.jit import JITFunction
+
+#: Where a fresh allocation would start (PyTorch's caching allocator aligns blocks to 512 B).
+_BASE_ADDRESS = 1 << 21
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorArg:
+    """A tensor argument of a recorded launch: its geometry, no data."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    storage_offset: int
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> TensorArg:
+        return cls(tuple(t.shape), tuple(t.stride()), t.dtype, int(t.storage_offset()))
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the elements it holds (a dense tensor's size)."""
+        return self.numel * self.itemsize
+
+    def contiguous_run(self) -> int:
+        """Elements of the longest unit-stride dimension (1 when no dimension has stride 1)."""
+        return max([s for s, st in zip(self.shape, self.stride) if st == 1] or [1])
+
+
+class _Pointer:
+    """What Triton's JIT specialization sees of a tensor: its dtype and data address."""
+
+    def __init__(self, arg: TensorArg):
+        self.dtype = arg.dtype
+        self._address = _BASE_ADDRESS + arg.storage_offset * arg.itemsize
+
+    def data_ptr(self) -> int:
+        return self._address
+
+
+@dataclasses.dataclass
+class Launch:
+    """One recorded kernel launch.
+
+    Attributes:
+        kernel: the ``JITFunction``.
+        grid: ``(x, y, z)`` program counts.
+        args: every argument by name (tensors as :class:`TensorArg`), constexprs included.
+        options: launch options (``num_warps``, ``num_stages``).
+        step: which op / pass launched it (``"pyramid_pooling fwd"``...).
+    """
+
+    kernel: JITFunction
+    grid: tuple[int, int, int]
+    args: dict
+    options: dict
+    step: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+    @property
+    def programs(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    def jit_args(self) -> list:
+        """The positional arguments as Triton's JIT binder sees them (tensors as pointers)."""
+        return [
+            _Pointer(v) if isinstance(v, TensorArg) else v
+            for name, v in self.args.items()
+            if not self.kernel.params[self.kernel.arg_names.index(name)].is_constexpr
+        ]
+
+    def constexprs(self) -> dict:
+        return {p.name: self.args[p.name] for p in self.kernel.params if p.is_constexpr}
+
+
+def _grid(grid, bound: dict) -> tuple[int, int, int]:
+    if callable(grid):
+        grid = grid(bound)
+    grid = tuple(int(g) for g in grid)
+    return grid + (1,) * (3 - len(grid))
+
+
+def _psp_custom_ops() -> list[CustomOpDef]:
+    """Every ``psp_kernels::`` custom op, found in the ops' registration modules."""
+    import importlib
+    import pkgutil
+
+    import psp_kernels.ops
+
+    found = {}
+    for info in pkgutil.iter_modules(psp_kernels.ops.__path__):
+        if info.ispkg:
+            module = importlib.import_module(f"psp_kernels.ops.{info.name}.op")
+            for value in vars(module).values():
+                if isinstance(value, CustomOpDef):
+                    found[id(value)] = value
+    return list(found.values())
+
+
+class Recorder:
+    """The launches recorded so far; :meth:`step` labels the launches made inside it."""
+
+    def __init__(self):
+        self.launches: list[Launch] = []
+        self._step = ""
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        self._step = name
+        try:
+            yield
+        finally:
+            self._step = ""
+
+    def record(self, kernel: JITFunction, args, grid, kwargs) -> None:
+        bound = dict(zip(kernel.arg_names, args))
+        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+        bound.update(kwargs)
+        for p in kernel.params:  # constexpr defaults the launcher did not pass
+            if p.name not in bound and p.default is not inspect.Parameter.empty:
+                bound[p.name] = p.default
+        args_out = {
+            name: TensorArg.of(bound[name])
+            if isinstance(bound[name], torch.Tensor)
+            else bound[name]
+            for name in kernel.arg_names
+        }
+        self.launches.append(Launch(kernel, _grid(grid, bound), args_out, options, self._step))
+
+
+@contextlib.contextmanager
+def recording(num_sms: int) -> Iterator[Recorder]:
+    """Record instead of run every Triton launch made inside; yields the :class:`Recorder`.
+
+    ``num_sms``: the SM count the launchers see (their grids fill that many SMs).
+    """
+    from .. import _backend
+    from ..ops import utils
+
+    recorder = Recorder()
+
+    def run(self, *args, grid, warmup, **kwargs):
+        recorder.record(self, args, grid, kwargs)
+
+    patches = [
+        (JITFunction, "run", run),
+        (_backend, "_why_not_triton", lambda x: None),
+        (utils, "INTERPRETER", False),
+        (utils, "_num_sms", lambda index: num_sms),
+    ]
+    old = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
+    ops = [(o, o._abstract_fn) for o in _psp_custom_ops()]
+    try:
+        for obj, attr, value in patches:
+            setattr(obj, attr, value)
+        for o, _ in ops:
+            o._abstract_fn = o._init_fn  # the launchers, also on meta tensors
+        yield recorder
+    finally:
+        for obj, attr, value in old:
+            setattr(obj, attr, value)
+        for o, fn in ops:
+            o._abstract_fn = fn

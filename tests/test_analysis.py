@@ -1,0 +1,156 @@
+"""The workload report's instruments: launch recording, JIT specialization, machine-code reading,
+the cost model, and ``python -m psp_kernels.compile_check --workload``.
+
+The tests run with Triton's interpreter on, which replaces the kernels, so everything that
+compiles runs in a subprocess without it (as the report itself does).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import psp_kernels
+from psp_kernels._aot import Traffic
+from psp_kernels.analysis import cost, machine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(psp_kernels.__file__)))
+
+PTX = """
+.visible .entry k(
+	.param .u64 .ptr .global .align 1 k_param_0,
+	.param .u64 .ptr .global .align 1 k_param_1,
+	.param .u32 k_param_2,
+	.param .u64 .ptr .global .align 1 k_param_3
+)
+{
+	ld.param.b64 	%rd1, [k_param_0];
+	ld.param.b64 	%rd2, [k_param_1];
+	ld.param.b32 	%r1, [k_param_2];
+	ld.param.b64 	%rd3, [k_param_3];
+	mul.wide.s32 	%rd4, %r1, 4;
+	add.s64 	%rd5, %rd2, %rd4;
+	@%p1 ld.global.b32 { %r2 }, [ %rd5 + 0 ];
+	mul.wide.s32 	%rd6, %r2, 2;
+	add.s64 	%rd7, %rd1, %rd6;
+$L__loop:
+	@%p2 ld.global.v4.b32 { %r3, %r4, %r5, %r6 }, [ %rd7 + 0 ];
+	cp.async.cg.shared.global [ %r9 + 0 ], [ %rd7 + 0 ], 0x10, %r10;
+	add.s64 	%rd7, %rd7, %rd4;
+	st.global.b16 [ %rd3 + 0 ], { %rs1 };
+	selp.b64 	%rd8, %rd1, %rd3, %p3;
+	st.global.v2.b32 [ %rd8 + 0 ], { %r3, %r4 };
+}
+"""
+
+
+def test_ptx_accesses_are_traced_to_their_pointer():
+    got = [(a["kind"], a["width"], a["params"]) for a in machine.ptx_accesses(PTX)]
+    assert got == [
+        ("ld", 4, [1]),  # the table: an index, whose value carries no provenance
+        ("ld", 16, [0]),  # x through a loop-carried pointer, offset by the loaded index
+        ("cp.async", 16, [0]),
+        ("st", 2, [3]),
+        ("st", 8, [0, 3]),  # a select between two pointers blames both
+    ]
+
+
+def test_occupancy_limits():
+    assert machine.occupancy(255, 0, 8, 90) == 1  # registers: 64 K / (256 x 32 x 8)
+    assert machine.occupancy(32, 0, 4, 90) == 16  # threads: 2048 / 128
+    assert machine.occupancy(32, 100 * 1024, 4, 90) == 2  # shared memory: 228 K / 101 K
+    assert machine.occupancy(32, 100 * 1024, 4, 80) == 1
+
+
+def _machine(**kw):
+    base = {"sass": {"HGMMA": 1}, "occupancy": 2, "num_stages": 3, "accesses": [],
+            "param_names": ["x_ptr"]}  # fmt: skip
+    return dict(base, **kw)
+
+
+def test_cost_model_terms():
+    h100 = cost.GPUS["H100"]
+    bw = Traffic(moved=int(0.9 * 3350e3 * 1000), ideal=0, steps=1)  # 1 ms at 90% of 3.35 TB/s
+    t = cost.launch_time(bw, _machine(), programs=264, gpu=h100)
+    assert t["bound"] == "bandwidth" and t["us"] == pytest.approx(1000.0, rel=1e-3)
+    lat = Traffic(moved=0, ideal=0, steps=30, step_tensor="x_ptr")
+    t = cost.launch_time(lat, _machine(), programs=600, gpu=h100)  # 3 rounds of 264 slots
+    assert t["bound"] == "latency" and t["us"] == pytest.approx(90.0)
+    pipelined = _machine(accesses=[{"kind": "cp.async", "width": 16, "params": [0]}])
+    t = cost.launch_time(lat, pipelined, programs=600, gpu=h100)  # 2 loads in flight
+    assert t["us"] == pytest.approx(45.0) and t["depth"] == 2
+    dot = Traffic(moved=0, ideal=0, dot_flops=989e7, dot_kind="16bit")
+    t = cost.launch_time(dot, _machine(), 132, h100)
+    assert t["bound"] == "tensor cores" and t["us"] == pytest.approx(10.0)
+    ffma = cost.launch_time(dot, _machine(sass={"FFMA": 9}), 132, h100)
+    assert ffma["us"] == pytest.approx(989e7 / 67e12 * 1e6)  # no tensor cores: the FMA rate
+    few = cost.launch_time(dot, _machine(), 1, h100)  # one program: one SM's share of the rate
+    assert few["terms"]["tensor cores"] == pytest.approx(1320.0)
+    assert cost.launch_time(Traffic(0, 0), _machine(), 1, h100)["bound"] == "launch"
+
+
+def test_sass_widths():
+    ops = ("LDG.E.128", "LDG.E.U16", "LDG.E", "STG.E.64", "LDGSTS.E.BYPASS.LTC128B.128")
+    assert [machine._sass_width(op) for op in ops] == [16, 2, 4, 8, 16]
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, torch
+    from psp_kernels.analysis import machine
+    from psp_kernels.analysis.workloads import Shape, record_workload
+    launches = record_workload("ppm", Shape(1, 64, 61, 17, torch.float32), num_sms=132)
+    pool = launches[0]
+    src = machine.jit_source(pool, 90)
+    m = machine.analyse(src)
+    print(json.dumps({
+        "names": [l.name for l in launches], "steps": [l.step for l in launches],
+        "grid": pool.grid, "signature": src["signature"],
+        "attrs": {str(k[0]): v for k, v in src["attrs"].items()},
+        "registers": m["registers"], "sass": m["sass"],
+    }))
+    """
+)
+
+
+def _env():
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
+def test_recorded_launches_are_specialized_like_the_jit():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          env=_env(), cwd=ROOT, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # the eval PPM: kernel 1's stage 1 (copying x), stage 2 per bin, kernel 2's branches
+    assert out["names"] == ["_pool_cells_kernel"] + ["_cells_conv_kernel"] * 4 + [
+        "_upsample_concat_fwd_kernel"
+    ]
+    assert set(out["steps"]) == {"PPM eval forward"}
+    assert out["grid"][1] > 1  # batch 1: the rows are split to fill the 132 SMs
+    sig = out["signature"]
+    assert sig["stride_xw"] == "constexpr"  # a stride of 1 becomes a constant
+    assert sig["x_ptr"] == "*fp32" and sig["C"] == "i32"
+    names = list(sig)
+    assert out["attrs"][str(names.index("x_ptr"))] == [["tt.divisibility", 16]]
+    assert out["attrs"][str(names.index("C"))] == [["tt.divisibility", 16]]  # C = 64
+    assert out["attrs"][str(names.index("H"))] == []  # H = 61
+    assert out["registers"] > 0 and sum(v for k, v in out["sass"].items() if "LDG" in k) > 0
+
+
+def test_workload_cli_reports_findings_and_exit_code():
+    cmd = [sys.executable, "-m", "psp_kernels.compile_check", "--workload", "ppm", "--n", "1"]
+    cmd += ["--c", "64", "--hw", "13", "17", "--dtype", "fp32", "--arch", "90", "--jobs", "1"]
+    env = dict(os.environ, TRITON_INTERPRET="1")  # the check leaves the interpreter itself
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert "_pool_cells_kernel" in out and "H100" in out and "x ideal" in out, out
+    assert "estimates" in out
+    findings = [line for line in out.splitlines() if line.strip().startswith("FINDING")]
+    assert proc.returncode == (1 if findings else 0), out
+    warn = subprocess.run(cmd + ["--warn-only"], capture_output=True, text=True, env=_env(),
+                          cwd=ROOT, timeout=600)  # fmt: skip
+    assert warn.returncode == 0, warn.stdout + warn.stderr
