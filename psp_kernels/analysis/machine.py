@@ -247,16 +247,16 @@ def analyse(src: dict) -> dict:
     pointer params in ``param_names``, the runtime arguments) and ``num_warps`` /
     ``num_stages``; or ``{"error": ...}`` when it does not compile.
     """
+    names = [n for n, ty in src["signature"].items() if ty != "constexpr"]
     try:
         compiled = _compile(src)
     except Exception as exc:  # report it as a finding, not a crash of the whole report
         lines = str(exc).strip().splitlines()
-        return {"error": f"{type(exc).__name__}: {lines[-1] if lines else ''}"}
+        return {"error": f"{type(exc).__name__}: {lines[-1] if lines else ''}", "param_names": names}
     ptx = compiled.asm["ptx"]
     arch = src["arch"]
     key = hashlib.sha256(f"v1\n{arch}\n{ptx}".encode()).hexdigest()
     path = _cache_path(key)
-    names = [n for n, ty in src["signature"].items() if ty != "constexpr"]
     try:
         with open(path) as f:
             return dict(json.load(f), param_names=names)
