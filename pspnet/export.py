@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -112,12 +113,15 @@ def _require_onnx() -> None:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """Hide the exporter's notices about optional packages it does not need (torchvision)."""
+    """Hide the exporter's notices about optional packages it does not need (torchvision) and
+    a deprecation inside torch's own pytree code."""
     logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
     finally:
         logger.setLevel(level)
 
