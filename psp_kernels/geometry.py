@@ -40,6 +40,7 @@ __all__ = [
     "tap_table",
     "shifted_interp_matrices",
     "shifted_pyramid_matrix",
+    "apply_rows",
     "CONV_TAPS",
 ]
 
@@ -280,3 +281,15 @@ def shifted_pyramid_matrix(
         rows = _shifted_rows(out_size, size, align_corners, device, taps_dtype, 1)
         parts.append(rows.reshape(out_size, 3 * size))
     return torch.cat(parts, 1).to(dtype)
+
+
+def apply_rows(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``a @ y`` for an axis matrix ``a`` ``(P, h)`` and maps ``y`` ``(N, C, h, w)``: ``(N, C, P, w)``.
+
+    One ``bmm`` over the flattened ``N * C`` maps (as fast as ``torch.matmul`` on CPU):
+    ``torch.matmul``'s broadcasting reshapes make ``torch.export`` guard symbolic sizes to differ
+    from 1, which this avoids. Columns: ``torch.matmul(y, b.t())`` has no such guard.
+    """
+    n, c, h, w = y.shape
+    out = torch.bmm(a.expand(n * c, a.shape[0], h), y.reshape(n * c, h, w))
+    return out.view(n, c, a.shape[0], w)

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import torch
 
 from psp_kernels import geometry
+from psp_kernels.ops.pyramid_pool_conv.separable import stacked_pools
 
 __all__ = [
     "exporting",
@@ -52,33 +53,14 @@ def _taps_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _rows_matmul(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``a @ y`` for a matrix ``a`` ``(P, h)`` and maps ``y`` ``(N, C, h, w)``: ``(N, C, P, w)``.
-
-    Written as one ``bmm`` over the flattened ``N * C`` maps: ``torch.matmul``'s broadcasting
-    reshapes would make ``torch.export`` guard the symbolic sizes to differ from 1.
-    """
-    n, c, h, w = y.shape
-    out = torch.bmm(a.expand(n * c, a.shape[0], h), y.reshape(n * c, h, w))
-    return out.view(n, c, a.shape[0], w)
-
-
 def adaptive_pools(x: torch.Tensor, bins: Sequence[int]) -> list[torch.Tensor]:
     """``[F.adaptive_avg_pool2d(x, b) for b in bins]`` as matrix products, one read of ``x``.
 
     ``x``: ``(N, C, H, W)``; the pooling matrices are built from ``H`` and ``W`` (symbolic while
     exporting), so the graph pools exactly at every size, bins larger than the map included.
+    The same products are kernel 1's CPU path (``psp_kernels``' ``stacked_pools``).
     """
-    height, width = x.shape[-2:]
-    rows = geometry.stacked_pool_matrix(height, bins, x.dtype, x.device)  # (S, H), S = sum(b)
-    cols = geometry.stacked_pool_matrix(width, bins, x.dtype, x.device)  # (S, W)
-    # (N, C, S, S): every (row cell, column cell) pair of all bins; bin b is its diagonal block
-    pooled = _rows_matmul(rows, torch.matmul(x, cols.t()))
-    out, offset = [], 0
-    for b in bins:
-        out.append(pooled[:, :, offset : offset + b, offset : offset + b])
-        offset += b
-    return out
+    return stacked_pools(x, bins)
 
 
 def upsample(y: torch.Tensor, size, align_corners: bool = True) -> torch.Tensor:
@@ -89,7 +71,7 @@ def upsample(y: torch.Tensor, size, align_corners: bool = True) -> torch.Tensor:
     kw = dict(dtype=y.dtype, device=y.device, taps_dtype=_taps_dtype(y.dtype))
     a_rows = geometry.interp_matrix(height, h, align_corners, **kw)  # (H, h)
     a_cols = geometry.interp_matrix(width, w, align_corners, **kw)  # (W, w)
-    return _rows_matmul(a_rows, torch.matmul(y, a_cols.t()))
+    return geometry.apply_rows(a_rows, torch.matmul(y, a_cols.t()))
 
 
 def upsample_concat(x: torch.Tensor, branches, align_corners: bool = True) -> torch.Tensor:
@@ -115,4 +97,4 @@ def shifted_upsample_add(base: torch.Tensor, maps, align_corners: bool = True) -
         bhat = geometry.shifted_pyramid_matrix(width, [w], align_corners, **kw)  # (W, 3 w)
         v = m.reshape(n, 3, 3, o, h, w).permute(0, 3, 1, 4, 2, 5).reshape(n, o, 3 * h, 3 * w)
         parts.append(torch.matmul(v.contiguous(), bhat.t()))
-    return base + _rows_matmul(ahat, torch.cat(parts, 2))
+    return base + geometry.apply_rows(ahat, torch.cat(parts, 2))
