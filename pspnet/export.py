@@ -26,11 +26,22 @@ import torch
 import torch.fx.experimental._config  # noqa: F401 (torch.fx.experimental._config)
 import torch.nn as nn
 
-__all__ = ["export_onnx", "export_program", "DEPLOY_PIP", "INPUT_NAME", "OUTPUT_NAME"]
+__all__ = [
+    "export_onnx",
+    "export_program",
+    "export_checkpoint",
+    "DEPLOY_PIP",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "CONFIG_KEY",
+    "CLASS_NAMES_KEY",
+]
 
 #: How to install the optional ONNX dependencies (named in the errors).
 DEPLOY_PIP = 'pip install "psp-kernels[deploy]"  (or: pip install onnx onnxscript onnxruntime)'
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+#: Metadata keys (``metadata_props``) written by ``python -m pspnet export``.
+CONFIG_KEY, CLASS_NAMES_KEY = "pspnet.config", "pspnet.class_names"
 _EXAMPLE_BATCH = 2  # an example batch of 1 would specialise the batch dimension to 1
 
 # ONNX files above this size must keep their weights in a separate ``.data`` file (protobuf limit).
@@ -176,3 +187,23 @@ def export_onnx(
             props[str(key)] = value if isinstance(value, str) else json.dumps(value)
     program.save(path)
     return path
+
+
+def export_checkpoint(checkpoint, path, cfg=None, *, static=None, opset: int | None = None):
+    """``python -m pspnet export``: the checkpoint's model (its own config, like ``eval``) to ONNX.
+
+    The config and class names go into the file's metadata, so ``predict --onnx`` and
+    ``eval --onnx`` run with the same settings as with ``--checkpoint``. ``static``: ``(H, W)``
+    for a fixed ``1 x 3 x H x W`` graph; otherwise dynamic, traced at the config's crop size.
+    """
+    from .train import model_from_checkpoint
+
+    _require_onnx()  # before loading the checkpoint
+    model, cfg, class_names = model_from_checkpoint(checkpoint, cfg)
+    metadata = {CONFIG_KEY: cfg.to_dict()}
+    if class_names:
+        metadata[CLASS_NAMES_KEY] = [str(c) for c in class_names]
+    size = static if static is not None else cfg.crop_size
+    return export_onnx(
+        model, path, example_size=size, dynamic=static is None, opset=opset, metadata=metadata
+    )

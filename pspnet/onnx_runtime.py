@@ -20,12 +20,9 @@ import torch
 import torch.nn as nn
 
 from .config import Config
-from .export import DEPLOY_PIP
+from .export import CLASS_NAMES_KEY, CONFIG_KEY, DEPLOY_PIP
 
-__all__ = ["OnnxModel", "model_from_onnx", "onnx_config", "CONFIG_KEY", "CLASS_NAMES_KEY"]
-
-#: Metadata keys (``metadata_props``) written by ``python -m pspnet export``.
-CONFIG_KEY, CLASS_NAMES_KEY = "pspnet.config", "pspnet.class_names"
+__all__ = ["OnnxModel", "model_from_onnx", "onnx_config"]
 
 
 def _onnxruntime():
