@@ -17,13 +17,23 @@ computed in the graph from the (symbolic) input size by :mod:`psp_kernels.geomet
 * the concat-free head's nine shifted upsamplings: two products with the stacked shifted
   interpolation matrices (``[S_d A_b]``), as ``psp_kernels.shifted_upsample_add`` computes them.
 
-Why a formulation rather than export decompositions of the custom ops: on CPU the model never
-reaches the custom ops (the plain reference runs, and that is what breaks: ``adaptive_avg_pool2d``
-itself), so decompositions of our ops would not fix a CPU export; and registering
-decompositions on the ops would change what ``torch.compile`` and the GPU dispatch see. The
-switch is :func:`exporting`, which is ``False`` under ``torch.compile`` and in eager mode, so
-training, eager and compiled inference keep the fused ops. The taps are computed in float32 for
-float32 models (as PyTorch computes them), so a float32 graph holds no float64 operation.
+Why a formulation rather than export decompositions of the custom ops:
+
+* the custom ops are only half of the problem: a CPU (or float64) model never reaches them, it
+  runs the plain paths, whose ``F.adaptive_avg_pool2d`` (the reference, and channels_last
+  inference on CPU) and launcher-side tables are what export wrongly; decompositions registered
+  on our ops would not change those;
+* a decomposition registered on an op is also what ``torch.compile`` may pick, so the fused
+  kernels' dispatch would then depend on the compiler's decomposition tables; the switch here is
+  one predicate, :func:`exporting`, which is ``False`` in eager mode and under ``torch.compile``
+  (fullgraph traces it as a constant), so training, eager and compiled inference keep the fused
+  ops, and only ``torch.export`` / ``torch.onnx.export`` see this module;
+* the formulation is the kernels' own math (separable matrices), the pooling literally the same
+  function as kernel 1's CPU path, and it lowers to ONNX's plain ``MatMul`` / ``Range`` / compare
+  ops that every runtime has (no custom domain, no ``Resize`` or ``GatherND`` semantics to match).
+
+The taps are computed in float32 for float32 models (as PyTorch computes them), so a float32
+graph holds no float64 operation (TensorRT has none).
 """
 
 from __future__ import annotations
