@@ -153,7 +153,7 @@ def render(rec: dict) -> str:
     lines += [
         "",
         f"Target: onnxruntime >= {TARGET}x faster than the official-layout eager model "
-        f"(median per-round ratio): {ratio:.2f}x, {verdict}.",
+        f"(median per-round ratio): {ratio:.3f}x, {verdict}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -168,15 +168,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output stem (writes <out>.json and <out>.md)")
     args = p.parse_args(argv)
     rec = compare(args.crop, args.batch, args.rounds, args.threads, args.onnx)
-    text = render(rec)
+    report(rec, render(rec), args.out)
+    return 0
+
+
+def report(rec: dict, text: str, out=None) -> None:
+    """Print ``text``; with ``out``, write ``<out>.json`` (``rec``) and ``<out>.md`` (``text``)."""
     print(text)
-    if args.out:
-        out = Path(args.out)
+    if out:
+        out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(rec, indent=1) + "\n")
         out.with_suffix(".md").write_text(text)
         print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,17 +14,17 @@ products on CPU (``psp_kernels.ops.pyramid_pool_conv.separable``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from psp_kernels.ops.pyramid_pool_conv import separable
+
+from .compare_deploy import report
 
 BINS = (1, 2, 3, 6)
 SHAPES = ((1, 2048, 60, 60), (1, 2048, 64, 64), (8, 2048, 60, 60))
@@ -128,13 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output stem (writes <out>.json and <out>.md)")
     args = p.parse_args(argv)
     rec = compare(args.rounds, args.threads)
-    text = render(rec)
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(rec, indent=1) + "\n")
-        out.with_suffix(".md").write_text(text)
+    report(rec, render(rec), args.out)
     return 0
 
 

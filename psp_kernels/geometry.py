@@ -138,6 +138,11 @@ def _cell_table_on(height, width, bins, device):
     return _cell_table_cpu(height, width, bins).to(device)
 
 
+def _check_sizes(out_size, in_size) -> None:
+    if out_size < 1 or in_size < 1:
+        raise ValueError(f"sizes must be positive, got out_size={out_size}, in_size={in_size}")
+
+
 def _taps_at(i, out_size, in_size, align_corners: bool):
     """``(i0, i1, lam)`` of the output positions ``i`` (a float tensor) along one axis."""
     if align_corners:
@@ -158,8 +163,7 @@ def bilinear_source(out_size, in_size, align_corners: bool, device=None, dtype=t
     PyTorch itself uses for float32 inputs). Built from tensor operations only, so it traces under
     ``torch.compile`` and ``torch.export`` and the sizes may be symbolic.
     """
-    if out_size < 1 or in_size < 1:
-        raise ValueError(f"sizes must be positive, got out_size={out_size}, in_size={in_size}")
+    _check_sizes(out_size, in_size)
     i = torch.arange(out_size, dtype=dtype, device=device)
     return _taps_at(i, out_size, in_size, align_corners)
 
@@ -194,8 +198,7 @@ def interp_matrix(
     computed in ``taps_dtype`` (float64 by default; float32 keeps float64 out of exported graphs)
     and the matrix is then rounded to ``dtype``.
     """
-    if out_size < 1 or in_size < 1:
-        raise ValueError(f"sizes must be positive, got out_size={out_size}, in_size={in_size}")
+    _check_sizes(out_size, in_size)
     i = torch.arange(out_size, dtype=taps_dtype, device=device)
     return _interp_rows(i, out_size, in_size, align_corners, device).to(dtype)
 
@@ -246,8 +249,7 @@ def shifted_interp_matrices(
 
 def _shifted_rows(out_size, in_size, align_corners, device, taps_dtype, dim):
     """The rows shifted by -1, 0, +1 (:func:`shifted_interp_matrices`), stacked along ``dim``."""
-    if out_size < 1 or in_size < 1:
-        raise ValueError(f"sizes must be positive, got out_size={out_size}, in_size={in_size}")
+    _check_sizes(out_size, in_size)
     i = torch.arange(out_size, dtype=taps_dtype, device=device)
     shifted = []
     for d in (-1, 0, 1):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from test_cli import TINY_YAML
 
 from pspnet.__main__ import main
 
@@ -22,17 +23,9 @@ from pspnet.onnx_runtime import OnnxModel  # noqa: E402
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
 
-TINY = {
-    "preset": "synthetic",
-    "dataset_kwargs": {"size": 33, "length": 8, "num_classes": 3, "max_shapes": 2},
-    "tiny_width": 4,
-    "crop_size": [33, 33],
-    "batch_size": 4,
-    "epochs": 1,
-    "final_eval": False,
-    "val_batch_size": 4,
-    "plot": False,
-}
+# test_cli's one-epoch tiny run, smaller (8 images) and without its evaluation and plot
+TINY = {**TINY_YAML, "final_eval": False, "eval_every": 0, "plot": False, "val_batch_size": 4}
+TINY["dataset_kwargs"] = {**TINY_YAML["dataset_kwargs"], "length": 8}
 
 
 @pytest.fixture(scope="module")
