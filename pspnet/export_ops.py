@@ -20,9 +20,11 @@ computed in the graph from the (symbolic) input size by :mod:`psp_kernels.geomet
 Why a formulation rather than export decompositions of the custom ops:
 
 * the custom ops are only half of the problem: a CPU (or float64) model never reaches them, it
-  runs the plain paths, whose ``F.adaptive_avg_pool2d`` (the reference, and channels_last
-  inference on CPU) and launcher-side tables are what export wrongly; decompositions registered
-  on our ops would not change those;
+  runs the plain paths, and those are not export-safe either: the reference and channels_last
+  inference pool with ``F.adaptive_avg_pool2d`` (lowered with the example size's windows), the
+  upsampling lowers to ONNX ``Resize`` (whose coordinate modes every runtime must match) and the
+  separable head computes its taps in float64; decompositions registered on our ops would change
+  none of these;
 * a decomposition registered on an op is also what ``torch.compile`` may pick, so the fused
   kernels' dispatch would then depend on the compiler's decomposition tables; the switch here is
   one predicate, :func:`exporting`, which is ``False`` in eager mode and under ``torch.compile``

@@ -94,10 +94,11 @@ def test_graph_does_not_depend_on_the_example_size(onnx_exports, tmp_path):
     assert graph(path) == graph(other)
 
 
-def test_graph_is_dynamic_and_float32_only(onnx_exports):
+@pytest.mark.parametrize("name", ["tiny_concat", "tiny_concat_free", "pspnet50"])
+def test_graph_is_dynamic_float32_and_plain(onnx_exports, name):
     import onnx
 
-    _, path = onnx_exports["pspnet50"]
+    _, path = onnx_exports[name]
     g = onnx.load(str(path)).graph
     (inp,), (out,) = g.input, g.output
     assert inp.name == "image" and out.name == "logits"
@@ -106,6 +107,10 @@ def test_graph_is_dynamic_and_float32_only(onnx_exports):
     elem_types = {t.type.tensor_type.elem_type for t in [*g.value_info, *g.input, *g.output]}
     elem_types |= {t.data_type for t in g.initializer}
     assert onnx.TensorProto.DOUBLE not in elem_types  # float32 taps: deployable without fp64
+    # pooling and upsampling are matrix products: no Resize coordinate modes, no index tables
+    ops = {node.op_type for node in g.node}
+    assert not ops & {"Resize", "Upsample", "Gather", "GatherND", "ScatterND", "AveragePool"}
+    assert "MatMul" in ops and "Range" in ops
 
 
 @pytest.mark.parametrize("head", ["concat", "concat_free"])
