@@ -12,7 +12,13 @@ Two pieces of geometry define the pyramid pooling module exactly as PyTorch comp
 
 The Triton launchers turn these into small integer/float tables (cached per size and device) that
 the kernels read; the tests turn them into dense matrices to check the kernels independently of
-``torch.nn.functional``.
+``torch.nn.functional``; the export formulation (:mod:`pspnet.export_ops`) builds the dense
+matrices inside exported graphs. The matrix and bound builders (:func:`pool_bounds`,
+:func:`stacked_pool_matrix`, :func:`bilinear_source`, :func:`interp_matrix`,
+:func:`shifted_interp_matrices`, :func:`shifted_pyramid_matrix`) use tensor operations only
+(``arange``, integer arithmetic, compares, one division), so their sizes may be symbolic
+(``torch.export`` dynamic shapes) and an exported graph computes them from the input's size
+instead of holding tables of the example size.
 """
 
 from __future__ import annotations
@@ -22,15 +28,19 @@ import functools
 import torch
 
 __all__ = [
+    "pool_bounds",
     "pool_window",
     "pool_windows",
     "pool_matrix",
+    "stacked_pool_matrix",
     "cell_table",
     "bilinear_source",
     "bilinear_taps",
     "interp_matrix",
     "tap_table",
     "shifted_interp_matrices",
+    "shifted_pyramid_matrix",
+    "apply_rows",
     "CONV_TAPS",
 ]
 
@@ -39,24 +49,62 @@ __all__ = [
 CONV_TAPS = tuple((di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1))
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Arithmetic dtype of the pooling weights: float64 for float64, float32 otherwise (``1 / n``
+    rounds to the same float32/16/bf16 value either way)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def pool_bounds(length, bins, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return int64 tensors ``(start, end)`` of the pooling cells of every bin in ``bins``, stacked.
+
+    Cell ``k`` of bin ``b`` over ``length`` pixels spans ``[floor(k * length / b),
+    ceil((k + 1) * length / b))``; the cells are ordered bin by bin (``sum(bins)`` entries).
+    ``length`` may be a symbolic size (``torch.export``): only integer tensor arithmetic is used,
+    so the bounds are computed in the graph, not baked in as constants.
+    """
+    bins = tuple(int(b) for b in bins)
+    if not bins or min(bins) < 1:
+        raise ValueError(f"bins must be positive ints, got {bins}")
+    b = torch.tensor([v for v in bins for _ in range(v)], dtype=torch.int64, device=device)
+    k = torch.tensor([i for v in bins for i in range(v)], dtype=torch.int64, device=device)
+    start = torch.div(k * length, b, rounding_mode="floor")
+    end = torch.div((k + 1) * length + b - 1, b, rounding_mode="floor")  # ceil, length >= 0
+    return start, end
+
+
 def pool_window(k: int, length: int, bins: int) -> tuple[int, int]:
     """Return ``(start, end)`` of cell ``k`` when ``length`` pixels are pooled into ``bins`` cells."""
-    start = (k * length) // bins
-    end = -((-(k + 1) * length) // bins)  # ceil((k + 1) * length / bins)
-    return start, end
+    if not 0 <= k < bins:
+        raise ValueError(f"cell k must be in [0, {bins}), got {k}")
+    return pool_windows(length, bins)[k]
 
 
 def pool_windows(length: int, bins: int) -> list[tuple[int, int]]:
     """Return the ``bins`` pooling windows ``[(start, end), ...]`` over ``length`` pixels."""
-    return [pool_window(k, length, bins) for k in range(bins)]
+    start, end = pool_bounds(int(length), (int(bins),))
+    return list(zip(start.tolist(), end.tolist()))
 
 
-def pool_matrix(length: int, bins: int, dtype=torch.float64) -> torch.Tensor:
+def stacked_pool_matrix(length, bins, dtype=torch.float64, device=None) -> torch.Tensor:
+    """Return the ``(sum(bins), length)`` window-averaging matrix of all ``bins``, stacked.
+
+    Row ``offset_b + k`` averages cell ``k`` of bin ``b`` (``1 / window size`` inside the window,
+    0 outside), so ``P @ v`` pools ``v`` at every bin at once and, for a map ``x`` of shape
+    ``(..., H, W)``, ``P_H[rows of b] @ x @ P_W[rows of b].T`` is ``adaptive_avg_pool2d(x, b)``.
+    Built from ``arange``, integer arithmetic, compares and one division, so ``length`` may be
+    symbolic: exported graphs compute it from the input size.
+    """
+    start, end = pool_bounds(length, bins, device)
+    i = torch.arange(length, dtype=torch.int64, device=device)
+    inside = (i[None, :] >= start[:, None]) & (i[None, :] < end[:, None])
+    ct = _compute_dtype(dtype)
+    return (inside.to(ct) / (end - start).to(ct)[:, None]).to(dtype)
+
+
+def pool_matrix(length, bins: int, dtype=torch.float64, device=None) -> torch.Tensor:
     """Return the ``(bins, length)`` window-averaging matrix ``P`` with ``P @ v`` the pooled ``v``."""
-    m = torch.zeros(bins, length, dtype=dtype)
-    for k, (s, e) in enumerate(pool_windows(length, bins)):
-        m[k, s:e] = 1.0 / (e - s)
-    return m
+    return stacked_pool_matrix(length, (bins,), dtype, device)
 
 
 @functools.lru_cache(maxsize=256)
@@ -90,18 +138,16 @@ def _cell_table_on(height, width, bins, device):
     return _cell_table_cpu(height, width, bins).to(device)
 
 
-def bilinear_source(out_size: int, in_size: int, align_corners: bool, device=None):
-    """Return tensors ``(i0, i1, lam)`` of PyTorch's bilinear taps along one axis.
-
-    Output ``i`` = ``(1 - lam[i]) * src[i0[i]] + lam[i] * src[i1[i]]``; indices are int64, ``lam`` is
-    float64. Built from tensor operations only, so it also traces under ``torch.compile``.
-    """
+def _check_sizes(out_size, in_size) -> None:
     if out_size < 1 or in_size < 1:
         raise ValueError(f"sizes must be positive, got out_size={out_size}, in_size={in_size}")
-    i = torch.arange(out_size, dtype=torch.float64, device=device)
+
+
+def _taps_at(i, out_size, in_size, align_corners: bool):
+    """``(i0, i1, lam)`` of the output positions ``i`` (a float tensor) along one axis."""
     if align_corners:
-        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-        src = i * scale
+        # (in - 1) / (out - 1), and 0 when out == 1 (i is then 0): no branch on a symbolic size
+        src = i * ((in_size - 1) / torch.sym_max(out_size - 1, 1))
     else:
         src = ((i + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
     i0 = src.floor().long().clamp_max(in_size - 1)
@@ -109,21 +155,52 @@ def bilinear_source(out_size: int, in_size: int, align_corners: bool, device=Non
     return i0, i1, src - i0
 
 
+def bilinear_source(out_size, in_size, align_corners: bool, device=None, dtype=torch.float64):
+    """Return tensors ``(i0, i1, lam)`` of PyTorch's bilinear taps along one axis.
+
+    Output ``i`` = ``(1 - lam[i]) * src[i0[i]] + lam[i] * src[i1[i]]``; indices are int64, ``lam``
+    (and the source coordinates) are computed in ``dtype`` (float64 by default; float32 is what
+    PyTorch itself uses for float32 inputs). Built from tensor operations only, so it traces under
+    ``torch.compile`` and ``torch.export`` and the sizes may be symbolic.
+    """
+    _check_sizes(out_size, in_size)
+    i = torch.arange(out_size, dtype=dtype, device=device)
+    return _taps_at(i, out_size, in_size, align_corners)
+
+
 def bilinear_taps(out_size: int, in_size: int, align_corners: bool):
     """Return :func:`bilinear_source` as Python lists ``(i0, i1, lam)``."""
     return tuple(t.tolist() for t in bilinear_source(out_size, in_size, align_corners))
 
 
+def _interp_rows(i, out_size, in_size, align_corners: bool, device):
+    """Rows ``i`` (float positions in ``[0, out_size)``) of the interpolation matrix, in ``i``'s dtype."""
+    i0, i1, lam = _taps_at(i, out_size, in_size, align_corners)
+    j = torch.arange(in_size, dtype=torch.int64, device=device)[None, :]
+    lam = lam[:, None]
+    return (j == i0[:, None]).to(lam.dtype) * (1.0 - lam) + (j == i1[:, None]).to(lam.dtype) * lam
+
+
 def interp_matrix(
-    out_size: int, in_size: int, align_corners: bool, dtype=torch.float64, device=None
-):
-    """Return the ``(out_size, in_size)`` bilinear interpolation matrix along one axis."""
-    i0, i1, lam = bilinear_source(out_size, in_size, align_corners, device)
-    m = torch.zeros(out_size, in_size, dtype=torch.float64, device=device)
-    m = m.scatter_add(1, i0[:, None], (1.0 - lam)[:, None]).scatter_add(
-        1, i1[:, None], lam[:, None]
-    )
-    return m.to(dtype)
+    out_size,
+    in_size,
+    align_corners: bool,
+    dtype=torch.float64,
+    device=None,
+    *,
+    taps_dtype=torch.float64,
+) -> torch.Tensor:
+    """Return the ``(out_size, in_size)`` bilinear interpolation matrix along one axis.
+
+    ``A @ v`` is ``v`` resized bilinearly, so ``A_H @ y @ A_W.T`` is
+    ``F.interpolate(y, (H, W), mode="bilinear", align_corners=align_corners)``. Built from
+    compares of ``arange`` with the taps (no scatter), so the sizes may be symbolic. The taps are
+    computed in ``taps_dtype`` (float64 by default; float32 keeps float64 out of exported graphs)
+    and the matrix is then rounded to ``dtype``.
+    """
+    _check_sizes(out_size, in_size)
+    i = torch.arange(out_size, dtype=taps_dtype, device=device)
+    return _interp_rows(i, out_size, in_size, align_corners, device).to(dtype)
 
 
 @functools.lru_cache(maxsize=256)
@@ -152,14 +229,69 @@ def tap_table(out_size: int, in_size: int, align_corners: bool, device=None, dty
 
 
 def shifted_interp_matrices(
-    out_size: int, in_size: int, align_corners: bool, dtype=torch.float64, device=None
-):
+    out_size,
+    in_size,
+    align_corners: bool,
+    dtype=torch.float64,
+    device=None,
+    *,
+    taps_dtype=torch.float64,
+) -> torch.Tensor:
     """Return ``(3, out_size, in_size)``: the interpolation matrix with rows shifted by -1, 0, +1.
 
     Entry ``[d + 1, i]`` is row ``i + d`` of :func:`interp_matrix` (zero where ``i + d`` falls
     outside ``[0, out_size)``): the upsampled map read at offset ``d`` with a 3x3 convolution's
-    zero padding. Tensor operations only (traces under ``torch.compile``).
+    zero padding. Tensor operations only, and no slicing by the size (traces under
+    ``torch.compile`` and ``torch.export``, symbolic sizes included).
     """
-    m = interp_matrix(out_size, in_size, align_corners, dtype, device)
-    zero = m.new_zeros(1, in_size)
-    return torch.stack([torch.cat([zero, m[:-1]]), m, torch.cat([m[1:], zero])])
+    return _shifted_rows(out_size, in_size, align_corners, device, taps_dtype, 0).to(dtype)
+
+
+def _shifted_rows(out_size, in_size, align_corners, device, taps_dtype, dim):
+    """The rows shifted by -1, 0, +1 (:func:`shifted_interp_matrices`), stacked along ``dim``."""
+    _check_sizes(out_size, in_size)
+    i = torch.arange(out_size, dtype=taps_dtype, device=device)
+    shifted = []
+    for d in (-1, 0, 1):
+        pos = i + d
+        inside = ((pos >= 0) & (pos <= out_size - 1)).to(taps_dtype)[:, None]
+        rows = _interp_rows(pos.clamp(0, out_size - 1), out_size, in_size, align_corners, device)
+        shifted.append(rows * inside)
+    return torch.stack(shifted, dim)
+
+
+def shifted_pyramid_matrix(
+    out_size,
+    in_sizes,
+    align_corners: bool,
+    dtype=torch.float64,
+    device=None,
+    *,
+    taps_dtype=torch.float64,
+) -> torch.Tensor:
+    """Return ``[S_d A_b]`` of shape ``(out_size, 3 * sum(in_sizes))``: every map's shifted
+    interpolation matrices side by side.
+
+    Column ``3 * offset_b + (d + 1) * in_b + i`` is source row ``i`` of map ``b`` upsampled to
+    ``out_size`` and read at shift ``d`` (:func:`shifted_interp_matrices`). With one such matrix
+    per axis, the concat-free head's nine shifted upsamplings of all maps are two matrix products.
+    """
+    parts = []
+    for size in in_sizes:
+        # (out, 3, in) -> (out, 3 * in): a view, built in this layout (no transpose + reshape copy,
+        # which would make torch.export guard the symbolic size)
+        rows = _shifted_rows(out_size, size, align_corners, device, taps_dtype, 1)
+        parts.append(rows.reshape(out_size, 3 * size))
+    return torch.cat(parts, 1).to(dtype)
+
+
+def apply_rows(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``a @ y`` for an axis matrix ``a`` ``(P, h)`` and maps ``y`` ``(N, C, h, w)``: ``(N, C, P, w)``.
+
+    One ``bmm`` over the flattened ``N * C`` maps (as fast as ``torch.matmul`` on CPU):
+    ``torch.matmul``'s broadcasting reshapes make ``torch.export`` guard symbolic sizes to differ
+    from 1, which this avoids. Columns: ``torch.matmul(y, b.t())`` has no such guard.
+    """
+    n, c, h, w = y.shape
+    out = torch.bmm(a.expand(n * c, a.shape[0], h), y.reshape(n * c, h, w))
+    return out.view(n, c, a.shape[0], w)

@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from ._validate import check_pyramid_pool_conv, check_shifted_upsample_add, check_upsample_concat
 from .geometry import CONV_TAPS
 
-__all__ = ["pyramid_pool_conv", "upsample_concat", "upsample", "shifted_upsample_add"]
+__all__ = [
+    "pyramid_pool_conv",
+    "conv_epilogue",
+    "upsample_concat",
+    "upsample",
+    "shifted_upsample_add",
+]
 
 
 def pyramid_pool_conv(x, weights, bins=(1, 2, 3, 6), *, scale=None, shift=None, relu=False):
@@ -30,10 +36,16 @@ def pyramid_pool_conv(x, weights, bins=(1, 2, 3, 6), *, scale=None, shift=None, 
         ``[y_i]`` with ``y_i`` of shape ``(N, R_i, b_i, b_i)``.
     """
     weights, bins, scale, shift = check_pyramid_pool_conv(x, weights, bins, scale, shift)
+    pooled = [F.adaptive_avg_pool2d(x, b) for b in bins]
+    return conv_epilogue(pooled, weights, scale, shift, relu)
+
+
+def conv_epilogue(pooled, weights, scale=None, shift=None, relu=False):
+    """``act(scale_i * conv1x1(pooled_i, W_i) + shift_i)`` for every pooled map ``pooled_i``
+    (checked arguments as :func:`pyramid_pool_conv` normalises them)."""
     outs = []
-    for i, (w, b) in enumerate(zip(weights, bins)):
-        pooled = F.adaptive_avg_pool2d(x, b)
-        y = F.conv2d(pooled, w[:, :, None, None])
+    for i, (p, w) in enumerate(zip(pooled, weights)):
+        y = F.conv2d(p, w[:, :, None, None])
         if scale is not None:
             y = y * scale[i][None, :, None, None]
         if shift is not None:

@@ -5,6 +5,7 @@ in their own submodules and are imported on use).
 """
 
 from .checkpoint import load_checkpoint
+from .export import export_onnx, export_program
 from .model import PSPNet
 from .ppm import PPM, convert_ppm
 from .resnet import Bottleneck, ResNet, resnet50, resnet101, resnet152
@@ -14,6 +15,8 @@ __all__ = [
     "convert_ppm",
     "PSPNet",
     "load_checkpoint",
+    "export_onnx",
+    "export_program",
     "ResNet",
     "Bottleneck",
     "resnet50",

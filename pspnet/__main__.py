@@ -1,4 +1,4 @@
-"""Command line: ``python -m pspnet {train,eval,predict} ...`` (also the ``pspnet`` script).
+"""Command line: ``python -m pspnet {train,eval,predict,export} ...`` (also the ``pspnet`` script).
 
 Examples::
 
@@ -8,6 +8,8 @@ Examples::
     python -m pspnet train --resume auto                    # continue runs/<preset>/last.pth
     python -m pspnet eval --checkpoint runs/synthetic/last.pth --scales 0.75 1.0 1.25 --eval-flip
     python -m pspnet predict img1.jpg img2.png --checkpoint runs/synthetic/last.pth --out preds/
+    python -m pspnet export --checkpoint runs/synthetic/last.pth --out pspnet.onnx
+    python -m pspnet predict img1.jpg --onnx pspnet.onnx    # onnxruntime: the deploy extra
 
 Every config field is an option (``--base-lr 0.02``, ``--crop-size 65 65``, ``--no-blur``...);
 see ``python -m pspnet train --help``.
@@ -35,14 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and run PSPNet.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", metavar="{train,eval,predict}")
+    sub = p.add_subparsers(dest="command", metavar="{train,eval,predict,export}")
     sub.required = True
 
     t = sub.add_parser("train", help="train (default preset: synthetic)")
     add_config_arguments(t)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU, per-class table)")
-    e.add_argument("--checkpoint", required=True, help="checkpoint file (ours or official)")
+    _add_model_source(e, "checkpoint file (ours or official)")
     e.add_argument(
         "--flip",
         dest="eval_flip",
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="write colour masks and overlays for images")
     pr.add_argument("images", nargs="+", help="image files")
-    pr.add_argument("--checkpoint", required=True, help="checkpoint file")
+    _add_model_source(pr, "checkpoint file")
     pr.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     pr.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
     pr.add_argument("--flip", dest="eval_flip", action="store_true", default=None)
@@ -87,7 +89,40 @@ def build_parser() -> argparse.ArgumentParser:
             "dataset",
         },
     )
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX (exact at every input size)")
+    x.add_argument("--checkpoint", required=True, help="checkpoint file (ours or official)")
+    x.add_argument("--out", required=True, help="the .onnx file to write")
+    x.add_argument(
+        "--static",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        default=None,
+        help="a fixed 1x3xHxW graph (default: batch, height and width dynamic)",
+    )
+    x.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    add_config_arguments(x, fields={"arch", "layers", "classes", "tiny_width", "bins", "crop_size"})
     return p
+
+
+def _add_model_source(parser, checkpoint_help: str) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help=checkpoint_help)
+    src.add_argument(
+        "--onnx", help="an exported model (python -m pspnet export), run by onnxruntime"
+    )
+
+
+def _base_config(args):
+    """The config saved with the model: in the checkpoint, or in the ONNX file's metadata."""
+    if getattr(args, "onnx", None):
+        from .onnx_runtime import onnx_config
+
+        return onnx_config(args.onnx)
+    from .train import saved_config
+
+    return saved_config(args.checkpoint)
 
 
 def _cmd_train(args) -> int:
@@ -107,21 +142,31 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .evaluate import run_eval
-    from .train import saved_config
 
-    cfg = config_from_args(args, base=saved_config(args.checkpoint))
-    run_eval(cfg, args.checkpoint)
+    cfg = config_from_args(args, base=_base_config(args))
+    run_eval(cfg, args.checkpoint, onnx=args.onnx)
     return 0
 
 
 def _cmd_predict(args) -> int:
     from .predict import run_predict
+
+    cfg = config_from_args(args, base=_base_config(args))
+    written = run_predict(
+        cfg, args.checkpoint, args.images, args.out, alpha=args.alpha, onnx=args.onnx
+    )
+    for path in written:
+        print(path)
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import export_checkpoint
     from .train import saved_config
 
     cfg = config_from_args(args, base=saved_config(args.checkpoint))
-    written = run_predict(cfg, args.checkpoint, args.images, args.out, alpha=args.alpha)
-    for path in written:
-        print(path)
+    path = export_checkpoint(args.checkpoint, args.out, cfg, static=args.static, opset=args.opset)
+    print(f"wrote {path}")
     return 0
 
 
@@ -129,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m pspnet`` and the ``pspnet`` script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    cmd = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict}[args.command]
+    commands = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict}
+    cmd = {**commands, "export": _cmd_export}[args.command]
     try:
         return cmd(args)
-    except (FileNotFoundError, ValueError, CLIError) as e:
+    except (FileNotFoundError, ValueError, ImportError, CLIError) as e:  # ImportError: an extra
         print(f"pspnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # pragma: no cover

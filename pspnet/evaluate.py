@@ -228,8 +228,9 @@ def evaluate(
     return meter.compute([str(c) for c in names] if names is not None else None)
 
 
-def run_eval(cfg: Config, checkpoint: str, log=print) -> dict:
-    """Load ``checkpoint``, evaluate on ``cfg.dataset`` / ``cfg.val_split``, print the table."""
+def run_eval(cfg: Config, checkpoint: str, log=print, onnx=None) -> dict:
+    """Load ``checkpoint`` (or the exported model ``onnx``, run by onnxruntime on CPU), evaluate
+    on ``cfg.dataset`` / ``cfg.val_split``, print the table."""
     import os
 
     from .train import (
@@ -241,10 +242,16 @@ def run_eval(cfg: Config, checkpoint: str, log=print) -> dict:
         resolve_device,
     )
 
-    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    rank, world = init_distributed(device)
-    model, cfg, class_names = model_from_checkpoint(checkpoint, cfg)
-    model.to(device)
+    if onnx is not None:
+        from .onnx_runtime import model_from_onnx
+
+        device, (rank, world) = torch.device("cpu"), (0, 1)
+        model, cfg, class_names = model_from_onnx(onnx, cfg, threads=cfg.threads)
+    else:
+        device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        rank, world = init_distributed(device)
+        model, cfg, class_names = model_from_checkpoint(checkpoint, cfg)
+        model.to(device)
     ds = build_datasets(cfg, splits=("val",))["val"]
     if getattr(ds, "num_classes", cfg.classes) != cfg.classes:
         raise ValueError(

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from psp_kernels import shifted_upsample_add
 
+from . import export_ops
+
 __all__ = ["concat_free_conv3x3"]
 
 
@@ -48,4 +50,6 @@ def concat_free_conv3x3(x, branches, weight, *, align_corners=True, backend="aut
         start += r
     if not maps:
         return base
+    if export_ops.exporting():  # plain ops exact at every (symbolic) size
+        return export_ops.shifted_upsample_add(base, maps, align_corners=align_corners)
     return shifted_upsample_add(base, maps, align_corners=align_corners, backend=backend)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import export_ops
 from .heads import concat_free_conv3x3
 from .ppm import PPM
 from .resnet import resnet50, resnet101, resnet152
@@ -137,6 +138,8 @@ class PSPNet(nn.Module):
     def _upsample(self, x: torch.Tensor, size) -> torch.Tensor:
         if self.zoom_factor == 1:  # the output size is the feature size (ceil(H/8))
             return x
+        if export_ops.exporting():  # plain ops exact at every (symbolic) size
+            return export_ops.upsample(x, size, align_corners=True)
         return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):

@@ -17,6 +17,9 @@ normalises such a branch with its running statistics (as in eval) and leaves the
 that step; the other branches use batch statistics as usual. (A ``SyncBatchNorm`` inside an
 initialised process group of several ranks is left to synchronise its statistics instead.)
 
+While exporting (``torch.export``, ``torch.onnx.export``) both paths use the plain formulation of
+:mod:`pspnet.export_ops` instead, exact at every (symbolic) input size.
+
 :func:`convert_ppm` swaps the official PPM modules of an existing model for this one in place.
 """
 
@@ -28,6 +31,8 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import psp_kernels
+
+from . import export_ops
 
 __all__ = ["PPM", "convert_ppm"]
 
@@ -70,8 +75,10 @@ def _folded(bn: nn.Module, dtype: torch.dtype):
 
 def _branch_norm(bn: nn.Module, y: torch.Tensor) -> torch.Tensor:
     """``bn(y)``, except a single value per channel in training uses the running statistics."""
+    if not bn.training:  # (checked first: no test of the symbolic sizes while exporting)
+        return bn(y)
     single = y.shape[0] * y.shape[2] * y.shape[3] == 1
-    if single and bn.training and bn.running_mean is not None and not _synchronised(bn):
+    if single and bn.running_mean is not None and not _synchronised(bn):
         return F.batch_norm(
             y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
         )
@@ -131,6 +138,9 @@ class PPM(nn.Module):
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The branch outputs ``relu(bn_b(conv_b(pool_b(x))))`` at their ``b x b`` resolution."""
         bins = self.bins
+        if export_ops.exporting():  # plain ops exact at every (symbolic) size
+            pooled = export_ops.adaptive_pools(x, bins)
+            return [f[3](_branch_norm(f[2], f[1](p))) for f, p in zip(self.features, pooled)]
         folded = self._folded_params(x)
         if folded is not None:
             # Eval: BatchNorm and ReLU folded into kernel 1's epilogue.
@@ -144,6 +154,8 @@ class PPM(nn.Module):
         return [f[3](_branch_norm(f[2], y)).to(x.dtype) for f, y in zip(self.features, ys)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if export_ops.exporting():
+            return export_ops.upsample_concat(x, self.pyramid(x), align_corners=True)
         folded = self._folded_params(x)
         if folded is not None:
             # Eval: one fused op; kernel 1 copies x into the output while it reads x, so the

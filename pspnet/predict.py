@@ -105,9 +105,11 @@ def run_predict(
     images: Sequence[str],
     out_dir="predictions",
     alpha: float = 0.5,
+    onnx=None,
 ) -> list[Path]:
-    """Segment ``images`` with ``checkpoint`` and write ``<stem>_mask.png`` and
-    ``<stem>_overlay.png`` to ``out_dir``; returns the written paths.
+    """Segment ``images`` with ``checkpoint`` (or the exported model ``onnx``, through
+    onnxruntime) and write ``<stem>_mask.png`` and ``<stem>_overlay.png`` to ``out_dir``;
+    returns the written paths.
 
     Every image is checked first (FileNotFoundError / ValueError naming it), so a bad path does
     not leave half the outputs written.
@@ -117,9 +119,15 @@ def run_predict(
     if not images:
         raise ValueError("no images given")
     loaded = [(Path(p), load_image(p)) for p in images]  # fail early on a bad file
-    device = resolve_device(cfg.device)
-    model, cfg, _ = model_from_checkpoint(checkpoint, cfg)
-    model.to(device)
+    if onnx is not None:
+        from .onnx_runtime import model_from_onnx
+
+        model, cfg, _ = model_from_onnx(onnx, cfg, threads=cfg.threads)
+        device = torch.device("cpu")
+    else:
+        device = resolve_device(cfg.device)
+        model, cfg, _ = model_from_checkpoint(checkpoint, cfg)
+        model.to(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

@@ -55,3 +55,21 @@ def plain_torch_cpu():
     yield
     torch.set_num_threads(threads)
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def onnx_exports(tmp_path_factory):
+    """Export each of ``EXPORTED_MODELS`` once per session (dynamic shapes):
+    name -> (model, path to the .onnx file). Skips without the ``deploy`` extra."""
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(name, reason='needs the deploy extra: pip install -e ".[deploy]"')
+    from deploy_models import EXPORTED_MODELS, build_export_model
+
+    from pspnet import export_onnx
+
+    root = tmp_path_factory.mktemp("onnx")
+    out = {}
+    for name, (kind, head, size) in EXPORTED_MODELS.items():
+        model = build_export_model(kind, head)
+        out[name] = (model, export_onnx(model, root / f"{name}.onnx", example_size=size))
+    return out

@@ -15,9 +15,16 @@ from ... import reference
 from ..._backend import resolve_backend
 from ..._validate import check_pyramid_pool_conv
 from ..utils import acc_dtype
+from . import separable
 from .launch import kernel_limit, launch_backward, launch_forward, total_cells
 
-__all__ = ["pyramid_pool_conv", "save_for_backward", "saved_params", "is_channels_last"]
+__all__ = [
+    "pyramid_pool_conv",
+    "plain_pyramid_pool_conv",
+    "save_for_backward",
+    "saved_params",
+    "is_channels_last",
+]
 
 
 @torch.library.custom_op("psp_kernels::pyramid_pool_conv_fwd", mutates_args=())
@@ -175,6 +182,14 @@ def _backward(ctx, grad_ys, grad_pooled):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def plain_pyramid_pool_conv(x, weights, bins, scale, shift, relu, backend):
+    """The plain-PyTorch path (checked arguments): the literal reference for
+    ``backend="reference"`` and off CPU, the stacked matrix products on CPU for float32/64."""
+    if backend == "auto" and x.device.type == "cpu" and x.dtype in separable.MATMUL_DTYPES:
+        return separable.pyramid_pool_conv(x, weights, bins, scale, shift, relu)
+    return reference.pyramid_pool_conv(x, weights, bins, scale=scale, shift=shift, relu=relu)
+
+
 def pyramid_pool_conv(
     x, weights, bins=(1, 2, 3, 6), *, scale=None, shift=None, relu=False, backend="auto"
 ):
@@ -187,8 +202,9 @@ def pyramid_pool_conv(
         scale, shift: optional per-bin ``(R_i,)`` tensors: ``y = conv * scale + shift``
             (an eval-mode BatchNorm folded in); either may be given alone.
         relu: apply ReLU last.
-        backend: ``"auto"`` (Triton on CUDA, or on CPU with ``TRITON_INTERPRET=1``; the
-            reference otherwise), ``"triton"`` or ``"reference"``.
+        backend: ``"auto"`` (Triton on CUDA, or on CPU with ``TRITON_INTERPRET=1``; otherwise
+            on CPU the stacked pooling matrix products of :mod:`.separable` for float32/64, and
+            the reference elsewhere), ``"triton"`` or ``"reference"`` (the literal definition).
 
     Returns:
         ``[y_i]``, ``y_i`` of shape ``(N, R_i, b_i, b_i)`` in x's dtype, equal to
@@ -200,6 +216,6 @@ def pyramid_pool_conv(
     """
     weights, bins, scale, shift = check_pyramid_pool_conv(x, weights, bins, scale, shift)
     if resolve_backend(backend, x, kernel_limit=kernel_limit(x)) == "reference":
-        return reference.pyramid_pool_conv(x, weights, bins, scale=scale, shift=shift, relu=relu)
+        return plain_pyramid_pool_conv(x, weights, bins, scale, shift, relu, backend)
     ys, _ = _fwd_op(x, list(weights), list(bins), list(scale or []), list(shift or []), bool(relu))
     return list(ys)

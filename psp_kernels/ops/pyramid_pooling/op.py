@@ -107,7 +107,7 @@ def pyramid_pooling(
     """
     weights, bins, scale, shift = check_pyramid_pool_conv(x, weights, bins, scale, shift)
     if resolve_backend(backend, x, kernel_limit=kernel_limit(x)) == "reference":
-        ys = reference.pyramid_pool_conv(x, weights, bins, scale=scale, shift=shift, relu=relu)
+        ys = kernel1.plain_pyramid_pool_conv(x, weights, bins, scale, shift, relu, backend)
         return reference.upsample_concat(x, ys, align_corners=align_corners)
     out, _, _ = _fwd_op(
         x,
