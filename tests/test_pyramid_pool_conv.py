@@ -120,7 +120,7 @@ def test_channels_last_gradient_keeps_layout(device):
 def test_split_rows_and_dx_row_blocks(device, monkeypatch):
     """The row-split path of stage 1 (used on GPUs at small batch) and short dx row blocks."""
     monkeypatch.setattr(ppc_configs, "FORCE_SPLITS", 4)
-    monkeypatch.setattr(ppc_configs, "FORCE_DX_ROWS", 3)
+    monkeypatch.setattr(ppc_configs, "FORCE_DX_PIXELS", 32)
     _run_case(device, F64, 2, 5, 13, 11, (1, 2, 3, 6), "contiguous", True, True, True, True)
     _run_case(device, F32, 1, 3, 9, 10, (4, 8, 16), "spatial_slice", False, True, False, False)
 

@@ -169,7 +169,7 @@ def test_matches_reference(case, device, monkeypatch, spy_copy, spy_addend):
     if device == "cuda" and dtype == F64:
         pytest.skip("float64 runs the torch fallback on CUDA (test_fallback_copies_in_kernel_2)")
     monkeypatch.setattr(ppc_configs, "FORCE_SPLITS", splits)
-    monkeypatch.setattr(ppc_configs, "FORCE_DX_ROWS", dx_rows)
+    monkeypatch.setattr(ppc_configs, "FORCE_DX_PIXELS", dx_rows * w if dx_rows else None)
     _run_case(device, dtype, n, c, h, w, bins, layout, grad_layout=grad_layout)
     assert spy_copy == [False], "kernel 2 must not copy x again"
     # the backward's dx = grad[:, :C] + gather comes from one pass of the dx gather

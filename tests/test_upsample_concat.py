@@ -13,6 +13,7 @@ from tolerances import assert_close_to_reference as _close
 
 import psp_kernels
 from psp_kernels import reference
+from psp_kernels.ops import utils as ops_utils
 from psp_kernels.ops.upsample_concat import configs as uc_configs
 
 # (x shape, branch (R, h, w) list): every required size; big maps get few channels.
@@ -110,18 +111,18 @@ def test_contiguous_in_contiguous_out(device):
 
 
 def test_gpu_configs_under_interpreter(monkeypatch, device):
-    """Run the GPU tile sizes: tl.dot backward, multi-block channels, cells and pixels."""
+    """Run the GPU tile sizes: several channel blocks, cell blocks, pixel chunks per program."""
     if device == "cuda":
         pytest.skip("the GPU configurations run natively on CUDA in the other tests")
-    monkeypatch.setattr(uc_configs, "FWD_CONFIG_INTERPRETER", uc_configs.FWD_CONFIGS["nchw"])
-    monkeypatch.setattr(uc_configs, "BWD_CONFIG_INTERPRETER", uc_configs.BWD_CONFIG)
-    # 19x17 = 323 pixels: two NCHW pixel blocks; 33 channels: two 32-channel backward blocks;
-    # 6x6 = 36 cells: two row-aligned cell blocks; 9x40: wider than BLOCK_CELLS, column chunks.
+    monkeypatch.setattr(ops_utils, "GPU_TILES", True)
+    monkeypatch.setattr(uc_configs, "FORCE_PIXELS", 256)  # two 128-pixel chunks per program
+    # 19x17 = 323 pixels: two programs of pixels, ragged; 70 channels: two 64-channel blocks;
+    # 9x40 = 360 cells: three 128-cell blocks of a branch larger than BLOCK_K.
     x = torch.randn(1, 10, 19, 17)
-    branches = [torch.randn(1, 33, 6, 6), torch.randn(1, 2, 9, 40), torch.randn(1, 3, 1, 1)]
+    branches = [torch.randn(1, 70, 6, 6), torch.randn(1, 2, 9, 40), torch.randn(1, 3, 1, 1)]
     _check_against_reference(x, branches, False, torch.float32)
-    monkeypatch.setattr(uc_configs, "FWD_CONFIG_INTERPRETER", uc_configs.FWD_CONFIGS["nhwc"])
     _check_against_reference(x.to(memory_format=torch.channels_last), branches, True, torch.float32)
+    _check_against_reference(x.double(), [b.double() for b in branches], True, torch.float64)
 
 
 def test_no_branches(device):

@@ -252,7 +252,10 @@ def analyse(src: dict) -> dict:
         compiled = _compile(src)
     except Exception as exc:  # report it as a finding, not a crash of the whole report
         lines = str(exc).strip().splitlines()
-        return {"error": f"{type(exc).__name__}: {lines[-1] if lines else ''}", "param_names": names}
+        return {
+            "error": f"{type(exc).__name__}: {lines[-1] if lines else ''}",
+            "param_names": names,
+        }
     ptx = compiled.asm["ptx"]
     arch = src["arch"]
     key = hashlib.sha256(f"v1\n{arch}\n{ptx}".encode()).hexdigest()

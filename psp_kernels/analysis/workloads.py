@@ -77,7 +77,7 @@ def _ppm(s: Shape, train: bool, rec: Recorder) -> None:
 
 
 def _head(s: Shape, rec: Recorder) -> None:
-    from pspnet.heads import concat_free_conv3x3
+    from pspnet import heads
 
     x = _x(s, requires_grad=True)
     branches = [
@@ -87,8 +87,22 @@ def _head(s: Shape, rec: Recorder) -> None:
     weight = torch.empty(
         HEAD_OUT, s.c + s.r * len(s.bins), 3, 3, device="meta", dtype=s.dtype, requires_grad=True
     )
-    with rec.step("head forward"):
-        out = concat_free_conv3x3(x, branches, weight)
+    # cuDNN returns a convolution of a channels_last input channels_last; meta tensors do not
+    # (their convolution output is contiguous): keep the real layout of the head's x-half conv
+    conv2d = torch.nn.functional.conv2d
+
+    def cudnn_like_conv2d(inp, *args, **kwargs):
+        cl = not inp.is_contiguous() and inp.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        return conv2d(inp, *args, **kwargs).contiguous(memory_format=fmt)
+
+    heads_conv2d = heads.F.conv2d
+    try:
+        heads.F.conv2d = cudnn_like_conv2d
+        with rec.step("head forward"):
+            out = heads.concat_free_conv3x3(x, branches, weight)
+    finally:
+        heads.F.conv2d = heads_conv2d
     with rec.step("head backward"):
         out.backward(torch.empty_like(out))
 

@@ -18,6 +18,7 @@ __all__ = [
     "GPU_DTYPES",
     "TRITON_DTYPE",
     "interpreting",
+    "gpu_tiles",
     "acc_dtype",
     "tl_acc_dtype",
     "dot_precision",
@@ -26,6 +27,12 @@ __all__ = [
     "sample_fits_int32",
     "device_guard",
     "split_launch_options",
+    "pow2_divisor",
+    "pixel_stride",
+    "stride_divisors",
+    "pixel_args",
+    "pixel_offsets",
+    "select4",
     "next_power_of_2",
     "clamp",
 ]
@@ -34,6 +41,10 @@ __all__ = [
 #: ``@triton.jit`` decorates the kernels and Triton itself reads ``TRITON_INTERPRET``, so a later
 #: change of the environment variable cannot make the two disagree. Tests may monkeypatch it.
 INTERPRETER: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+#: Tests set this to run the GPU tile sizes under the interpreter too (the launchers otherwise
+#: pick few, large blocks there: the interpreter's cost is per program and per loop step).
+GPU_TILES: bool = False
 
 #: The dtypes the compiled GPU kernels take (float64 runs on the reference and the interpreter).
 GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -52,6 +63,11 @@ next_power_of_2 = triton.next_power_of_2
 def interpreting() -> bool:
     """True when the kernels run through Triton's interpreter (on CPU tensors)."""
     return INTERPRETER
+
+
+def gpu_tiles() -> bool:
+    """Whether the launchers pick their GPU tile sizes (on a GPU, or forced by tests)."""
+    return not INTERPRETER or GPU_TILES
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -140,3 +156,69 @@ def split_launch_options(cfg: dict) -> tuple[dict, dict]:
 
 def clamp(v: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, v))
+
+
+def pow2_divisor(v: int, cap: int = 16) -> int:
+    """The largest power of two, at most ``cap``, that divides ``v`` (``cap`` for 0)."""
+    v = abs(int(v))
+    if v == 0:
+        return cap
+    return min(cap, v & -v)
+
+
+def pixel_stride(t: torch.Tensor) -> int | None:
+    """The stride between consecutive flat pixels of an ``(N, C, H, W)`` tensor, or ``None``.
+
+    Flat: pixel ``p = h * W + w`` sits at ``p * stride`` (rows follow each other), as in
+    contiguous and channels_last tensors and their channel or batch slices. The kernels that walk
+    pixels as one dimension need it; other strides are copied first.
+    """
+    _, _, h, w = t.shape
+    if w == 1 or h == 1:
+        return t.stride(2) if w == 1 else t.stride(3)
+    if t.stride(2) == w * t.stride(3):
+        return t.stride(3)
+    return None
+
+
+def stride_divisors(t: torch.Tensor) -> tuple[int, int]:
+    """Divisibility hints ``(of the sample stride, of the channel stride)`` of a flat-pixel tensor.
+
+    The kernels declare ``tl.multiple_of(n * stride_n, N_DIV)`` and
+    ``tl.multiple_of(c_offsets * stride_c, C_DIV)``, which Triton's JIT cannot know beyond
+    "divisible by 16"; a unit channel stride keeps the block alignment of the channel offsets.
+    """
+    c_div = 16 if t.stride(1) == 1 else pow2_divisor(t.stride(1))
+    return pow2_divisor(t.stride(0)), c_div
+
+
+def pixel_args(t: torch.Tensor) -> tuple[tuple[int, int, int, int], dict]:
+    """``(stride_n, stride_c, stride_h, stride_p)`` of an ``(N, C, H, W)`` tensor read as
+    ``(N, C, pixels)``, and its constexprs ``FLAT``, ``N_DIV``, ``C_DIV`` (see
+    :func:`pixel_offsets` and :func:`stride_divisors`)."""
+    p = pixel_stride(t)
+    strides = (t.stride(0), t.stride(1), t.stride(2), p if p is not None else t.stride(3))
+    n_div, c_div = stride_divisors(t)
+    return strides, dict(FLAT=p is not None, N_DIV=n_div, C_DIV=c_div)
+
+
+# ----------------------------------------------------------------------------------------------
+# Device helpers shared by the kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def pixel_offsets(offs_p, W, stride_h, stride_p, FLAT: tl.constexpr):
+    """Offsets of flat pixels ``p = h * W + w``: ``p * stride_p`` when the rows follow each other
+    (``FLAT``: contiguous and channels_last tensors), else ``h * stride_h + w * stride_p``."""
+    if FLAT:
+        off = offs_p * stride_p
+    else:
+        off = (offs_p // W) * stride_h + (offs_p % W) * stride_p
+    return off
+
+
+@triton.jit
+def select4(i, p0, p1, p2, p3):
+    """The ``i``-th of four scalars (a per-bin pointer of a grouped launch)."""
+    return tl.where(i == 0, p0, tl.where(i == 1, p1, tl.where(i == 2, p2, p3)))

@@ -1,36 +1,42 @@
 """Triton kernels of ``pyramid_pool_conv`` (kernel 1): multi-bin adaptive average pooling + 1x1 conv.
 
-Design (byte counts in ``/work/shared/DESIGN.md``):
+Design (byte counts in ``/work/shared/DESIGN.md``): the pooling of every bin is one GEMM over the
+flat pixels of ``x``, ``sums (C x cells) = x (C x H*W) @ T (H*W x cells)``, with ``T`` the 0/1
+per-pixel cell table of ``psp_kernels.ops.tables`` (exact in every dtype), so ``x`` is read
+once, in 16-byte vectors along whichever of pixels (NCHW) or channels (channels_last) is
+contiguous, software-pipelined into shared memory, and reduced on the tensor cores.
 
-* Forward stage 1, ``_pool_cells_kernel``: every pooling cell of every bin (``TOTAL`` cells, 50 for
-  bins 1, 2, 3, 6) is a row of one int32 cell table. A program owns one sample, one block of
-  channels and one block of cells; it streams over the image rows (only those its cells cover),
-  builds the 0/1 "pixel is in cell" indicator of a row from a row-independent column part and one
-  compare per cell, and accumulates ``indicator @ x_row_tile`` with ``tl.dot`` in fp32. With
-  ``TOTAL <= 64`` there is a single cell block, so ``x`` is read exactly once for all bins. The
-  cell means go to a small fp32 workspace ``(N, TOTAL, C)`` (~400 KB per image at C=2048). When
-  the batch alone cannot fill the GPU (batch 1), the rows are split over a second grid axis; each
-  split writes its own partial means and they are summed in a fixed order afterwards, so the
-  result stays deterministic.
-* Stage 1 with ``COPY_X`` (the fused PPM forward, ``psp_kernels.pyramid_pooling``): the programs
-  of one cell block also store every x tile they load into ``out[:, :C]`` of the PPM output, and
-  copy without a dot the rows of their split their cells do not cover. Every pixel of x is copied
-  exactly once, and kernel 2 then writes only the branches: the PPM forward reads x once and
-  writes its output once.
-* Forward stage 2, ``_cells_conv_kernel``: one small launch per bin computes the 1x1 convolution as
-  a GEMM ``W_b (R x C) @ pooled_b^T (C x N*b*b)`` over the workspace, with the affine/ReLU
-  epilogue, and stores ``y_b`` in x's dtype. The reduction over ``C`` stays inside one program (no
-  split-K): deterministic by construction.
-* Backward dx, ``_cells_to_pixels_kernel``: each program owns a few image rows x a column block x
-  a channel block, loads ``dpooled / area`` once, and per row computes ``indicator @ dp_tile`` and
-  stores it once (a gather: no atomics). With ``HAS_ADDEND`` (the fused PPM backward) each row
-  tile starts from ``grad[:, :C]`` of the PPM output gradient as the fp32 accumulator:
-  ``dx = grad[:, :C] + gather`` in one pass and one rounding.
+* Stage 1, ``_pool_cells_kernel``: a program owns one sample, one block of channels, one block
+  of cells and one split of the pixels; it streams its pixels in chunks of ``BLOCK_P`` and
+  accumulates ``x_tile @ T_tile`` in fp32, then stores the means of its split to a small fp32
+  workspace ``(N, splits, cells, C)``. The launcher splits the pixels so that the grid fills the
+  GPU at any batch; the splits are summed in a fixed order by stage 2 (deterministic). With
+  ``COPY_X`` (the fused PPM forward) the programs of cell block 0 also store every x tile they
+  load into ``out[:, :C]``: the PPM forward reads x once and writes its output once.
+* Stage 2, ``_cells_conv_kernel``: the 1x1 conv of every bin in one launch, on the tensor cores:
+  each program owns one (bin, output-channel block, (sample, cell) block) tile of
+  ``y_b = W_b (R x C) @ pooled_b^T (C x N*cells)``, sums the stage-1 splits in order while it
+  loads ``pooled``, applies the affine/ReLU epilogue and stores ``y_b`` in x's dtype. With
+  several splits, the programs of the first output-channel block also store the summed means
+  (``pooled``, saved for backward). Up to ``GROUP`` bins per launch (their pointers are
+  arguments); no split-K: deterministic by construction.
+* Backward dx, ``_cells_to_pixels_kernel``: ``dx (C x H*W) = (dp / area) (C x cells) @ T^T``, a
+  gather: each program loads its cell gradients once and writes its pixels once (no atomics),
+  in 16-byte vectors. With ``HAS_ADDEND`` (the fused PPM backward) each tile starts from
+  ``grad[:, :C]`` of the PPM output gradient as the fp32 accumulator: ``dx = grad[:, :C] +
+  gather`` in one pass and one rounding.
 
-Accuracy: the indicator is exactly 0/1 in every dtype, so the dots' only rounding is that of the
-other operand (see ``ops.utils.dot_precision``). Limitation: because pooling is a dense dot over
-all cells of a block, a non-finite value in ``x`` makes every cell of its channel non-finite
-(``0 * inf = nan``), whereas PyTorch only spoils the cells that contain it.
+Addressing: x, out, dx and the addend are read as ``(N, C, pixels)``: one pixel stride when
+their rows follow each other (``*_FLAT``: contiguous and channels_last tensors and their slices,
+the fast path), else row and column strides from ``p = h * W + w`` (any other strides). ``*_DIV`` constexprs are the launcher's proof of the divisibility of strides and sizes
+(powers of two up to 16) that Triton's JIT cannot see (it only knows "divisible by 16"), so that
+the compiler may vectorize, e.g. NCHW planes of 90 x 90 pixels in 8-byte vectors.
+
+Accuracy: ``T`` is exactly 0/1, so stage 1's only rounding is that of the fp32 accumulation.
+Stage 2 rounds the means to x's dtype for 16-bit inputs, like the reference, which pools in x's
+dtype before its conv. Limitation: because pooling is a dense product over all cells of a block,
+a non-finite value in ``x`` makes every cell of its channel non-finite (``0 * inf = nan``),
+whereas PyTorch only spoils the cells that contain it.
 """
 
 from __future__ import annotations
@@ -38,338 +44,283 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..utils import pixel_offsets, select4
+
 __all__ = ["_pool_cells_kernel", "_cells_conv_kernel", "_cells_to_pixels_kernel"]
 
 
 @triton.jit
 def _pool_cells_kernel(
     x_ptr,
-    cells_ptr,
+    t_ptr,
+    area_ptr,
     ws_ptr,
+    out_ptr,
     C,
-    H,
     W,
+    HW,
     TOTAL,
-    ROWS_PER_SPLIT,
+    P_PER_SPLIT,
     NUM_C_BLOCKS,
-    NUM_CELL_BLOCKS,
+    NUM_K_BLOCKS,
     stride_xn,
     stride_xc,
     stride_xh,
-    stride_xw,
-    out_ptr,
-    COPY_CELL_BLOCK,
+    stride_xp,
+    stride_tk,
     stride_on,
     stride_oc,
     stride_oh,
-    stride_ow,
-    DOT_PRECISION: tl.constexpr,
+    stride_op,
+    X_FLAT: tl.constexpr,
+    O_FLAT: tl.constexpr,
+    XN_DIV: tl.constexpr,
+    XC_DIV: tl.constexpr,
+    ON_DIV: tl.constexpr,
+    OC_DIV: tl.constexpr,
+    HW_DIV: tl.constexpr,
     COPY_X: tl.constexpr,
-    BLOCK_CELLS: tl.constexpr,
-    BLOCK_W: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
-    """ws[n, split, cell, c] = (sum of x[n, c] over the cell's window, rows of the split) / area.
-
-    The loop runs over image rows; the column part of the indicator (cell x column) does not
-    depend on the row and is built once per column chunk, the row part is one compare per cell,
-    so each step costs one select and one ``tl.dot`` (indicator @ x_row_tile).
-
-    With ``COPY_X``, the programs of cell block ``COPY_CELL_BLOCK`` also store every x tile they
-    load into ``out[n, c, h, w]`` (``out``'s own strides, x's dtype), so that ``x`` is read once
-    for the pooling and for the copy into the first C channels of the PPM output. Those programs
-    visit every row of their split: rows their cells do not cover are copied without a dot.
-    """
+    """ws[n, split, k, c] = (sum over the split's pixels p of x[n, c, p] * T[k, p]) / area[k]."""
     # program id 0 -> (sample n, channel block, cell block), the cell block fastest so that the
     #                 programs that read the same x tile run next to each other (L2 reuse);
-    # program id 1 -> split of the image rows (only when the batch alone cannot fill the GPU).
+    # program id 1 -> split of the pixels.
     pid = tl.program_id(0)
-    pid_split = tl.program_id(1)
-    num_splits = tl.num_programs(1)
-    pid_cell = pid % NUM_CELL_BLOCKS
-    pid_nc = pid // NUM_CELL_BLOCKS
+    split = tl.program_id(1)
+    pid_k = pid % NUM_K_BLOCKS
+    pid_nc = pid // NUM_K_BLOCKS
     pid_c = pid_nc % NUM_C_BLOCKS
     n = pid_nc // NUM_C_BLOCKS
-
     acc_dtype = ws_ptr.dtype.element_ty
-    offs_k = pid_cell * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
-    mask_k = offs_k < TOTAL
-    # padded cells get the empty window [0, 0): their indicator row is all zeros
-    row_start = tl.load(cells_ptr + offs_k, mask=mask_k, other=0)
-    row_end = tl.load(cells_ptr + TOTAL + offs_k, mask=mask_k, other=0)
-    col_start = tl.load(cells_ptr + 2 * TOTAL + offs_k, mask=mask_k, other=0)
-    col_end = tl.load(cells_ptr + 3 * TOTAL + offs_k, mask=mask_k, other=0)
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    c_off = offs_c[None, :] * stride_xc  # int32 inside a sample: the launcher checks the extent
-
-    # rows of this split that some cell of this block covers (cells are stored bin by bin,
-    # row-major, so a block of many cells covers a band of rows: skip the others)
-    h_begin = tl.maximum(pid_split * ROWS_PER_SPLIT, tl.min(tl.where(mask_k, row_start, H)))
-    h_end = tl.minimum((pid_split + 1) * ROWS_PER_SPLIT, tl.max(row_end))
-    h_end = tl.minimum(h_end, H)
-
-    acc = tl.zeros((BLOCK_CELLS, BLOCK_C), dtype=acc_dtype)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    # int32 offsets inside a sample (the launcher checks the extent), int64 sample bases
+    x_base = x_ptr + tl.multiple_of(n.to(tl.int64) * stride_xn, XN_DIV)
+    x_c = tl.multiple_of(offs_c * stride_xc, XC_DIV)
+    t_k = offs_k * stride_tk
+    p_begin = split * P_PER_SPLIT
+    p_end = tl.multiple_of(tl.minimum(p_begin + P_PER_SPLIT, HW), HW_DIV)
     if COPY_X:
-        copier = pid_cell == COPY_CELL_BLOCK
-        # the split's rows outside [h_begin, h_end) (none when the copying block's cells cover
-        # every row, which the launcher arranges when it can): copied by the copier, not pooled
-        split_begin = pid_split * ROWS_PER_SPLIT
-        split_end = tl.minimum(split_begin + ROWS_PER_SPLIT, H)
-        out_c_off = offs_c[None, :] * stride_oc
-        out_base = out_ptr + n.to(tl.int64) * stride_on
-    for w0 in range(0, W, BLOCK_W):
-        offs_w = w0 + tl.arange(0, BLOCK_W)
-        mask_w = offs_w < W
-        col_in = (offs_w[None, :] >= col_start[:, None]) & (offs_w[None, :] < col_end[:, None])
-        x_mask = mask_w[:, None] & mask_c[None, :]
-        # 64-bit pointer arithmetic: one row step at a time, no int32 row offset to overflow
-        tile_off = offs_w[:, None] * stride_xw + c_off  # loop-invariant int32 offsets
-        # scalar 64-bit row pointer, one row step at a time (no per-element 64-bit pointers)
-        row_ptr = x_ptr + n.to(tl.int64) * stride_xn + h_begin.to(tl.int64) * stride_xh
-        if COPY_X:
-            out_off = offs_w[:, None] * stride_ow + out_c_off  # int32: the launcher checks out
-            out_mask = x_mask & copier  # one cell block writes the copy, the others only pool
-            out_row = out_base + h_begin.to(tl.int64) * stride_oh
-        for h in range(h_begin, h_end):
-            x_tile = tl.load(row_ptr + tile_off, mask=x_mask, other=0.0)
-            row_ptr += stride_xh
-            if COPY_X:
-                tl.store(out_row + out_off, x_tile, mask=out_mask)
-                out_row += stride_oh
-            row_in = (h >= row_start) & (h < row_end)
-            indicator = (col_in & row_in[:, None]).to(x_tile.dtype)  # exact 0/1
-            acc = tl.dot(indicator, x_tile, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
-        if COPY_X:
-            if copier:
-                # copy-only rows of the split above and below the band the cells cover
-                x_row = x_ptr + n.to(tl.int64) * stride_xn + split_begin.to(tl.int64) * stride_xh
-                out_row = out_base + split_begin.to(tl.int64) * stride_oh
-                for _h in range(split_begin, tl.minimum(h_begin, split_end)):
-                    x_tile = tl.load(x_row + tile_off, mask=x_mask)
-                    tl.store(out_row + out_off, x_tile, mask=x_mask)
-                    x_row += stride_xh
-                    out_row += stride_oh
-                h_low = tl.maximum(h_end, split_begin)
-                x_row = x_ptr + n.to(tl.int64) * stride_xn + h_low.to(tl.int64) * stride_xh
-                out_row = out_base + h_low.to(tl.int64) * stride_oh
-                for _h in range(h_low, split_end):
-                    x_tile = tl.load(x_row + tile_off, mask=x_mask)
-                    tl.store(out_row + out_off, x_tile, mask=x_mask)
-                    x_row += stride_xh
-                    out_row += stride_oh
+        copier = pid_k == 0  # one cell block writes the copy, the others only pool
+        o_base = out_ptr + tl.multiple_of(n.to(tl.int64) * stride_on, ON_DIV)
+        o_c = tl.multiple_of(offs_c * stride_oc, OC_DIV)
 
-    area = ((row_end - row_start) * (col_end - col_start)).to(acc_dtype)
-    area = tl.where(mask_k, area, 1.0)
-    mean = acc / area[:, None]
-    ws_row = (n.to(tl.int64) * num_splits + pid_split) * TOTAL + offs_k.to(tl.int64)
-    tl.store(
-        ws_ptr + ws_row[:, None] * C + offs_c[None, :],
-        mean,
-        mask=mask_k[:, None] & mask_c[None, :],
-    )
+    acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=acc_dtype)
+    for p0 in range(p_begin, p_end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask_p = offs_p < p_end
+        mask = mask_c[:, None] & mask_p[None, :]
+        x_p = pixel_offsets(offs_p, W, stride_xh, stride_xp, X_FLAT)
+        x = tl.load(x_base + x_c[:, None] + x_p[None, :], mask=mask, other=0.0)
+        t = tl.load(t_ptr + t_k[None, :] + offs_p[:, None], mask=mask_p[:, None], other=0.0)
+        acc = tl.dot(x, t, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
+        if COPY_X:
+            o_p = pixel_offsets(offs_p, W, stride_oh, stride_op, O_FLAT)
+            tl.store(o_base + o_c[:, None] + o_p[None, :], x, mask=mask & copier)
+
+    mean = acc / tl.load(area_ptr + offs_k)[None, :]
+    ws_row = (n.to(tl.int64) * tl.num_programs(1) + split) * TOTAL + offs_k
+    ws = ws_ptr + ws_row[None, :] * C + offs_c[:, None]
+    tl.store(ws, mean, mask=mask_c[:, None] & (offs_k < TOTAL)[None, :])
 
 
 @triton.jit
 def _cells_conv_kernel(
+    ws_ptr,
+    tiles_ptr,
     pooled_ptr,
-    w_ptr,
-    scale_ptr,
-    shift_ptr,
-    y_ptr,
-    R,
+    w0_ptr,
+    w1_ptr,
+    w2_ptr,
+    w3_ptr,
+    s0_ptr,
+    s1_ptr,
+    s2_ptr,
+    s3_ptr,
+    b0_ptr,
+    b1_ptr,
+    b2_ptr,
+    b3_ptr,
+    y0_ptr,
+    y1_ptr,
+    y2_ptr,
+    y3_ptr,
+    N,
     C,
-    M,
-    CELLS,
-    CELL_OFFSET,
     TOTAL,
-    stride_wr,
-    stride_wc,
+    NUM_BINS,
+    SPLITS: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
     RELU: tl.constexpr,
+    WRITE_POOLED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_M: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
-    """y[n, r, cell] = act(scale[r] * sum_c W[r, c] * pooled[n, CELL_OFFSET + cell, c] + shift[r]).
+    """y_b[n, r, cell] = act(scale_b[r] * sum_c W_b[r, c] * pooled[n, off_b + cell, c] + shift_b[r]).
 
-    One bin per launch; the GEMM columns are the M = N * CELLS (sample, cell) pairs.
+    ``pooled[n] = sum_s ws[n, s]`` (the stage-1 splits, summed in order). Each program's tile is a
+    row of the int32 ``tiles`` table: (bin slot 0-3, first cell of the bin, its cells, its R,
+    first output channel r0, first column m0 of the columns ``m = n * cells + cell``). Slots
+    past ``NUM_BINS`` hold dummy pointers, never read.
     """
-    # program id 0 -> block of (sample, cell) columns; program id 1 -> block of output channels.
-    pid_m = tl.program_id(0)
-    pid_r = tl.program_id(1)
-    acc_dtype = pooled_ptr.dtype.element_ty
+    # program id 0 -> one (bin, output-channel block, (sample, cell) block) tile.
+    row = tiles_ptr + tl.program_id(0) * 6
+    slot = tl.load(row)
+    cell_off = tl.load(row + 1)
+    cells = tl.load(row + 2)
+    R = tl.load(row + 3)
+    r0 = tl.load(row + 4)
+    m0 = tl.load(row + 5)
+    w_ptr = select4(slot, w0_ptr, w1_ptr, w2_ptr, w3_ptr)
+    y_ptr = select4(slot, y0_ptr, y1_ptr, y2_ptr, y3_ptr)
+    acc_dtype = ws_ptr.dtype.element_ty
 
-    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_r = r0 + tl.arange(0, BLOCK_R)
     mask_r = offs_r < R
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    n = offs_m // CELLS
-    cell = offs_m - n * CELLS
-    p_row = (n.to(tl.int64) * TOTAL + CELL_OFFSET + cell) * C
-    w_row = offs_r.to(tl.int64) * stride_wr
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < N * cells
+    n = offs_m // cells
+    cell = offs_m - n * cells
+    # row of (sample, split 0, cell) in the (N, SPLITS, TOTAL, C) workspace
+    ws_row = (n.to(tl.int64) * SPLITS * TOTAL + cell_off + cell) * C
+    w_row = offs_r.to(tl.int64) * C  # the weights are contiguous (R, C)
 
     acc = tl.zeros((BLOCK_R, BLOCK_M), dtype=acc_dtype)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
+    for c0 in range(0, C, BLOCK_K):
+        offs_c = c0 + tl.arange(0, BLOCK_K)
         mask_c = offs_c < C
-        w_tile = tl.load(
-            w_ptr + w_row[:, None] + offs_c[None, :].to(tl.int64) * stride_wc,
+        w = tl.load(
+            w_ptr + w_row[:, None] + offs_c[None, :],
             mask=mask_r[:, None] & mask_c[None, :],
             other=0.0,
-        ).to(acc_dtype)
-        p_tile = tl.load(
-            pooled_ptr + p_row[None, :] + offs_c[:, None],
-            mask=mask_c[:, None] & mask_m[None, :],
-            other=0.0,
         )
-        # the FLOPs here are tiny (N * TOTAL * C * R): full fp32 ("ieee") costs nothing
-        acc = tl.dot(w_tile, p_tile, acc, input_precision="ieee", out_dtype=acc_dtype)
+        p_mask = mask_c[:, None] & mask_m[None, :]
+        p = tl.load(ws_ptr + ws_row[None, :] + offs_c[:, None], mask=p_mask, other=0.0)
+        for s in tl.static_range(1, SPLITS):  # fixed order: deterministic
+            p += tl.load(
+                ws_ptr + ws_row[None, :] + s * TOTAL * C + offs_c[:, None], mask=p_mask, other=0.0
+            )
+        if WRITE_POOLED:
+            if r0 == 0:  # one R block stores the summed means, saved for backward
+                pooled_row = (n.to(tl.int64) * TOTAL + cell_off + cell) * C
+                tl.store(pooled_ptr + pooled_row[None, :] + offs_c[:, None], p, mask=p_mask)
+        # 16-bit inputs: the means rounded to x's dtype, like the reference's pooled tensor
+        acc = tl.dot(w, p.to(w.dtype), acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
 
     if HAS_SCALE:
-        s = tl.load(scale_ptr + offs_r, mask=mask_r, other=0.0).to(acc_dtype)
-        acc = acc * s[:, None]
+        s_ptr = select4(slot, s0_ptr, s1_ptr, s2_ptr, s3_ptr)
+        acc = acc * tl.load(s_ptr + offs_r, mask=mask_r, other=0.0).to(acc_dtype)[:, None]
     if HAS_SHIFT:
-        b = tl.load(shift_ptr + offs_r, mask=mask_r, other=0.0).to(acc_dtype)
-        acc = acc + b[:, None]
+        b_ptr = select4(slot, b0_ptr, b1_ptr, b2_ptr, b3_ptr)
+        acc = acc + tl.load(b_ptr + offs_r, mask=mask_r, other=0.0).to(acc_dtype)[:, None]
     if RELU:  # rounding is monotone and keeps 0: same values as relu after the cast
         acc = tl.maximum(acc, 0.0)
-    y = acc.to(y_ptr.dtype.element_ty)
-    y_off = (
-        (n.to(tl.int64) * R)[None, :] * CELLS + offs_r[:, None].to(tl.int64) * CELLS + cell[None, :]
-    )
-    tl.store(y_ptr + y_off, y, mask=mask_r[:, None] & mask_m[None, :])
+    y_off = (n.to(tl.int64) * R * cells + cell)[None, :] + (offs_r * cells)[:, None]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask_r[:, None] & mask_m[None, :])
 
 
 @triton.jit
 def _cells_to_pixels_kernel(
     dp_ptr,
-    cells_ptr,
+    area_ptr,
+    t_ptr,
     dx_ptr,
+    add_ptr,
     C,
-    H,
     W,
+    HW,
     TOTAL,
-    ROWS_PER_PROGRAM,
-    NUM_ROW_BLOCKS,
-    NUM_W_BLOCKS,
+    P_PER_PROGRAM,
+    NUM_C_BLOCKS,
+    NUM_P_BLOCKS,
+    stride_tp,
     stride_dn,
     stride_dc,
     stride_dh,
-    stride_dw,
-    add_ptr,
+    stride_dp,
     stride_an,
     stride_ac,
     stride_ah,
-    stride_aw,
-    DOT_PRECISION: tl.constexpr,
-    ONE_CELL_BLOCK: tl.constexpr,
+    stride_ap,
+    D_FLAT: tl.constexpr,
+    A_FLAT: tl.constexpr,
+    DN_DIV: tl.constexpr,
+    DC_DIV: tl.constexpr,
+    AN_DIV: tl.constexpr,
+    AC_DIV: tl.constexpr,
+    HW_DIV: tl.constexpr,
     HAS_ADDEND: tl.constexpr,
-    BLOCK_W: tl.constexpr,
-    BLOCK_CELLS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    NUM_K_BLOCKS: tl.constexpr,
 ):
-    """dx[n, c, h, w] = sum over the cells k that contain (h, w) of dp[n, k, c] / area[k].
-
-    A gather: each program owns ROWS_PER_PROGRAM image rows x BLOCK_W columns x BLOCK_C channels
-    and writes every pixel of it once (no atomics). Per row: one select builds the indicator from
-    the row-independent column part, and one ``tl.dot`` (indicator @ dp_tile) gives the row.
-
-    With ``HAS_ADDEND`` (the fused PPM backward, ``psp_kernels.pyramid_pooling``), the row's
-    ``add[n, c, h, w]`` tile (``add``'s own strides, any dtype) is loaded as the dot's fp32
-    accumulator, so ``dx = add + gather`` is rounded to dx's dtype once and written in one pass.
-    """
-    # program id 0 -> (sample n, row block, column block), the column block fastest;
-    # program id 1 -> channel block.
+    """dx[n, c, p] = (add[n, c, p] +) sum_k dp[n, k, c] / area[k] * T[p, k] (pixel-major T)."""
+    # program id 0 -> (sample n, channel block, block of P_PER_PROGRAM pixels), pixels fastest.
     pid = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_w = pid % NUM_W_BLOCKS
-    pid_nr = pid // NUM_W_BLOCKS
-    pid_r = pid_nr % NUM_ROW_BLOCKS
-    n = pid_nr // NUM_ROW_BLOCKS
+    pid_p = pid % NUM_P_BLOCKS
+    pid_nc = pid // NUM_P_BLOCKS
+    pid_c = pid_nc % NUM_C_BLOCKS
+    n = pid_nc // NUM_C_BLOCKS
     acc_dtype = dp_ptr.dtype.element_ty
 
-    offs_w = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
-    mask_w = offs_w < W
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     dp_base = dp_ptr + n.to(tl.int64) * TOTAL * C  # then int32 offsets (TOTAL * C < 2**31)
-    dx_mask = mask_w[:, None] & mask_c[None, :]
-    h_begin = pid_r * ROWS_PER_PROGRAM
-    h_end = tl.minimum(h_begin + ROWS_PER_PROGRAM, H)
-    # scalar 64-bit row pointer, one row step at a time; int32 offsets inside the row
-    row_ptr = dx_ptr + n.to(tl.int64) * stride_dn + h_begin.to(tl.int64) * stride_dh
-    tile_off = offs_w[:, None] * stride_dw + offs_c[None, :] * stride_dc
-    if HAS_ADDEND:  # same scheme: int32 offsets inside the row (the launcher checks add)
-        add_row = add_ptr + n.to(tl.int64) * stride_an + h_begin.to(tl.int64) * stride_ah
-        add_off = offs_w[:, None] * stride_aw + offs_c[None, :] * stride_ac
+    dx_base = dx_ptr + tl.multiple_of(n.to(tl.int64) * stride_dn, DN_DIV)
+    dx_c = tl.multiple_of(offs_c * stride_dc, DC_DIV)
+    if HAS_ADDEND:
+        add_base = add_ptr + tl.multiple_of(n.to(tl.int64) * stride_an, AN_DIV)
+        add_c = tl.multiple_of(offs_c * stride_ac, AC_DIV)
+    p_begin = pid_p * P_PER_PROGRAM
+    p_end = tl.multiple_of(tl.minimum(p_begin + P_PER_PROGRAM, HW), HW_DIV)
 
-    if ONE_CELL_BLOCK:
-        # every cell fits one block: the cell gradients and the column indicator are loaded and
-        # built once and reused for every row of the program
-        offs_k = tl.arange(0, BLOCK_CELLS)
-        mask_k = offs_k < TOTAL
-        row_start = tl.load(cells_ptr + offs_k, mask=mask_k, other=0)
-        row_end = tl.load(cells_ptr + TOTAL + offs_k, mask=mask_k, other=0)
-        col_start = tl.load(cells_ptr + 2 * TOTAL + offs_k, mask=mask_k, other=0)
-        col_end = tl.load(cells_ptr + 3 * TOTAL + offs_k, mask=mask_k, other=0)
-        area = ((row_end - row_start) * (col_end - col_start)).to(acc_dtype)
-        area = tl.where(mask_k, area, 1.0)
-        dp = tl.load(
-            dp_base + offs_k[:, None] * C + offs_c[None, :],
-            mask=mask_k[:, None] & mask_c[None, :],
-            other=0.0,
+    # the cell gradients / area of the first cell block stay in registers for every pixel chunk
+    offs_k = tl.arange(0, BLOCK_K)
+    dp0 = tl.load(
+        dp_base + offs_k[None, :] * C + offs_c[:, None],
+        mask=mask_c[:, None] & (offs_k < TOTAL)[None, :],
+        other=0.0,
+    )
+    dp0 = dp0 / tl.load(area_ptr + offs_k)[None, :]
+    for p0 in range(p_begin, p_end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask_p = offs_p < p_end
+        mask = mask_c[:, None] & mask_p[None, :]
+        if HAS_ADDEND:
+            a_p = pixel_offsets(offs_p, W, stride_ah, stride_ap, A_FLAT)
+            acc = tl.load(add_base + add_c[:, None] + a_p[None, :], mask=mask, other=0.0).to(
+                acc_dtype
+            )
+        else:
+            acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=acc_dtype)
+        t = tl.load(
+            t_ptr + offs_p[None, :] * stride_tp + offs_k[:, None], mask=mask_p[None, :], other=0.0
         )
-        dp = dp / area[:, None]
-        col_in = (offs_w[:, None] >= col_start[None, :]) & (offs_w[:, None] < col_end[None, :])
-        for h in range(h_begin, h_end):
-            row_in = (h >= row_start) & (h < row_end)
-            indicator = (col_in & row_in[None, :]).to(acc_dtype)
-            if HAS_ADDEND:
-                acc = tl.load(add_row + add_off, mask=dx_mask, other=0.0).to(acc_dtype)
-                add_row += stride_ah
-                acc = tl.dot(indicator, dp, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
-            else:
-                acc = tl.dot(indicator, dp, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
-            tl.store(row_ptr + tile_off, acc.to(dx_ptr.dtype.element_ty), mask=dx_mask)
-            row_ptr += stride_dh
-    else:
-        for h in range(h_begin, h_end):
-            if HAS_ADDEND:
-                acc = tl.load(add_row + add_off, mask=dx_mask, other=0.0).to(acc_dtype)
-                add_row += stride_ah
-            else:
-                acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_dtype)
-            for k0 in range(0, TOTAL, BLOCK_CELLS):
-                offs_k = k0 + tl.arange(0, BLOCK_CELLS)
-                mask_k = offs_k < TOTAL
-                row_start = tl.load(cells_ptr + offs_k, mask=mask_k, other=0)
-                row_end = tl.load(cells_ptr + TOTAL + offs_k, mask=mask_k, other=0)
-                row_in = (h >= row_start) & (h < row_end)
-                if tl.max(row_in.to(tl.int32)) > 0:  # skip cell blocks that miss this row
-                    col_start = tl.load(cells_ptr + 2 * TOTAL + offs_k, mask=mask_k, other=0)
-                    col_end = tl.load(cells_ptr + 3 * TOTAL + offs_k, mask=mask_k, other=0)
-                    area = ((row_end - row_start) * (col_end - col_start)).to(acc_dtype)
-                    area = tl.where(mask_k, area, 1.0)
-                    dp = tl.load(
-                        dp_base + offs_k[:, None] * C + offs_c[None, :],
-                        mask=mask_k[:, None] & mask_c[None, :],
-                        other=0.0,
-                    )
-                    dp = dp / area[:, None]
-                    inside = (
-                        (offs_w[:, None] >= col_start[None, :])
-                        & (offs_w[:, None] < col_end[None, :])
-                        & row_in[None, :]
-                    )
-                    acc = tl.dot(
-                        inside.to(acc_dtype),
-                        dp,
-                        acc,
-                        input_precision=DOT_PRECISION,
-                        out_dtype=acc_dtype,
-                    )
-            tl.store(row_ptr + tile_off, acc.to(dx_ptr.dtype.element_ty), mask=dx_mask)
-            row_ptr += stride_dh
+        acc = tl.dot(dp0, t, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
+        for kb in range(1, NUM_K_BLOCKS):  # more cells than one block (many or large bins)
+            offs_kb = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+            dpk = tl.load(
+                dp_base + offs_kb[None, :] * C + offs_c[:, None],
+                mask=mask_c[:, None] & (offs_kb < TOTAL)[None, :],
+                other=0.0,
+            )
+            dpk = dpk / tl.load(area_ptr + offs_kb)[None, :]
+            t = tl.load(
+                t_ptr + offs_p[None, :] * stride_tp + offs_kb[:, None],
+                mask=mask_p[None, :],
+                other=0.0,
+            )
+            acc = tl.dot(dpk, t, acc, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
+        d_p = pixel_offsets(offs_p, W, stride_dh, stride_dp, D_FLAT)
+        tl.store(dx_base + dx_c[:, None] + d_p[None, :], acc.to(dx_ptr.dtype.element_ty), mask=mask)

@@ -12,14 +12,16 @@ import functools
 import torch
 import triton
 
-from ... import geometry
+from .. import tables
 from ..utils import (
     acc_dtype,
     clamp,
     device_guard,
     dot_precision,
-    interpreting,
+    gpu_tiles,
     num_sms,
+    pixel_args,
+    pow2_divisor,
     sample_fits_int32,
 )
 from ..utils import split_launch_options as launch_options
@@ -57,74 +59,50 @@ def cell_offsets(bins) -> list[int]:
     return offs
 
 
-@functools.lru_cache(maxsize=256)
-def _copy_cell_block(height: int, width: int, bins: tuple[int, ...], block_cells: int) -> int:
-    """The cell block whose cells cover the most image rows (all of them when a whole bin fits
-    in one block): its programs write the copy of x and read only the rows they pool anyway."""
-    # the cells' row windows in table order (bin by bin, row-major); host ints, no tensors
-    rows = [w for b in bins for w in geometry.pool_windows(height, b) for _ in range(b)]
-    best, best_rows = 0, -1
-    for k0 in range(0, len(rows), block_cells):
-        block = rows[k0 : k0 + block_cells]
-        covered = max(e for _, e in block) - min(s for s, _ in block)
-        if covered > best_rows:
-            best, best_rows = k0 // block_cells, covered
-    return best
+def _splits(programs: int, hw: int, block_p: int, device: torch.device) -> int:
+    """Pixel splits of stage 1: enough programs for about two waves of two programs per SM at
+    any batch, at least two pixel chunks per split."""
+    if configs.FORCE_SPLITS is not None:
+        return configs.FORCE_SPLITS
+    if not gpu_tiles():
+        return 1  # the interpreter: as few programs as possible
+    want = 4 * num_sms(device)
+    return clamp(triton.cdiv(want, programs), 1, max(1, hw // (2 * block_p)))
 
 
 def pool_cells(
     x: torch.Tensor, bins: tuple[int, ...], out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Stage 1: the (N, TOTAL, C) cell means of x (fp32, or fp64 for fp64 input).
+) -> tuple[torch.Tensor, int]:
+    """Stage 1: ``(ws, splits)``, the ``(N, splits, TOTAL, C)`` fp32 (fp64) partial cell means.
 
-    With ``out`` (an ``(N, C', H, W)`` tensor, ``C' >= C``, same dtype and device, any strides
-    within int32 per sample: see :func:`can_copy_into`), ``x`` is also copied into
-    ``out[:, :C]`` by the same programs that read it for the pooling.
+    With ``out`` (an ``(N, C', H, W)`` tensor, ``C' >= C``, see
+    :func:`can_copy_into`), ``x`` is also copied into ``out[:, :C]`` by the same programs that
+    read it for the pooling.
     """
     n, c, h, w = x.shape
-    total = total_cells(bins)
-    cells = geometry.cell_table(h, w, bins, x.device)
-    meta, opts = launch_options(configs.pool_config(total, c, w, x.dtype, copy_x=out is not None))
+    hw, total = h * w, total_cells(bins)
+    cells = tables.pool_table(h, w, tuple(bins), x.dtype, x.device, False)
+    meta, opts = launch_options(configs.pool_config(c, hw, cells.cells_pad, x.dtype))
     num_c_blocks = triton.cdiv(c, meta["BLOCK_C"])
-    num_cell_blocks = triton.cdiv(total, meta["BLOCK_CELLS"])
-    programs = n * num_c_blocks * num_cell_blocks
-    if configs.FORCE_SPLITS is not None:
-        splits = configs.FORCE_SPLITS
-    elif not interpreting() and num_cell_blocks == 1:
-        # fill the GPU (two programs per SM) when the batch alone does not, >= 8 rows per split
-        want = 2 * num_sms(x.device)
-        splits = min(triton.cdiv(want, programs), max(h // 8, 1)) if programs < want else 1
-    else:
-        splits = 1
-    rows_per_split = triton.cdiv(h, clamp(splits, 1, h))
-    splits = triton.cdiv(h, rows_per_split)  # no empty split
+    num_k_blocks = cells.cells_pad // meta["BLOCK_K"]
+    programs = n * num_c_blocks * num_k_blocks
+    splits = _splits(programs, hw, meta["BLOCK_P"], x.device)
+    per_split = triton.cdiv(triton.cdiv(hw, splits), meta["BLOCK_P"]) * meta["BLOCK_P"]
+    splits = triton.cdiv(hw, per_split)  # no empty split
     ws = torch.empty((n, splits, total, c), device=x.device, dtype=acc_dtype(x.dtype))
-    # axis 0 may hold 2**31 - 1 programs; axis 1 (splits <= H) stays small in practice
-    grid = (programs, splits)
+    x_strides, xa = pixel_args(x)
+    o = out[:, :c] if out is not None else x  # dummy without the copy (never written)
+    o_strides, oa = pixel_args(o)
     with device_guard(x=x, out=out):
-        _pool_cells_kernel[grid](
-            x,
-            cells,
-            ws,
-            c,
-            h,
-            w,
-            total,
-            rows_per_split,
-            num_c_blocks,
-            num_cell_blocks,
-            *x.stride(),
-            out if out is not None else x,  # dummy pointer without the copy (never written)
-            _copy_cell_block(h, w, tuple(bins), meta["BLOCK_CELLS"]) if out is not None else 0,
-            *(out.stride() if out is not None else x.stride()),
-            DOT_PRECISION=dot_precision(x.dtype),
-            COPY_X=out is not None,
-            **meta,
-            **opts,
-        )
-    if splits == 1:
-        return ws.view(n, total, c)
-    return ws.sum(dim=1)  # fixed-order reduction over the splits: deterministic
+        _pool_cells_kernel[(programs, splits)](
+            x, cells.table, cells.area, ws, o,
+            c, w, hw, total, per_split, num_c_blocks, num_k_blocks,
+            *x_strides, cells.stride, *o_strides,
+            X_FLAT=xa["FLAT"], O_FLAT=oa["FLAT"], XN_DIV=xa["N_DIV"], XC_DIV=xa["C_DIV"],
+            ON_DIV=oa["N_DIV"], OC_DIV=oa["C_DIV"], HW_DIV=pow2_divisor(hw),
+            COPY_X=out is not None, DOT_PRECISION=dot_precision(x.dtype), **meta, **opts,
+        )  # fmt: skip
+    return ws, splits
 
 
 def can_copy_into(x: torch.Tensor, out: torch.Tensor) -> bool:
@@ -140,38 +118,58 @@ def can_copy_into(x: torch.Tensor, out: torch.Tensor) -> bool:
     )
 
 
-def cells_conv(pooled, weight, scale, shift, relu, b, cell_offset, out_dtype):
-    """Stage 2 for one bin: y (N, R, b, b) in out_dtype from the pooled workspace."""
-    n, total, c = pooled.shape
-    r = weight.shape[0]
-    cells = b * b
-    m = n * cells
-    y = torch.empty((n, r, b, b), device=pooled.device, dtype=out_dtype)
-    meta, opts = launch_options(configs.conv_config(m, r, c))
-    # the many (sample, cell) blocks on axis 0 (limit 2**31 - 1), the R blocks on axis 1
-    grid = (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(r, meta["BLOCK_R"]))
-    with device_guard(pooled=pooled, weight=weight, scale=scale, shift=shift):
-        _cells_conv_kernel[grid](
-            pooled,
-            weight,
-            scale if scale is not None else weight,  # dummy pointer when absent (never read)
-            shift if shift is not None else weight,
-            y,
-            r,
-            c,
-            m,
-            cells,
-            cell_offset,
-            total,
-            weight.stride(0),
-            weight.stride(1),
-            HAS_SCALE=scale is not None,
-            HAS_SHIFT=shift is not None,
-            RELU=bool(relu),
-            **meta,
-            **opts,
-        )
-    return y
+@functools.lru_cache(maxsize=128)
+def _conv_tiles(n, bins, rs, block_r, block_m, device):
+    """Stage 2's int32 tile table: (slot, first cell, cells, R, r0, m0) per program."""
+    rows, offset = [], 0
+    for slot, (b, r) in enumerate(zip(bins, rs)):
+        cells = b * b
+        for r0 in range(0, r, block_r):
+            for m0 in range(0, n * cells, block_m):
+                rows.append((slot, offset, cells, r, r0, m0))
+        offset += cells
+    return torch.tensor(rows, dtype=torch.int32).reshape(-1).to(device), len(rows)
+
+
+def cells_conv(ws, splits, weights, scale, shift, relu, bins, out_dtype, cell_offset, pooled):
+    """Stage 2 for up to ``configs.GROUP`` bins: one ``(N, R_b, b, b)`` tensor per bin.
+
+    ``cell_offset``: the first cell of these bins in ``ws``; ``pooled``: ``None``, or the
+    ``(N, TOTAL, C)`` tensor this launch writes the summed means of its bins' cells into.
+    """
+    n, _, total, c = ws.shape
+    ys = [torch.empty((n, w.shape[0], b, b), device=ws.device, dtype=out_dtype)
+          for w, b in zip(weights, bins)]  # fmt: skip
+    m = n * max(b * b for b in bins)
+    meta, opts = launch_options(
+        configs.conv_config(m, max(w.shape[0] for w in weights), c, out_dtype)
+    )
+    table, programs = _conv_tiles(
+        n, tuple(bins), tuple(int(w.shape[0]) for w in weights), meta["BLOCK_R"],
+        meta["BLOCK_M"], ws.device,
+    )  # fmt: skip
+    if cell_offset:  # later groups: their first cells within ws
+        table = table.view(-1, 6).clone()
+        table[:, 1] += cell_offset
+        table = table.reshape(-1)
+
+    def slots(values):
+        values = list(values) + [values[0]] * (configs.GROUP - len(values))  # dummies
+        return values
+
+    w_args = slots([w.contiguous() for w in weights])
+    # the kernel reads scale and shift as dense vectors: strided or expanded views are copied
+    s_args = slots([t.contiguous() for t in scale] if scale else list(w_args))
+    b_args = slots([t.contiguous() for t in shift] if shift else list(w_args))
+    with device_guard(ws=ws, weights=w_args[0]):
+        _cells_conv_kernel[(programs,)](
+            ws, table, pooled if pooled is not None else ws,
+            *w_args, *s_args, *b_args, *slots(ys),
+            n, c, total, len(bins), SPLITS=splits,
+            HAS_SCALE=bool(scale), HAS_SHIFT=bool(shift), RELU=bool(relu),
+            WRITE_POOLED=pooled is not None, DOT_PRECISION=dot_precision(out_dtype), **meta, **opts,
+        )  # fmt: skip
+    return ys
 
 
 def cells_to_pixels(
@@ -184,47 +182,37 @@ def cells_to_pixels(
 ) -> None:
     """dx = the gather of dp (N, TOTAL, C) cell gradients (not yet divided by area) to pixels.
 
-    ``addend``: optional ``(N, C, H, W)`` tensor, any strides within int32 per sample (see
-    :func:`can_add_in_kernel`): then ``dx = addend + gather``, summed in fp32 and rounded once.
+    ``addend``: optional ``(N, C, H, W)`` tensor of any strides within int32 per sample (see :func:`can_add_in_kernel`): then ``dx =
+    addend + gather``, summed in fp32 and rounded once.
     """
     n, total, c = dp.shape
-    cells = geometry.cell_table(height, width, bins, dp.device)
-    cfg = configs.dx_config(total, c, width, dx.dtype, addend=addend is not None)
-    meta, opts = launch_options(cfg)
-    num_w_blocks = triton.cdiv(width, meta["BLOCK_W"])
+    hw = height * width
+    cells = tables.pool_table(height, width, tuple(bins), dp.dtype, dp.device, True)
+    meta, opts = launch_options(configs.dx_config(c, hw, cells.cells_pad, dx.dtype))
     num_c_blocks = triton.cdiv(c, meta["BLOCK_C"])
-    if configs.FORCE_DX_ROWS is not None:
-        rows = configs.FORCE_DX_ROWS
-    elif interpreting():
-        rows = height  # as few programs as possible
+    if configs.FORCE_DX_PIXELS is not None:
+        per_program = configs.FORCE_DX_PIXELS
+    elif not gpu_tiles():
+        per_program = hw  # the interpreter: as few programs as possible
     else:
-        # about four programs per SM, 1 to 16 rows each (a program reuses its cell tile per row)
-        want = 4 * num_sms(dp.device)
-        rows = clamp(triton.cdiv(n * height * num_w_blocks * num_c_blocks, want), 1, 16)
-    rows = clamp(rows, 1, height)
-    num_row_blocks = triton.cdiv(height, rows)
-    grid = (n * num_row_blocks * num_w_blocks, num_c_blocks)
+        # about four programs per SM, at least one pixel chunk each
+        chunks = triton.cdiv(hw, meta["BLOCK_P"])
+        want = triton.cdiv(4 * num_sms(dp.device), n * num_c_blocks)
+        per_program = triton.cdiv(chunks, clamp(want, 1, chunks)) * meta["BLOCK_P"]
+    num_p_blocks = triton.cdiv(hw, per_program)
+    d_strides, da = pixel_args(dx)
+    a = addend if addend is not None else dx  # dummy without the addend (never read)
+    a_strides, aa = pixel_args(a)
     with device_guard(dp=dp, dx=dx, addend=addend):
-        _cells_to_pixels_kernel[grid](
-            dp,
-            cells,
-            dx,
-            c,
-            height,
-            width,
-            total,
-            rows,
-            num_row_blocks,
-            num_w_blocks,
-            *dx.stride(),
-            addend if addend is not None else dx,  # dummy pointer without the addend (never read)
-            *(addend.stride() if addend is not None else dx.stride()),
-            DOT_PRECISION=dot_precision(dx.dtype),
-            ONE_CELL_BLOCK=total <= meta["BLOCK_CELLS"],
-            HAS_ADDEND=addend is not None,
-            **meta,
-            **opts,
-        )
+        _cells_to_pixels_kernel[(n * num_c_blocks * num_p_blocks,)](
+            dp, cells.area, cells.table, dx, a,
+            c, width, hw, total, per_program, num_c_blocks, num_p_blocks, cells.stride,
+            *d_strides, *a_strides,
+            D_FLAT=da["FLAT"], A_FLAT=aa["FLAT"], DN_DIV=da["N_DIV"], DC_DIV=da["C_DIV"],
+            AN_DIV=aa["N_DIV"], AC_DIV=aa["C_DIV"], HW_DIV=pow2_divisor(hw),
+            HAS_ADDEND=addend is not None, DOT_PRECISION=dot_precision(dx.dtype),
+            NUM_K_BLOCKS=cells.cells_pad // meta["BLOCK_K"], **meta, **opts,
+        )  # fmt: skip
 
 
 def can_add_in_kernel(dx: torch.Tensor, addend: torch.Tensor) -> bool:
@@ -265,12 +253,18 @@ def launch_forward(x, weights, bins, scale, shift, relu, out=None):
     bins = [int(b) for b in bins]
     _check_launch(x, weights, bins, scale, shift)
     copied = out is not None and can_copy_into(x, out)
-    pooled = pool_cells(x, tuple(bins), out if copied else None)
-    ys = []
-    for i, (b, off) in enumerate(zip(bins, cell_offsets(bins))):
-        s = scale[i] if scale else None
-        t = shift[i] if shift else None
-        ys.append(cells_conv(pooled, weights[i], s, t, relu, b, off, x.dtype))
+    ws, splits = pool_cells(x, tuple(bins), out if copied else None)
+    n, _, total, c = ws.shape
+    # the summed means, saved for backward: stage 2 writes them when there are several splits
+    pooled = ws.view(n, total, c) if splits == 1 else torch.empty_like(ws[:, 0])
+    ys, offset = [], 0
+    for g in range(0, len(bins), configs.GROUP):
+        sl = slice(g, g + configs.GROUP)
+        ys += cells_conv(
+            ws, splits, weights[sl], scale[sl] if scale else [], shift[sl] if shift else [],
+            relu, bins[sl], x.dtype, offset, pooled if splits > 1 else None,
+        )  # fmt: skip
+        offset += sum(b * b for b in bins[sl])
     return ys, pooled, copied
 
 

@@ -6,7 +6,7 @@ import torch
 import triton
 
 from ..._aot import AotSpec, Traffic, dot_kind
-from ..utils import GPU_DTYPES, TRITON_DTYPE, dot_precision, tl_acc_dtype
+from ..utils import GPU_DTYPES, TRITON_DTYPE, dot_precision, next_power_of_2, tl_acc_dtype
 from .kernels import _shifted_upsample_add_bwd_kernel, _shifted_upsample_add_fwd_kernel
 
 #: Largest ``K = 3 * sum(h_b)`` (and ``J = 3 * sum(w_b)``) the kernels take in one tile (bins up
@@ -15,37 +15,42 @@ from .kernels import _shifted_upsample_add_bwd_kernel, _shifted_upsample_add_fwd
 #: configuration per dtype; the zero columns cost nothing measurable.
 MAX_K = 64
 BLOCK_H = 32
-BLOCK_W = 32
+BLOCK_W = 32  # columns per program, times the 4 channels a program owns
 NUM_WARPS = 8
 
 
-def meta(dtype: torch.dtype) -> dict:
-    """Constexprs and launch options of both kernels for inputs of ``dtype``."""
+def meta(dtype: torch.dtype, total: int) -> dict:
+    """Constexprs and launch options of both kernels for inputs of ``dtype``, ``total`` packed
+    values per channel."""
     return dict(
         BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, K_PAD=MAX_K, J_PAD=MAX_K,
-        PRECISION=dot_precision(dtype), ACC=tl_acc_dtype(dtype), num_warps=NUM_WARPS,
+        T_PAD=next_power_of_2(total + 1), PRECISION=dot_precision(dtype), ACC=tl_acc_dtype(dtype),
+        num_warps=NUM_WARPS,
     )  # fmt: skip
 
 
 def aot_specs() -> list[AotSpec]:
-    """Every configuration the launcher can pick (one per dtype), for compile_check."""
+    """Every configuration the launcher can pick for PSPNet's pyramid (450 packed values per
+    channel: T_PAD = 512), one per dtype, for compile_check."""
     specs = []
     for dtype in GPU_DTYPES:
         ty = TRITON_DTYPE[dtype]
-        consts = meta(dtype)
+        consts = meta(dtype, 450)
         num_warps = consts.pop("num_warps")
-        tables = {"ahat_ptr": "*fp32", "bhat_ptr": "*fp32", "k_ptr": "*i32", "j_ptr": "*i32",
-                  "O": "i32", "H": "i32", "W": "i32", "K": "i32", "J": "i32",
-                  "stride_ah": "i32", "stride_bw_": "i32", "stride_k": "i32", "stride_j": "i32"}  # fmt: skip
-        i64 = "i64"
-        fwd = dict(tables, base_ptr=f"*{ty}", v_ptr=f"*{ty}", out_ptr=f"*{ty}",
-                   stride_bn=i64, stride_bo=i64, stride_bh=i64, stride_bw=i64, stride_vn=i64,
-                   stride_vo=i64, stride_on=i64, stride_oo=i64, stride_oh=i64, stride_ow=i64)  # fmt: skip
-        bwd = dict(tables, grad_ptr=f"*{ty}", dv_ptr=f"*{ty}", stride_gn=i64, stride_go=i64,
-                   stride_gh=i64, stride_gw=i64, stride_dvn=i64, stride_dvo=i64)  # fmt: skip
-        for label, kernel, sig in (("fwd", _shifted_upsample_add_fwd_kernel, fwd),
-                                   ("bwd", _shifted_upsample_add_bwd_kernel, bwd)):  # fmt: skip
-            specs.append(AotSpec(f"shifted_upsample_add_{label}[{ty}]", kernel, sig, consts,
+        i32 = "i32"
+        common = {"ahat_ptr": "*fp32", "bhat_ptr": "*fp32", "O": i32, "H": i32, "W": i32,
+                  "WIDTH": i32, "NUM_O_BLOCKS": i32, "stride_ah": i32, "stride_bw_": i32}  # fmt: skip
+        divs = dict(V_DIV=1, W_DIV=1, CHANNELS_FAST=False)
+        fwd = dict(common, base_ptr=f"*{ty}", v_ptr=f"*{ty}", out_ptr=f"*{ty}", gidx_ptr="*i32",
+                   NUM_W_BLOCKS=i32, **{f"stride_{k}": i32 for k in
+                   ("bn", "bo", "bh", "bw", "vn", "vo", "on", "oo", "oh", "ow")})  # fmt: skip
+        bwd = dict(common, grad_ptr=f"*{ty}", dv_ptr=f"*{ty}", cidx_ptr="*i32",
+                   **{f"stride_{k}": i32 for k in ("gn", "go", "gh", "gw", "dvn", "dvo")})  # fmt: skip
+        fwd_c = dict(consts, BN_DIV=1, BH_DIV=1, ON_DIV=1, OH_DIV=1, **divs)
+        bwd_c = dict(consts, GN_DIV=1, GH_DIV=1, **divs)
+        for label, kernel, sig, c in (("fwd", _shifted_upsample_add_fwd_kernel, fwd, fwd_c),
+                                      ("bwd", _shifted_upsample_add_bwd_kernel, bwd, bwd_c)):  # fmt: skip
+            specs.append(AotSpec(f"shifted_upsample_add_{label}[{ty}]", kernel, sig, c,
                                  num_warps=num_warps))  # fmt: skip
     return specs
 
@@ -59,9 +64,9 @@ def _fwd_traffic(launch) -> Traffic:
     a = launch.args
     base = a["base_ptr"]
     h_steps = triton.cdiv(a["H"], a["BLOCK_H"])
-    k, j, bw = a["K_PAD"], a["J_PAD"], a["BLOCK_W"]
+    k, j, bw, bo = a["K_PAD"], a["J_PAD"], a["BLOCK_W"], 4
     moved = base.nbytes + a["out_ptr"].nbytes + a["v_ptr"].nbytes
-    flops = launch.programs * (2.0 * k * j * bw + h_steps * 2.0 * a["BLOCK_H"] * k * bw)
+    flops = launch.programs * bo * (2.0 * k * j * bw + h_steps * 2.0 * a["BLOCK_H"] * k * bw)
     return Traffic(
         moved=moved,
         ideal=moved,
@@ -78,9 +83,9 @@ def _bwd_traffic(launch) -> Traffic:
     grad = a["grad_ptr"]
     w_steps = triton.cdiv(a["W"], a["BLOCK_W"])
     steps = w_steps * triton.cdiv(a["H"], a["BLOCK_H"])
-    k, j, bh, bw = a["K_PAD"], a["J_PAD"], a["BLOCK_H"], a["BLOCK_W"]
+    k, j, bh, bw, bo = a["K_PAD"], a["J_PAD"], a["BLOCK_H"], a["BLOCK_W"], 4
     moved = grad.nbytes + a["dv_ptr"].nbytes
-    flops = launch.programs * (steps * 2.0 * k * bh * bw + w_steps * 2.0 * k * bw * j)
+    flops = launch.programs * bo * (steps * 2.0 * k * bh * bw + w_steps * 2.0 * k * bw * j)
     return Traffic(
         moved=moved,
         ideal=moved,

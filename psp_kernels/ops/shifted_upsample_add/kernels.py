@@ -22,27 +22,72 @@ __all__ = ["_shifted_upsample_add_fwd_kernel", "_shifted_upsample_add_bwd_kernel
 
 # Pyramid rows k = (map b, row tap di, low-res row bi) and columns j = (map b, column tap dj,
 # low-res column bj). ``ahat`` is the dense (H, K_PAD) matrix [S_di A_b] and ``bhat`` the dense
-# (W, J_PAD) matrix [S_dj B_b] (zero-padded columns); both are tiny and stay in cache.
-# int32 tables: k_ptr rows (kbase, khw, kmap), j_ptr rows (dj + 1, bj, jmap); the low-res value of
-# row k, column j (same map) sits at packed offset kbase + (dj + 1) * khw + bj.
+# (W, J_PAD) matrix [S_dj B_b] (zero-padded columns); both are tiny and stay in cache. The maps
+# of one (sample, channel) are packed contiguously, TOTAL values (450 for bins 1, 2, 3, 6) padded
+# to a 16-byte multiple, and read in vectors; ``tl.gather`` with the int32 table ``gidx`` spreads
+# them into the block-diagonal (K_PAD x J_PAD) tile in registers (padding points at a zero), and
+# the backward gathers its dense tile back into the packed order with ``cidx``.
+#
+# A program owns BLOCK_O channels of one sample (and, forward, a block of columns): the tap
+# tables and the tiles of ahat / bhat it loads serve all of them (batched 3-D dots), and its
+# tiles of base / out / grad span the channels too, so they are read and written in 16-byte
+# vectors along columns (NCHW) or along channels (channels_last).
 
 
 @triton.jit
-def _pyramid_tile(k_ptr, j_ptr, stride_k, stride_j, K, J, K_PAD: tl.constexpr, J_PAD: tl.constexpr):
-    """Offsets (K_PAD x J_PAD) of the low-res values of one (sample, channel), and their mask."""
-    offs_k = tl.arange(0, K_PAD)
-    offs_j = tl.arange(0, J_PAD)
-    mask_k = offs_k < K
-    mask_j = offs_j < J
-    kbase = tl.load(k_ptr + offs_k, mask=mask_k, other=0)
-    khw = tl.load(k_ptr + stride_k + offs_k, mask=mask_k, other=0)
-    kmap = tl.load(k_ptr + 2 * stride_k + offs_k, mask=mask_k, other=-1)
-    jdj = tl.load(j_ptr + offs_j, mask=mask_j, other=0)
-    jbj = tl.load(j_ptr + stride_j + offs_j, mask=mask_j, other=0)
-    jmap = tl.load(j_ptr + 2 * stride_j + offs_j, mask=mask_j, other=-2)
-    offs = kbase[:, None] + jdj[None, :] * khw[:, None] + jbj[None, :]
-    keep = (kmap[:, None] == jmap[None, :]) & mask_k[:, None] & mask_j[None, :]
-    return offs, keep
+def _four_channels(m0, m1, m2, m3, CHANNELS_FAST: tl.constexpr):
+    """Four (R, BW) tiles side by side as one (R, 4 * BW) tile: column ``c`` is channel
+    ``c % 4`` of column ``c // 4`` (``CHANNELS_FAST``: channels_last order) or channel
+    ``c // BW`` of column ``c % BW`` (NCHW order)."""
+    rows: tl.constexpr = m0.shape[0]
+    cols: tl.constexpr = m0.shape[1]
+    m = tl.join(tl.join(m0, m1), tl.join(m2, m3))  # (R, BW, i, j): channel i + 2 j
+    if CHANNELS_FAST:
+        m = tl.permute(m, (0, 1, 3, 2))
+    else:
+        m = tl.permute(m, (0, 3, 2, 1))
+    return tl.reshape(m, (rows, 4 * cols))
+
+
+@triton.jit
+def _column_offsets(
+    o0, offs_cw, W, stride_o, stride_w, BLOCK_W: tl.constexpr, CHANNELS_FAST: tl.constexpr
+):
+    """Channel and column of each column of a :func:`_four_channels` tile, and their offset."""
+    if CHANNELS_FAST:
+        o = o0 + offs_cw % 4
+        w = offs_cw // 4
+    else:
+        o = o0 + offs_cw // BLOCK_W
+        w = offs_cw % BLOCK_W
+    return o, w, o * stride_o + w * stride_w
+
+
+@triton.jit
+def _packed_rows(v_n, o0, O, stride_vo, width, V_DIV: tl.constexpr, T_PAD: tl.constexpr):
+    """Offsets and mask of the packed rows of channels ``o0 .. o0 + 3``: a (4, T_PAD) tile, read
+    and written in 16-byte vectors."""
+    offs_o = o0 + tl.arange(0, 4)
+    offs_t = tl.arange(0, T_PAD)
+    rows = v_n + tl.multiple_of(offs_o * stride_vo, V_DIV)
+    return rows[:, None] + offs_t[None, :], (offs_o < O)[:, None] & (offs_t < width)[None, :]
+
+
+@triton.jit
+def _split_channels(t4, K_PAD: tl.constexpr, J_PAD: tl.constexpr):
+    """The four (K_PAD, J_PAD) tiles of a (4, K_PAD * J_PAD) tile, channel by channel."""
+    t = tl.permute(tl.reshape(t4, (2, 2, K_PAD, J_PAD)), (2, 3, 1, 0))  # (K, J, c % 2, c // 2)
+    t01, t23 = tl.split(t)
+    t0, t1 = tl.split(t01)
+    t2, t3 = tl.split(t23)
+    return t0, t1, t2, t3
+
+
+@triton.jit
+def _join_channels(t0, t1, t2, t3, K_PAD: tl.constexpr, J_PAD: tl.constexpr):
+    """The inverse of :func:`_split_channels`."""
+    t = tl.join(tl.join(t0, t1), tl.join(t2, t3))  # (K, J, c % 2, c // 2)
+    return tl.reshape(tl.permute(t, (3, 2, 0, 1)), (4, K_PAD * J_PAD))
 
 
 @triton.jit
@@ -52,13 +97,13 @@ def _shifted_upsample_add_fwd_kernel(
     out_ptr,
     ahat_ptr,
     bhat_ptr,
-    k_ptr,
-    j_ptr,
+    gidx_ptr,
     O,
     H,
     W,
-    K,
-    J,
+    WIDTH,
+    NUM_O_BLOCKS,
+    NUM_W_BLOCKS,
     stride_bn,
     stride_bo,
     stride_bh,
@@ -71,37 +116,69 @@ def _shifted_upsample_add_fwd_kernel(
     stride_ow,
     stride_ah,
     stride_bw_,
-    stride_k,
-    stride_j,
+    BN_DIV: tl.constexpr,
+    BH_DIV: tl.constexpr,
+    ON_DIV: tl.constexpr,
+    OH_DIV: tl.constexpr,
+    V_DIV: tl.constexpr,
+    W_DIV: tl.constexpr,
+    CHANNELS_FAST: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
     K_PAD: tl.constexpr,
     J_PAD: tl.constexpr,
+    T_PAD: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    # program_id(0) -> (sample n, output channel o); program_id(1) -> a block of BLOCK_W columns.
-    pid_no = tl.program_id(0)
-    pid_w = tl.program_id(1)
-    n = pid_no // O
-    o = pid_no % O
-    v_row = v_ptr + n.to(tl.int64) * stride_vn + o.to(tl.int64) * stride_vo
-    offs, keep = _pyramid_tile(k_ptr, j_ptr, stride_k, stride_j, K, J, K_PAD, J_PAD)
-    v = tl.load(v_row + offs, mask=keep, other=0.0).to(ACC)
+    """out[n, o, h, w] = base[n, o, h, w] + sum_k ahat[h, k] * (V[n, o] @ bhat^T)[k, w]."""
+    # program id 0 -> (sample n, block of 4 output channels, block of BLOCK_W columns). The four
+    # channels' M_o = V_o @ bhat^T sit side by side, so each block of rows of the output is one
+    # product ahat_tile @ [M_0 .. M_3] whose tile is contiguous along columns (NCHW) or along
+    # channels (channels_last, CHANNELS_FAST): 16-byte (NCHW: 8-byte on 60-wide rows) vectors.
+    pid = tl.program_id(0)
+    pid_w = pid % NUM_W_BLOCKS
+    pid_no = pid // NUM_W_BLOCKS
+    o0 = (pid_no % NUM_O_BLOCKS) * 4
+    n = pid_no // NUM_O_BLOCKS
 
-    # M = V @ bhat^T: every map's rows interpolated and shifted along the columns of this block.
     offs_w = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
     offs_j = tl.arange(0, J_PAD)
+    offs_k = tl.arange(0, K_PAD)
+    width = tl.multiple_of(tl.minimum(WIDTH, T_PAD), 8)  # the packed row: a 16-byte multiple
     bt = tl.load(
         bhat_ptr + offs_w[None, :] * stride_bw_ + offs_j[:, None],
         mask=(offs_w < W)[None, :],
         other=0.0,
     ).to(ACC)
-    m = tl.dot(v, bt, input_precision=PRECISION)
+    # the four channels' packed maps, spread into dense (K_PAD, J_PAD) tiles
+    gidx = tl.load(gidx_ptr + tl.arange(0, K_PAD * J_PAD))
+    v_n = v_ptr + n.to(tl.int64) * stride_vn
+    v_offs, v_mask = _packed_rows(v_n, o0, O, stride_vo, width, V_DIV, T_PAD)
+    packed = tl.load(v_offs, mask=v_mask, other=0.0).to(ACC)
+    # (a flat gather: Triton gathers 2-D tensors only within a warp)
+    rows = tl.arange(0, 4)[:, None] * T_PAD + gidx[None, :]
+    flat = tl.gather(tl.reshape(packed, (4 * T_PAD,)), tl.reshape(rows, (4 * K_PAD * J_PAD,)), 0)
+    v4 = tl.reshape(flat, (4, K_PAD * J_PAD))
+    v0, v1, v2, v3 = _split_channels(v4, K_PAD, J_PAD)
+    # M_o = V_o @ bhat^T: every map's rows interpolated and shifted along the columns
+    m = _four_channels(
+        tl.dot(v0, bt, input_precision=PRECISION, out_dtype=ACC),
+        tl.dot(v1, bt, input_precision=PRECISION, out_dtype=ACC),
+        tl.dot(v2, bt, input_precision=PRECISION, out_dtype=ACC),
+        tl.dot(v3, bt, input_precision=PRECISION, out_dtype=ACC),
+        CHANNELS_FAST,
+    )
 
-    offs_k = tl.arange(0, K_PAD)
-    base_nc = base_ptr + n.to(tl.int64) * stride_bn + o.to(tl.int64) * stride_bo
-    out_nc = out_ptr + n.to(tl.int64) * stride_on + o.to(tl.int64) * stride_oo
+    offs_cw = tl.arange(0, 4 * BLOCK_W)
+    o, w, b_cw = _column_offsets(o0, offs_cw, W, stride_bo, stride_bw, BLOCK_W, CHANNELS_FAST)
+    _, _, o_cw = _column_offsets(o0, offs_cw, W, stride_oo, stride_ow, BLOCK_W, CHANNELS_FAST)
+    w = pid_w * BLOCK_W + w
+    mask_cw = (o < O) & (w < tl.multiple_of(tl.minimum(W, pid_w * BLOCK_W + BLOCK_W), W_DIV))
+    b_n = (
+        base_ptr + tl.multiple_of(n.to(tl.int64) * stride_bn, BN_DIV) + pid_w * BLOCK_W * stride_bw
+    )
+    o_n = out_ptr + tl.multiple_of(n.to(tl.int64) * stride_on, ON_DIV) + pid_w * BLOCK_W * stride_ow
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         a = tl.load(
@@ -109,12 +186,12 @@ def _shifted_upsample_add_fwd_kernel(
             mask=(offs_h < H)[:, None],
             other=0.0,
         ).to(ACC)
-        acc = tl.dot(a, m, input_precision=PRECISION)
-        mask = (offs_h < H)[:, None] & (offs_w < W)[None, :]
-        b_off = offs_h.to(tl.int64)[:, None] * stride_bh + offs_w.to(tl.int64)[None, :] * stride_bw
-        o_off = offs_h.to(tl.int64)[:, None] * stride_oh + offs_w.to(tl.int64)[None, :] * stride_ow
-        b = tl.load(base_nc + b_off, mask=mask, other=0.0).to(ACC)
-        tl.store(out_nc + o_off, (b + acc).to(out_ptr.dtype.element_ty), mask=mask)
+        acc = tl.dot(a, m, input_precision=PRECISION, out_dtype=ACC)
+        mask = (offs_h < H)[:, None] & mask_cw[None, :]
+        b_off = tl.multiple_of(offs_h * stride_bh, BH_DIV)[:, None] + b_cw[None, :]
+        o_off = tl.multiple_of(offs_h * stride_oh, OH_DIV)[:, None] + o_cw[None, :]
+        b = tl.load(b_n + b_off, mask=mask, other=0.0).to(ACC)
+        tl.store(o_n + o_off, (b + acc).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -123,13 +200,12 @@ def _shifted_upsample_add_bwd_kernel(
     dv_ptr,
     ahat_ptr,
     bhat_ptr,
-    k_ptr,
-    j_ptr,
+    cidx_ptr,
     O,
     H,
     W,
-    K,
-    J,
+    WIDTH,
+    NUM_O_BLOCKS,
     stride_gn,
     stride_go,
     stride_gh,
@@ -138,29 +214,39 @@ def _shifted_upsample_add_bwd_kernel(
     stride_dvo,
     stride_ah,
     stride_bw_,
-    stride_k,
-    stride_j,
+    GN_DIV: tl.constexpr,
+    GH_DIV: tl.constexpr,
+    V_DIV: tl.constexpr,
+    W_DIV: tl.constexpr,
+    CHANNELS_FAST: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
     K_PAD: tl.constexpr,
     J_PAD: tl.constexpr,
+    T_PAD: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    # program_id(0) -> (sample n, channel o): it reads grad[n, o] once and gathers every low-res
-    # value of every tap of every map for that channel, dV = ahat^T @ grad @ bhat (no atomics:
-    # deterministic).
-    pid_no = tl.program_id(0)
-    n = pid_no // O
-    o = pid_no % O
+    """dV[n, o] = ahat^T @ grad[n, o] @ bhat, gathered back into the packed order."""
+    # program id 0 -> (sample n, block of 4 channels): it reads their grad once, as one
+    # (rows, 4 * columns) tile per step (see the forward), and gathers every low-res value of
+    # every tap of every map (no atomics: deterministic).
+    pid = tl.program_id(0)
+    o0 = (pid % NUM_O_BLOCKS) * 4
+    n = pid // NUM_O_BLOCKS
     offs_k = tl.arange(0, K_PAD)
     offs_j = tl.arange(0, J_PAD)
-    grad_nc = grad_ptr + n.to(tl.int64) * stride_gn + o.to(tl.int64) * stride_go
+    offs_cw = tl.arange(0, 4 * BLOCK_W)
+    o, w_in, g_cw = _column_offsets(o0, offs_cw, W, stride_go, stride_gw, BLOCK_W, CHANNELS_FAST)
+    g_n = grad_ptr + tl.multiple_of(n.to(tl.int64) * stride_gn, GN_DIV)
 
-    dv = tl.zeros((K_PAD, J_PAD), dtype=ACC)
+    dv0 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
+    dv1 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
+    dv2 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
+    dv3 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
     for w0 in range(0, W, BLOCK_W):
-        offs_w = w0 + tl.arange(0, BLOCK_W)
-        g = tl.zeros((K_PAD, BLOCK_W), dtype=ACC)
+        mask_cw = (o < O) & (w0 + w_in < tl.multiple_of(tl.minimum(W, w0 + BLOCK_W), W_DIV))
+        g = tl.zeros((K_PAD, 4 * BLOCK_W), dtype=ACC)
         for h0 in range(0, H, BLOCK_H):
             offs_h = h0 + tl.arange(0, BLOCK_H)
             at = tl.load(
@@ -168,19 +254,35 @@ def _shifted_upsample_add_bwd_kernel(
                 mask=(offs_h < H)[None, :],
                 other=0.0,
             ).to(ACC)
-            mask = (offs_h < H)[:, None] & (offs_w < W)[None, :]
-            g_off = (
-                offs_h.to(tl.int64)[:, None] * stride_gh + offs_w.to(tl.int64)[None, :] * stride_gw
-            )
-            gt = tl.load(grad_nc + g_off, mask=mask, other=0.0).to(ACC)
-            g += tl.dot(at, gt, input_precision=PRECISION)
+            mask = (offs_h < H)[:, None] & mask_cw[None, :]
+            g_off = tl.multiple_of(offs_h * stride_gh, GH_DIV)[:, None] + g_cw[None, :]
+            gt = tl.load(g_n + w0 * stride_gw + g_off, mask=mask, other=0.0).to(ACC)
+            g = tl.dot(at, gt, g, input_precision=PRECISION, out_dtype=ACC)
+        offs_w = w0 + tl.arange(0, BLOCK_W)
         b = tl.load(
             bhat_ptr + offs_w[:, None] * stride_bw_ + offs_j[None, :],
             mask=(offs_w < W)[:, None],
             other=0.0,
         ).to(ACC)
-        dv += tl.dot(g, b, input_precision=PRECISION)
+        # the four channels' (K_PAD, BLOCK_W) parts of g, in the order _four_channels put them
+        if CHANNELS_FAST:
+            g4 = tl.permute(tl.reshape(g, (K_PAD, BLOCK_W, 2, 2)), (0, 1, 3, 2))
+        else:
+            g4 = tl.permute(tl.reshape(g, (K_PAD, 2, 2, BLOCK_W)), (0, 3, 2, 1))
+        g01, g23 = tl.split(g4)
+        g0, g1 = tl.split(g01)
+        g2, g3 = tl.split(g23)
+        dv0 = tl.dot(g0, b, dv0, input_precision=PRECISION, out_dtype=ACC)
+        dv1 = tl.dot(g1, b, dv1, input_precision=PRECISION, out_dtype=ACC)
+        dv2 = tl.dot(g2, b, dv2, input_precision=PRECISION, out_dtype=ACC)
+        dv3 = tl.dot(g3, b, dv3, input_precision=PRECISION, out_dtype=ACC)
 
-    dv_row = dv_ptr + n.to(tl.int64) * stride_dvn + o.to(tl.int64) * stride_dvo
-    offs, keep = _pyramid_tile(k_ptr, j_ptr, stride_k, stride_j, K, J, K_PAD, J_PAD)
-    tl.store(dv_row + offs, dv.to(dv_ptr.dtype.element_ty), mask=keep)
+    # the four dense tiles gathered back into the packed order, stored in vectors
+    cidx = tl.load(cidx_ptr + tl.arange(0, T_PAD))
+    dv4 = _join_channels(dv0, dv1, dv2, dv3, K_PAD, J_PAD)
+    packed = tl.gather(dv4, tl.broadcast_to(cidx[None, :], (4, T_PAD)), 1)
+    width = tl.multiple_of(tl.minimum(WIDTH, T_PAD), 8)  # the packed row: a 16-byte multiple
+    dv_offs, dv_mask = _packed_rows(
+        dv_ptr + n.to(tl.int64) * stride_dvn, o0, O, stride_dvo, width, V_DIV, T_PAD
+    )
+    tl.store(dv_offs, packed.to(dv_ptr.dtype.element_ty), mask=dv_mask)

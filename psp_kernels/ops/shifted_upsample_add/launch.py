@@ -11,7 +11,7 @@ import functools
 import torch
 import triton
 
-from ..utils import acc_dtype, device_guard
+from ..utils import acc_dtype, device_guard, next_power_of_2, pow2_divisor
 from . import configs
 from .kernels import _shifted_upsample_add_bwd_kernel, _shifted_upsample_add_fwd_kernel
 from .separable import pyramid_matrices
@@ -21,24 +21,35 @@ __all__ = ["map_sizes", "kernel_limit", "launch_forward", "launch_backward"]
 
 @functools.lru_cache(maxsize=128)
 def _tables_cpu(height, width, sizes, align_corners, dtype):
-    """Dense padded ``ahat``/``bhat``, int32 row/column tables and the packed size per channel."""
-    k_rows, j_rows = [], []
-    offset = 0
-    for b, (h, w) in enumerate(sizes):
-        # row k = (b, di, bi); its tap-(di, dj) value (dj + 1 = 0, 1, 2) sits at
-        # offset + (3 * (di + 1) + dj + 1) * h * w + bi * w + bj in the packed maps.
-        k_rows += [
-            (offset + 3 * di * h * w + bi * w, h * w, b) for di in range(3) for bi in range(h)
-        ]
-        j_rows += [(dj, bj, b) for dj in range(3) for bj in range(w)]
+    """Dense padded ``ahat``/``bhat``, the int32 gather tables and the packed size per channel.
+
+    Packed value ``offset_b + (3 * di + dj) * h * w + bi * w + bj`` (tap ``(di, dj)``, 0-based,
+    of map ``b``) belongs to row ``k = (b, di, bi)`` and column ``j = (b, dj, bj)`` of the dense
+    block-diagonal tile. ``gidx[k * J_PAD + j]``: its packed index (or the always-zero padding
+    slot ``T_PAD - 1``); ``cidx[t]``: the tile position ``k * J_PAD + j`` of packed value ``t``.
+    """
+    total = sum(9 * h * w for h, w in sizes)
+    t_pad = next_power_of_2(total + 1)
+    gidx = torch.full((configs.MAX_K, configs.MAX_K), t_pad - 1, dtype=torch.int32)
+    cidx = torch.zeros(t_pad, dtype=torch.int32)
+    offset = k0 = j0 = 0
+    for h, w in sizes:
+        for di in range(3):
+            for bi in range(h):
+                for dj in range(3):
+                    for bj in range(w):
+                        t = offset + (3 * di + dj) * h * w + bi * w + bj
+                        k, j = k0 + di * h + bi, j0 + dj * w + bj
+                        gidx[k, j] = t
+                        cidx[t] = k * configs.MAX_K + j
         offset += 9 * h * w
+        k0 += 3 * h
+        j0 += 3 * w
     ahat, bhat = pyramid_matrices(height, width, sizes, align_corners, dtype)
     k, j = ahat.shape[1], bhat.shape[1]
     ahat = torch.nn.functional.pad(ahat, (0, configs.MAX_K - k)).contiguous()
     bhat = torch.nn.functional.pad(bhat, (0, configs.MAX_K - j)).contiguous()
-    k_table = torch.tensor(k_rows, dtype=torch.int32).t().contiguous()
-    j_table = torch.tensor(j_rows, dtype=torch.int32).t().contiguous()
-    return ahat, bhat, k_table, j_table, offset
+    return ahat, bhat, gidx.reshape(-1), cidx, total
 
 
 @functools.lru_cache(maxsize=128)
@@ -62,44 +73,66 @@ def kernel_limit(sizes) -> str | None:
     )
 
 
-def _pack(maps) -> torch.Tensor:
-    """``(N, O, sum 9*h*w)``: every map's taps and cells, per sample and channel, contiguous."""
+def _packed_width(total: int) -> int:
+    """Elements per (sample, channel) of the packed maps: ``total`` padded to 16 bytes (8 of
+    16-bit values), so every channel's row starts aligned for vector loads."""
+    return -(-total // 8) * 8
+
+
+def _pack(maps, total: int) -> torch.Tensor:
+    """``(N, O, width)``: every map's taps and cells, per sample and channel, contiguous."""
     n, _, o = maps[0].shape[:3]
-    return torch.cat([m.transpose(1, 2).reshape(n, o, -1) for m in maps], 2)
+    packed = torch.cat([m.transpose(1, 2).reshape(n, o, -1) for m in maps], 2)
+    return torch.nn.functional.pad(packed, (0, _packed_width(total) - total))
+
+
+def _hints(t: torch.Tensor, name: str) -> dict:
+    """Divisibility hints of the sample and row strides of an (N, O, H, W) tensor."""
+    return {f"{name}N_DIV": pow2_divisor(t.stride(0)), f"{name}H_DIV": pow2_divisor(t.stride(2))}
+
+
+def _channels_fast(t: torch.Tensor) -> bool:
+    """Whether the kernels' tiles run along channels (channels_last) rather than columns."""
+    return t.stride(1) < t.stride(3)
 
 
 def launch_forward(base, maps, align_corners):
     n, o, height, width = base.shape
-    ahat, bhat, k_tab, j_tab, _ = _tables(
+    ahat, bhat, gidx, _, total = _tables(
         height, width, map_sizes(maps), align_corners, acc_dtype(base.dtype), base.device
     )
-    v = _pack(maps)
+    v = _pack(maps, total)
     out = torch.empty_like(base)
-    grid = (n * o, triton.cdiv(width, configs.BLOCK_W))
+    meta = configs.meta(base.dtype, total)
+    num_o_blocks = triton.cdiv(o, 4)
+    num_w_blocks = triton.cdiv(width, meta["BLOCK_W"])
+    hints = dict(_hints(base, "B"), **_hints(out, "O"), CHANNELS_FAST=_channels_fast(base))
     with device_guard(base=base, maps=v):
-        _shifted_upsample_add_fwd_kernel[grid](
-            base, v, out, ahat, bhat, k_tab, j_tab,
-            o, height, width, k_tab.shape[1], j_tab.shape[1],
+        _shifted_upsample_add_fwd_kernel[(n * num_o_blocks * num_w_blocks,)](
+            base, v, out, ahat, bhat, gidx,
+            o, height, width, v.shape[2], num_o_blocks, num_w_blocks,
             *base.stride(), v.stride(0), v.stride(1), *out.stride(),
-            ahat.stride(0), bhat.stride(0), k_tab.stride(0), j_tab.stride(0),
-            **configs.meta(base.dtype),
+            ahat.stride(0), bhat.stride(0),
+            V_DIV=pow2_divisor(v.stride(1)), W_DIV=pow2_divisor(width), **hints, **meta,
         )  # fmt: skip
     return out
 
 
 def launch_backward(grad, sizes, align_corners):
     n, o, height, width = grad.shape
-    ahat, bhat, k_tab, j_tab, total = _tables(
+    ahat, bhat, _, cidx, total = _tables(
         height, width, sizes, align_corners, acc_dtype(grad.dtype), grad.device
     )
-    dv = torch.empty(n, o, total, dtype=grad.dtype, device=grad.device)
+    dv = torch.empty(n, o, _packed_width(total), dtype=grad.dtype, device=grad.device)
+    meta = configs.meta(grad.dtype, total)
+    num_o_blocks = triton.cdiv(o, 4)
+    hints = dict(_hints(grad, "G"), CHANNELS_FAST=_channels_fast(grad))
     with device_guard(grad=grad):
-        _shifted_upsample_add_bwd_kernel[(n * o,)](
-            grad, dv, ahat, bhat, k_tab, j_tab,
-            o, height, width, k_tab.shape[1], j_tab.shape[1],
-            *grad.stride(), dv.stride(0), dv.stride(1),
-            ahat.stride(0), bhat.stride(0), k_tab.stride(0), j_tab.stride(0),
-            **configs.meta(grad.dtype),
+        _shifted_upsample_add_bwd_kernel[(n * num_o_blocks,)](
+            grad, dv, ahat, bhat, cidx,
+            o, height, width, dv.shape[2], num_o_blocks,
+            *grad.stride(), dv.stride(0), dv.stride(1), ahat.stride(0), bhat.stride(0),
+            V_DIV=pow2_divisor(dv.stride(1)), W_DIV=pow2_divisor(width), **hints, **meta,
         )  # fmt: skip
     grads, start = [], 0
     for h, w in sizes:

@@ -1,109 +1,91 @@
-"""Block sizes of kernel 2's launches, and their ahead-of-time compile specifications."""
+"""Block sizes of kernel 2's launches, their ahead-of-time compile specs, and traffic model."""
 
 from __future__ import annotations
 
+import inspect
+
+import torch
 import triton
 
 from ..._aot import AotSpec, Traffic, dot_kind
-from ..utils import GPU_DTYPES, TRITON_DTYPE, dot_precision, interpreting
+from ..utils import GPU_DTYPES, TRITON_DTYPE, dot_precision, gpu_tiles, split_launch_options
 from .kernels import _upsample_concat_bwd_kernel, _upsample_concat_fwd_kernel
 
-# (BLOCK_C, BLOCK_HW, num_warps) of the forward, by output layout: pixels fastest (NCHW) or
-# channels fastest (NHWC). ~8-16 elements per thread keeps ptxas at 80-96 registers (sm_90).
-FWD_CONFIGS = {"nchw": (8, 256, 8), "nhwc": (32, 32, 4)}
-# Backward tile: BLOCK_C x BLOCK_HW gradient tile times BLOCK_HW x BLOCK_CELLS weights.
-BWD_CONFIG = (32, 32, 32, True)  # BLOCK_C, BLOCK_HW, BLOCK_CELLS, USE_DOT (~170 regs)
-# Under Triton's interpreter, whose cost is per operation rather than per element, few programs
-# with big tiles are much faster. Same kernels, same masks; the GPU configurations above are
-# compiled ahead of time (aot_specs) and also run by the tests. The interpreter's tl.dot (numpy
-# matmul) is slow when BLAS threads compete for the CPU, so it reduces a broadcast product
-# instead (USE_DOT=False); the tests run the tl.dot path too.
-FWD_CONFIG_INTERPRETER = (8, 4096, 4)
-BWD_CONFIG_INTERPRETER = (8, 2048, 64, False)
-NUM_WARPS = 4
-NUM_STAGES = 2
+#: Cell blocks of the bilinear tables (``ops.tables.cells_block``).
+CELL_BLOCKS = (16, 32, 64, 128)
+# Forward: a BLOCK_C x BLOCK_P output tile per step (64 x 64 x 2 B = 8 KB for 16-bit), the
+# table tile (fp32) as big: 128-pixel tiles took 131 KB of shared memory, one program per SM.
+FWD_CONFIGS = {
+    "16bit": dict(BLOCK_C=64, BLOCK_P=64, num_warps=8, num_stages=3),
+    "fp32": dict(BLOCK_C=64, BLOCK_P=32, num_warps=8, num_stages=3),
+}
+# Backward: a BLOCK_C x BLOCK_P tile of the gradient per step, all cells of a block of BLOCK_K.
+BWD_CONFIGS = {
+    "16bit": dict(BLOCK_C=32, BLOCK_P=128, num_warps=4, num_stages=3),
+    "fp32": dict(BLOCK_C=32, BLOCK_P=64, num_warps=4, num_stages=3),
+}
+#: Branches per forward launch (the kernel takes that many branch pointers).
+GROUP = 4
+#: Tests set this to force the pixels per forward program (several pixel chunks).
+FORCE_PIXELS: int | None = None
 
 
-def fwd_config(layout: str) -> tuple[int, int, int]:
-    """``(BLOCK_C, BLOCK_HW, num_warps)`` of the forward for an ``"nchw"``/``"nhwc"`` output."""
-    return FWD_CONFIG_INTERPRETER if interpreting() else FWD_CONFIGS[layout]
+def _cls(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "16bit"
 
 
-def bwd_config() -> tuple[int, int, int, bool]:
-    """``(BLOCK_C, BLOCK_HW, BLOCK_CELLS, USE_DOT)`` of the backward."""
-    return BWD_CONFIG_INTERPRETER if interpreting() else BWD_CONFIG
+def _interpreter(cells_pad: int, num_k: bool) -> dict:
+    cfg = dict(BLOCK_C=64, BLOCK_P=1024, BLOCK_K=min(cells_pad, 128), num_warps=4, num_stages=1)
+    if num_k:
+        cfg["NUM_K_BLOCKS"] = triton.cdiv(cells_pad, cfg["BLOCK_K"])
+    return cfg
+
+
+def fwd_config(dtype: torch.dtype, cells_pad: int) -> tuple[dict, dict]:
+    """``(constexprs, options)`` of the forward for tables of ``cells_pad`` cells per branch."""
+    if not gpu_tiles():
+        return split_launch_options(_interpreter(cells_pad, True))
+    cfg = dict(FWD_CONFIGS[_cls(dtype)], BLOCK_K=min(cells_pad, 128))
+    cfg["NUM_K_BLOCKS"] = triton.cdiv(cells_pad, cfg["BLOCK_K"])
+    return split_launch_options(cfg)
+
+
+def bwd_config(dtype: torch.dtype, cells_pad: int) -> tuple[dict, dict]:
+    """``(constexprs, options)`` of the backward."""
+    if not gpu_tiles():
+        return split_launch_options(_interpreter(cells_pad, False))
+    return split_launch_options(dict(BWD_CONFIGS[_cls(dtype)], BLOCK_K=min(cells_pad, 128)))
+
+
+def _spec(name, kernel, constexprs, pointers, cfg) -> AotSpec:
+    meta, opts = split_launch_options(cfg)
+    constexprs = dict(constexprs, **meta)
+    names = inspect.signature(kernel.fn).parameters
+    signature = {k: pointers.get(k, "i32") for k in names if k not in constexprs}
+    return AotSpec(name, kernel, signature, constexprs, opts["num_warps"], opts["num_stages"])
 
 
 def aot_specs() -> list[AotSpec]:
     """Every kernel configuration the launchers can pick on a GPU (fp32, fp16, bf16)."""
     specs = []
     for dtype in GPU_DTYPES:
-        name = TRITON_DTYPE[dtype]
-        ty = f"*{name}"
-        for layout, (block_c, block_hw, num_warps) in FWD_CONFIGS.items():
-            specs.append(
-                AotSpec(
-                    name=f"upsample_concat_fwd[{name},{layout},BLOCK_C={block_c},BLOCK_HW={block_hw}]",
-                    kernel=_upsample_concat_fwd_kernel,
-                    signature={
-                        "x_ptr": ty,
-                        "y_ptr": ty,
-                        "out_ptr": ty,
-                        "blocks_ptr": "*i64",
-                        "rtap_ptr": "*i32",
-                        "rlam_ptr": "*fp32",
-                        "ctap_ptr": "*i32",
-                        "clam_ptr": "*fp32",
-                        "H": "i32",
-                        "W": "i32",
-                        "P": "i64",
-                        "n_hw_blocks": "i32",
-                        "stride_xn": "i64",
-                        "stride_xc": "i64",
-                        "stride_xh": "i64",
-                        "stride_xw": "i64",
-                        "stride_on": "i64",
-                        "stride_oc": "i64",
-                        "stride_oh": "i64",
-                        "stride_ow": "i64",
-                    },  # fmt: skip
-                    constexprs={"BLOCK_C": block_c, "BLOCK_HW": block_hw},
-                    num_warps=num_warps,
-                    num_stages=NUM_STAGES,
-                )
-            )
-        block_c, block_hw, block_cells, _ = BWD_CONFIG
-        specs.append(
-            AotSpec(
-                name=f"upsample_concat_bwd[{name},BLOCK_C={block_c},BLOCK_HW={block_hw},BLOCK_CELLS={block_cells}]",
-                kernel=_upsample_concat_bwd_kernel,
-                signature={
-                    "g_ptr": ty,
-                    "dy_ptr": ty,
-                    "work_ptr": "*i64",
-                    "rtap_ptr": "*i32",
-                    "rlam_ptr": "*fp32",
-                    "ctap_ptr": "*i32",
-                    "clam_ptr": "*fp32",
-                    "H": "i32",
-                    "W": "i32",
-                    "P": "i64",
-                    "stride_gn": "i64",
-                    "stride_gc": "i64",
-                    "stride_gh": "i64",
-                    "stride_gw": "i64",
-                },  # fmt: skip
-                constexprs={
-                    "BLOCK_C": block_c,
-                    "BLOCK_HW": block_hw,
-                    "BLOCK_CELLS": block_cells,
-                    "DOT_PRECISION": dot_precision(dtype),
-                    "USE_DOT": True,
-                },
-                num_warps=NUM_WARPS,
-                num_stages=NUM_STAGES,
-            )
-        )
+        t, cls, prec = TRITON_DTYPE[dtype], _cls(dtype), dot_precision(dtype)
+        ptr = f"*{t}"
+        for block_k in CELL_BLOCKS:
+            specs.append(_spec(
+                f"upsample_concat_fwd[{t},cells={block_k}]", _upsample_concat_fwd_kernel,
+                dict(X_FLAT=True, O_FLAT=True, XN_DIV=1, XC_DIV=1, ON_DIV=1, OC_DIV=1, HW_DIV=1,
+                     ROW_DIV=1, DOT_PRECISION=prec, NUM_K_BLOCKS=1),
+                dict({f"y{i}_ptr": ptr for i in range(GROUP)}, x_ptr=ptr, out_ptr=ptr,
+                     t_ptr="*fp32", work_ptr="*i32"),
+                dict(FWD_CONFIGS[cls], BLOCK_K=block_k),
+            ))  # fmt: skip
+            specs.append(_spec(
+                f"upsample_concat_bwd[{t},cells={block_k}]", _upsample_concat_bwd_kernel,
+                dict(G_FLAT=True, GN_DIV=1, GC_DIV=1, HW_DIV=1, ROW_DIV=1, DOT_PRECISION=prec),
+                dict(g_ptr=ptr, dy_ptr=ptr, t_ptr="*fp32", work_ptr="*i32"),
+                dict(BWD_CONFIGS[cls], BLOCK_K=block_k),
+            ))  # fmt: skip
     return specs
 
 
@@ -114,36 +96,46 @@ def aot_specs() -> list[AotSpec]:
 
 def _fwd_traffic(launch) -> Traffic:
     a = launch.args
-    x, out = a["x_ptr"], a["out_ptr"]
-    n, c_total, h, w = out.shape
-    rows = a["blocks_ptr"].numel // 8
-    channels = min(c_total, rows * a["BLOCK_C"])  # ragged blocks: a slight overestimate
-    copy = x.nbytes if channels > c_total - x.shape[1] else 0  # the table has copy rows
-    moved = n * channels * h * w * out.itemsize + copy + n * a["P"] * out.itemsize
+    out = a["out_ptr"]
+    rows = a["work_ptr"].numel // 7
+    n = launch.programs // (rows * a["NUM_P_BLOCKS"])
+    channels = min(out.shape[1], rows * a["BLOCK_C"])  # ragged blocks: a slight overestimate
+    written = n * channels * a["HW"] * out.itemsize
+    copy = (
+        n * a["x_ptr"].shape[1] * a["HW"] * out.itemsize
+        if channels > out.shape[1] - a["x_ptr"].shape[1]
+        else 0
+    )
+    steps = triton.cdiv(a["P_PER_PROGRAM"], a["BLOCK_P"])
+    tile = a["BLOCK_C"] * a["BLOCK_P"] * a["BLOCK_K"] * a["NUM_K_BLOCKS"]
+    moved = written + copy + a["t_ptr"].nbytes
     return Traffic(
         moved=moved,
-        ideal=moved,
-        steps=1,
-        step_bytes=a["BLOCK_C"] * a["BLOCK_HW"] * out.itemsize,
-        step_tensor="x_ptr",
+        ideal=written + copy,
+        dot_flops=2.0 * launch.programs * steps * tile,
+        dot_kind=dot_kind(a["DOT_PRECISION"], 4),
+        steps=steps,
+        step_bytes=a["BLOCK_C"] * a["BLOCK_P"] * out.itemsize,
+        step_tensor="x_ptr" if copy else "t_ptr",
+        fills_gpu=True,
     )
 
 
 def _bwd_traffic(launch) -> Traffic:
     a = launch.args
     g, dy = a["g_ptr"], a["dy_ptr"]
-    # the output rectangle touching a block of cells: the whole map for bins up to 3, about
-    # 1/hb of it per row block of the larger bins; each of a program's steps is BLOCK_HW pixels
-    steps = triton.cdiv(a["H"] * a["W"], a["BLOCK_HW"])
-    moved = g.nbytes + dy.nbytes
-    tile = a["BLOCK_C"] * a["BLOCK_HW"] * a["BLOCK_CELLS"]
+    n = g.shape[0]
+    rows = a["work_ptr"].numel // 7
+    steps = triton.cdiv(a["HW"], a["BLOCK_P"])
+    g_bytes = n * g.shape[1] * a["HW"] * g.itemsize
+    blocks_per_channel = max(1, rows * a["BLOCK_C"] // max(g.shape[1], 1))  # cell blocks re-read g
     return Traffic(
-        moved=moved,
-        ideal=moved,
-        dot_flops=2.0 * launch.programs * steps * tile,
+        moved=g_bytes * blocks_per_channel + dy.nbytes + a["t_ptr"].nbytes,
+        ideal=g_bytes + dy.nbytes,
+        dot_flops=2.0 * launch.programs * steps * a["BLOCK_C"] * a["BLOCK_P"] * a["BLOCK_K"],
         dot_kind=dot_kind(a["DOT_PRECISION"], 4),
         steps=steps,
-        step_bytes=a["BLOCK_C"] * a["BLOCK_HW"] * g.itemsize,
+        step_bytes=a["BLOCK_P"] * (a["BLOCK_C"] * g.itemsize + a["BLOCK_K"] * 4),
         step_tensor="g_ptr",
     )
 

@@ -1,104 +1,49 @@
-"""Launchers of kernel 2: tap tables, channel-block / work-item tables and grids.
+"""Launchers of kernel 2: the bilinear cell tables, the work tables and grids.
 
 :func:`launch_forward` and :func:`launch_backward` are the op's implementations (``op.py``
-registers them); they always launch the kernels (the backend was decided before).
+registers them); they always launch the kernels (the backend was decided before, with
+:func:`kernel_limit`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
-import numpy as np
 import torch
 import triton
 
-from ... import geometry
-from ..utils import acc_dtype, device_guard, dot_precision
+from .. import tables
+from ..utils import (
+    clamp,
+    device_guard,
+    dot_precision,
+    gpu_tiles,
+    num_sms,
+    pixel_args,
+    pow2_divisor,
+)
 from . import configs
 from .kernels import _upsample_concat_bwd_kernel, _upsample_concat_fwd_kernel
 
-__all__ = ["launch_forward", "launch_backward", "empty_output", "out_memory_format"]
+__all__ = ["launch_forward", "launch_backward", "empty_output", "out_memory_format", "kernel_limit"]
 
-# Columns of the forward channel-block table (int64).
-_FWD_COLS = 8  # seg (-1: copy of x, s >= 0: branch s), out_c0, nc, src0, hb, wb, pad, pad
-# Columns of the backward work-item table (int64).
-_BWD_COLS = 16  # s, g_c0, nc, dst0, hb, wb, i_lo, n_i, j_lo, n_j, hs, he, ws, we, pad, pad
+#: Largest bilinear table the kernels build (bytes); larger ones (branches of thousands of
+#: cells on big maps) take the reference.
+MAX_TABLE_BYTES = 256 * 2**20
 
 
-@functools.lru_cache(maxsize=128)
-def _tap_tables(out_h, out_w, sizes, align_corners, lam_dtype, device):
-    """Concatenated tap tables of all branches: row i0/i1 (nb, 2, H), row lam (nb, H), same for W."""
+def kernel_limit(x: torch.Tensor, branch_sizes) -> str | None:
+    """Why kernel 2 cannot take these sizes (a bilinear table over 256 MiB), else ``None``."""
+    sizes = [(int(h), int(w)) for h, w in branch_sizes]
     if not sizes:
-        dummy_i = torch.zeros(2, dtype=torch.int32, device=device)
-        dummy_f = torch.zeros(1, dtype=lam_dtype, device=device)
-        return dummy_i, dummy_f, dummy_i, dummy_f
-    rt, rl, ct, cl = [], [], [], []
-    for h, w in sizes:
-        idx, lam = geometry.tap_table(out_h, h, align_corners, None, lam_dtype)
-        rt.append(idx.reshape(-1))
-        rl.append(lam)
-        idx, lam = geometry.tap_table(out_w, w, align_corners, None, lam_dtype)
-        ct.append(idx.reshape(-1))
-        cl.append(lam)
-    return tuple(torch.cat(t).to(device) for t in (rt, rl, ct, cl))
-
-
-@functools.lru_cache(maxsize=128)
-def _fwd_table(c, shapes, block_c, copy_x, device):
-    """Channel-block table of the forward: one int64 row of _FWD_COLS per program row."""
-    rows = []
-    if copy_x:
-        for c0 in range(0, c, block_c):
-            rows.append((-1, c0, min(block_c, c - c0), c0, 0, 0, 0, 0))
-    out_c = c
-    packed = 0
-    for s, (r, hb, wb) in enumerate(shapes):
-        for c0 in range(0, r, block_c):
-            rows.append((s, out_c + c0, min(block_c, r - c0), packed + c0 * hb * wb, hb, wb, 0, 0))
-        out_c += r
-        packed += r * hb * wb
-    if not rows:
-        rows.append((-1, 0, 0, 0, 0, 0, 0, 0))
-    return torch.tensor(rows, dtype=torch.int64).reshape(-1).to(device), len(rows)
-
-
-def _touching(i0, i1, lo, hi_incl):
-    """Output range [start, end) whose taps (i0, i1 monotone) touch source indices [lo, hi_incl]."""
-    start = int(np.searchsorted(i1, lo, side="left"))
-    end = int(np.searchsorted(i0, hi_incl, side="right"))
-    return start, max(start, end)
-
-
-@functools.lru_cache(maxsize=128)
-def _bwd_table(out_h, out_w, shapes, align_corners, block_c, block_cells, device):
-    """Work items of the backward: one int64 row of _BWD_COLS per program."""
-    rows = []
-    g_c = 0
-    packed = 0
-    for s, (r, hb, wb) in enumerate(shapes):
-        ri0, ri1, _ = geometry.bilinear_taps(out_h, hb, align_corners)
-        ci0, ci1, _ = geometry.bilinear_taps(out_w, wb, align_corners)
-        ri0, ri1, ci0, ci1 = (np.asarray(v) for v in (ri0, ri1, ci0, ci1))
-        cell_blocks = []
-        if wb <= block_cells:
-            rows_per = block_cells // wb
-            for i_lo in range(0, hb, rows_per):
-                cell_blocks.append((i_lo, min(rows_per, hb - i_lo), 0, wb))
-        else:
-            for i_lo in range(hb):
-                for j_lo in range(0, wb, block_cells):
-                    cell_blocks.append((i_lo, 1, j_lo, min(block_cells, wb - j_lo)))
-        for i_lo, n_i, j_lo, n_j in cell_blocks:
-            hs, he = _touching(ri0, ri1, i_lo, i_lo + n_i - 1)
-            ws, we = _touching(ci0, ci1, j_lo, j_lo + n_j - 1)
-            for c0 in range(0, r, block_c):
-                rows.append(
-                    (s, g_c + c0, min(block_c, r - c0), packed + c0 * hb * wb, hb, wb,
-                     i_lo, n_i, j_lo, n_j, hs, he, ws, we, 0, 0)
-                )  # fmt: skip
-        g_c += r
-        packed += r * hb * wb
-    return torch.tensor(rows, dtype=torch.int64).reshape(-1).to(device), len(rows)
+        return None
+    most = max(h * w for h, w in sizes)
+    cells_pad = -(-most // tables.cells_block(most)) * tables.cells_block(most)
+    nbytes = len(sizes) * cells_pad * x.shape[2] * x.shape[3] * 8
+    if nbytes <= MAX_TABLE_BYTES:
+        return None
+    return f"branches of sizes {sizes} on a {x.shape[2]}x{x.shape[3]} map need a {nbytes >> 20} MiB table"
 
 
 def out_memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -122,13 +67,62 @@ def empty_output(x: torch.Tensor, c_total: int) -> torch.Tensor:
     )
 
 
-def _pack(branches, n):
-    """The branches as one contiguous (N, P) buffer (P = sum R_i h_i w_i)."""
-    if not branches:
-        return None
-    if len(branches) == 1:
-        return branches[0].reshape(n, -1).contiguous()
-    return torch.cat([b.reshape(n, -1) for b in branches], 1)
+def _table(out_h, out_w, shapes, align_corners, dtype, device, pixel_major):
+    sizes = tuple((h, w) for _, h, w in shapes)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    return tables.bilinear_table(out_h, out_w, sizes, bool(align_corners), acc, device, pixel_major)
+
+
+@functools.lru_cache(maxsize=128)
+def _fwd_rows(c, shapes, cells_pad, block_c, copy_x, device):
+    """The forward's int32 work rows: (slot or -1, c0, channels, out c0, cells, k0, R), as a
+    flat tensor, their count, and the divisibility of their channel counts and output starts."""
+    rows = []
+    if copy_x:
+        rows += [(-1, c0, min(block_c, c - c0), c0, 0, 0, c) for c0 in range(0, c, block_c)]
+    out_c = c
+    for slot, (r, hb, wb) in enumerate(shapes):
+        for c0 in range(0, r, block_c):
+            rows.append((slot, c0, min(block_c, r - c0), out_c + c0, hb * wb, slot * cells_pad, r))
+        out_c += r
+    div = math.gcd(16, *(v for row in rows for v in (row[2], row[3])))
+    return torch.tensor(rows, dtype=torch.int32).reshape(-1).to(device), len(rows), div
+
+
+def _pixel_blocks(work_items: int, hw: int, block_p: int, device) -> int:
+    """Pixels per program: about four programs per SM, at least one chunk each."""
+    if not gpu_tiles():
+        return hw  # the interpreter: as few programs as possible
+    chunks = triton.cdiv(hw, block_p)
+    want = clamp(triton.cdiv(4 * num_sms(device), work_items), 1, chunks)
+    return triton.cdiv(chunks, want) * block_p
+
+
+def _launch_group(x, branches, shapes, align_corners, out, out_c0, copy_x):
+    n, c, hh, ww = x.shape
+    hw = hh * ww
+    cells = _table(hh, ww, shapes, align_corners, x.dtype, x.device, True)
+    meta, opts = configs.fwd_config(x.dtype, cells.cells_pad)
+    rows, n_rows, row_div = _fwd_rows(c, shapes, cells.cells_pad, meta["BLOCK_C"], copy_x, x.device)
+    if out_c0 != c:  # a later group of branches: their output channels
+        rows = rows.view(-1, 7).clone()
+        rows[:, 3] += out_c0 - c
+        rows = rows.reshape(-1)
+        row_div = math.gcd(row_div, out_c0 - c)
+    per_program = configs.FORCE_PIXELS or _pixel_blocks(n * n_rows, hw, meta["BLOCK_P"], x.device)
+    num_p_blocks = triton.cdiv(hw, per_program)
+    ys = [b.contiguous() for b in branches] or [out]  # dummy when only copying (never read)
+    ys += [ys[0]] * (configs.GROUP - len(ys))
+    x_strides, xa = pixel_args(x)
+    o_strides, oa = pixel_args(out)
+    with device_guard(x=x, out=out, branches=ys[0]):
+        _upsample_concat_fwd_kernel[(n * n_rows * num_p_blocks,)](
+            x, *ys, cells.table, out, rows,
+            ww, hw, per_program, num_p_blocks, n_rows, cells.stride, *x_strides, *o_strides,
+            X_FLAT=xa["FLAT"], O_FLAT=oa["FLAT"], XN_DIV=xa["N_DIV"], XC_DIV=xa["C_DIV"],
+            ON_DIV=oa["N_DIV"], OC_DIV=oa["C_DIV"], HW_DIV=pow2_divisor(hw),
+            ROW_DIV=pow2_divisor(row_div), DOT_PRECISION=dot_precision(x.dtype), **meta, **opts,
+        )  # fmt: skip
 
 
 def launch_forward(x, branches, align_corners, out=None, copy_x=True):
@@ -137,31 +131,34 @@ def launch_forward(x, branches, align_corners, out=None, copy_x=True):
     With ``copy_x=False`` the first ``C`` channels of ``out`` are left untouched (for a producer
     that already wrote the copy of ``x``, e.g. kernel 1 while it reads ``x``).
     """
-    n, c, hh, ww = x.shape
+    c = x.shape[1]
     shapes = tuple((int(b.shape[1]), int(b.shape[2]), int(b.shape[3])) for b in branches)
-    c_total = c + sum(r for r, _, _ in shapes)
     if out is None:
-        out = empty_output(x, c_total)
-    lam_dtype = acc_dtype(x.dtype)
-    rtap, rlam, ctap, clam = _tap_tables(
-        hh, ww, tuple((h, w) for _, h, w in shapes), bool(align_corners), lam_dtype, x.device
-    )
-    layout = "nhwc" if out.stride(1) < out.stride(3) else "nchw"
-    block_c, block_hw, num_warps = configs.fwd_config(layout)
-    table, n_rows = _fwd_table(c, shapes, block_c, bool(copy_x), x.device)
-    packed = _pack(branches, n)
-    if packed is None:
-        packed = out  # never read: no branch rows
-    n_hw_blocks = triton.cdiv(hh * ww, block_hw)
-    grid = (n_rows * n_hw_blocks, n)
-    with device_guard(x=x, out=out, branches=packed):
-        _upsample_concat_fwd_kernel[grid](
-            x, packed, out, table, rtap, rlam, ctap, clam,
-            hh, ww, packed.shape[1] if branches else 0, n_hw_blocks,
-            *x.stride(), *out.stride(),
-            BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=num_warps, num_stages=configs.NUM_STAGES,
-        )  # fmt: skip
+        out = empty_output(x, c + sum(r for r, _, _ in shapes))
+    out_c0 = c
+    for g in range(0, max(len(shapes), 1), configs.GROUP):
+        group = shapes[g : g + configs.GROUP]
+        if group or copy_x:
+            _launch_group(x, branches[g : g + configs.GROUP], group, align_corners, out, out_c0,
+                          copy_x and g == 0)  # fmt: skip
+        out_c0 += sum(r for r, _, _ in group)
     return out
+
+
+@functools.lru_cache(maxsize=128)
+def _bwd_rows(shapes, cells_pad, block_c, block_k, device):
+    """The backward's int32 work rows: (g c0, channels, cells, k0, cell0, dst0, r0)."""
+    rows, g_c, packed = [], 0, 0
+    for slot, (r, hb, wb) in enumerate(shapes):
+        cells = hb * wb
+        for cell0 in range(0, cells, block_k):
+            for c0 in range(0, r, block_c):
+                rows.append((g_c + c0, min(block_c, r - c0), cells, slot * cells_pad + cell0,
+                             cell0, packed, c0))  # fmt: skip
+        g_c += r
+        packed += r * cells
+    div = math.gcd(16, *(v for row in rows for v in (row[0], row[1])))
+    return torch.tensor(rows, dtype=torch.int32).reshape(-1).to(device), len(rows), div
 
 
 def launch_backward(grad_branches, shapes, align_corners):
@@ -171,21 +168,17 @@ def launch_backward(grad_branches, shapes, align_corners):
     dy = torch.empty((n, p), dtype=grad_branches.dtype, device=grad_branches.device)
     if not shapes:
         return dy
-    lam_dtype = acc_dtype(grad_branches.dtype)
-    rtap, rlam, ctap, clam = _tap_tables(
-        hh, ww, tuple((h, w) for _, h, w in shapes), bool(align_corners), lam_dtype,
-        grad_branches.device,
-    )  # fmt: skip
-    block_c, block_hw, block_cells, use_dot = configs.bwd_config()
-    table, n_rows = _bwd_table(
-        hh, ww, shapes, bool(align_corners), block_c, block_cells, grad_branches.device
-    )
+    cells = _table(hh, ww, shapes, align_corners, grad_branches.dtype, grad_branches.device, False)
+    meta, opts = configs.bwd_config(grad_branches.dtype, cells.cells_pad)
+    rows, n_rows, row_div = _bwd_rows(shapes, cells.cells_pad, meta["BLOCK_C"], meta["BLOCK_K"],
+                             grad_branches.device)  # fmt: skip
+    g_strides, ga = pixel_args(grad_branches)
     with device_guard(grad_branches=grad_branches):
-        _upsample_concat_bwd_kernel[(n_rows, n)](
-            grad_branches, dy, table, rtap, rlam, ctap, clam,
-            hh, ww, p, *grad_branches.stride(),
-            BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_CELLS=block_cells,
-            DOT_PRECISION=dot_precision(grad_branches.dtype), USE_DOT=use_dot,
-            num_warps=configs.NUM_WARPS, num_stages=configs.NUM_STAGES,
+        _upsample_concat_bwd_kernel[(n * n_rows,)](
+            grad_branches, cells.table, dy, rows,
+            ww, hh * ww, p, n_rows, cells.stride, *g_strides,
+            G_FLAT=ga["FLAT"], GN_DIV=ga["N_DIV"], GC_DIV=ga["C_DIV"], HW_DIV=pow2_divisor(hh * ww),
+            ROW_DIV=pow2_divisor(row_div),
+            DOT_PRECISION=dot_precision(grad_branches.dtype), **meta, **opts,
         )  # fmt: skip
     return dy

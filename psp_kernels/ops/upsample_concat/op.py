@@ -11,7 +11,7 @@ import torch
 from ... import reference
 from ..._backend import resolve_backend
 from ..._validate import check_upsample_concat
-from .launch import empty_output, launch_backward, launch_forward
+from .launch import empty_output, kernel_limit, launch_backward, launch_forward
 
 __all__ = ["upsample_concat", "unpack_branch_grads"]
 
@@ -94,6 +94,7 @@ def upsample_concat(x, branches, *, align_corners=True, backend="auto"):
         incoming gradient.
     """
     branches = check_upsample_concat(x, branches)
-    if resolve_backend(backend, x) == "reference":
+    limit = kernel_limit(x, [tuple(b.shape[-2:]) for b in branches])
+    if resolve_backend(backend, x, kernel_limit=limit) == "reference":
         return reference.upsample_concat(x, branches, align_corners=align_corners)
     return _upsample_concat_op(x, list(branches), bool(align_corners))
