@@ -1,5 +1,8 @@
 """PSPNet checkpoints: loading weights (official semseg checkpoints, plain state_dicts, our own
-checkpoints), and writing / resuming / rebuilding from our training checkpoints."""
+checkpoints), and writing / resuming our training checkpoints.
+
+The model a checkpoint describes is rebuilt by :func:`pspnet.build.model_from_checkpoint`.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +30,6 @@ __all__ = [
     "extract_state_dict",
     "save_checkpoint",
     "load_training_state",
-    "saved_config",
-    "model_from_checkpoint",
     "find_resume",
 ]
 
@@ -288,66 +289,6 @@ def load_training_state(
     if "rng" in state:
         _set_rng_state(state["rng"])
     return state
-
-
-def saved_config(path) -> Config | None:
-    """The Config stored in one of our checkpoints (``None`` for official / plain files or an
-    unreadable path; errors are reported when the model is loaded)."""
-    from .config import Config
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - reported later by model_from_checkpoint
-        return None
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
-        known = Config.__dataclass_fields__
-        return Config.from_dict({k: v for k, v in obj["config"].items() if k in known})
-    return None
-
-
-def model_from_checkpoint(path, cfg: Config | None = None, map_location="cpu"):
-    """``(model in eval mode, cfg, class_names)`` from a checkpoint.
-
-    Ours carry their config (model shape, classes); for official / plain state_dict files
-    ``cfg`` must describe the model (``arch``, ``layers``, ``classes``...). Structural keys
-    (arch, layers, classes, bins, zoom_factor, use_ppm, tiny_width) come from the checkpoint.
-    """
-    from .build import build_model
-    from .config import Config
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - reported with the path
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    class_names = None
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
-        saved = Config.from_dict(
-            {k: v for k, v in obj["config"].items() if k in Config.__dataclass_fields__}
-        )
-        keys = (
-            "arch",
-            "layers",
-            "classes",
-            "bins",
-            "zoom_factor",
-            "use_ppm",
-            "tiny_width",
-            "ignore_index",
-        )
-        structural = {k: getattr(saved, k) for k in keys}
-        cfg = saved if cfg is None else cfg.replace(**structural)
-        class_names = obj.get("class_names")
-    elif cfg is None:
-        raise ValueError(f"{path} holds no config: pass --preset/--classes/--layers for it")
-    del obj
-    build_cfg = cfg.replace(pretrained=False, backbone_path=None)
-    model = build_model(build_cfg)
-    load_checkpoint(model, path, map_location=map_location)
-    model.eval()
-    return model, cfg, class_names
 
 
 def find_resume(cfg: Config) -> Path | None:

@@ -114,7 +114,7 @@ def run_predict(
     Every image is checked first (FileNotFoundError / ValueError naming it), so a bad path does
     not leave half the outputs written.
     """
-    from .checkpoint import model_from_checkpoint
+    from .build import model_from_checkpoint
     from .runtime import resolve_device
 
     if not images:

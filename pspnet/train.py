@@ -33,14 +33,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .build import TinyPSPNet, build_model
-from .checkpoint import (
-    find_resume,
-    load_training_state,
-    model_from_checkpoint,
-    save_checkpoint,
-    saved_config,
-)
+from .build import TinyPSPNet, build_model, model_from_checkpoint, saved_config
+from .checkpoint import find_resume, load_training_state, save_checkpoint
 from .config import Config
 from .data.loaders import (
     AugmentedDataset,
