@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from tolerances import assert_close_to_reference, skip_unless_kernels_take
 
 from psp_kernels import reference, shifted_upsample_add
+from psp_kernels.ops.shifted_upsample_add import configs
 from psp_kernels.ops.shifted_upsample_add.op import _bwd_op, _fwd_op
 from psp_kernels.ops.shifted_upsample_add.separable import separable_shifted_upsample_add
 
@@ -52,6 +53,39 @@ def test_matches_reference(case, dtype, path, device):
     grads = torch.autograd.grad(out, [base, *maps], grad)
     ref_grads = torch.autograd.grad(ref, [base, *maps], grad)
     _check(out, grads, ref, ref_grads, dtype)
+
+
+def _distinct(table, **extra):
+    return sorted({tuple(sorted(t.items())) for t in table.values()} | extra.get("more", set()))
+
+
+_FWD_TILES = _distinct(configs.FWD)
+_BWD_TILES = _distinct(
+    configs.BWD,
+    more={tuple(sorted(dict(t, BLOCK_O=o).items())) for t in configs.BWD.values() for o in (2, 4)},
+)
+
+
+@pytest.mark.parametrize(
+    "table, tiles",
+    [("FWD", dict(t)) for t in _FWD_TILES] + [("BWD", dict(t)) for t in _BWD_TILES],
+    ids=str,
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_every_tile_config(table, tiles, channels_last, device, monkeypatch):
+    """Each configuration the launchers can pick (backward: 2 or 4 channels per program),
+    forced on float64: a ragged channel block (5 channels) and maps wider than one column
+    chunk and taller than one row step."""
+    skip_unless_kernels_take(torch.float64, device)
+    for layout in ("nchw", "nhwc"):
+        monkeypatch.setitem(getattr(configs, table), ("fp32", layout), tiles)
+    base, maps = _inputs(1, 5, 37, 61, PSP_SIZES, torch.float64, device, channels_last)
+    out = shifted_upsample_add(base, maps, align_corners=False, backend="triton")
+    ref = reference.shifted_upsample_add(base, maps, align_corners=False)
+    grad = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [base, *maps], grad)
+    ref_grads = torch.autograd.grad(ref, [base, *maps], grad)
+    _check(out, grads, ref, ref_grads, torch.float64)
 
 
 def test_equals_head_conv_over_concat(device):

@@ -58,6 +58,7 @@ def _column_offsets(
     stride_w,
     BLOCK_W: tl.constexpr,
     CHANNELS_FAST: tl.constexpr,
+    O_DIV: tl.constexpr,
     BLOCK_O: tl.constexpr = 4,
 ):
     """Channel and column of each column of a :func:`_four_channels` tile (``BLOCK_O``
@@ -68,7 +69,7 @@ def _column_offsets(
     else:
         o = o0 + offs_cw // BLOCK_W
         w = offs_cw % BLOCK_W
-    return o, w, o * stride_o + w * stride_w
+    return o, w, tl.multiple_of(o * stride_o, O_DIV) + w * stride_w
 
 
 @triton.jit
@@ -127,8 +128,10 @@ def _shifted_upsample_add_fwd_kernel(
     stride_ah,
     stride_bw_,
     BN_DIV: tl.constexpr,
+    BO_DIV: tl.constexpr,
     BH_DIV: tl.constexpr,
     ON_DIV: tl.constexpr,
+    OO_DIV: tl.constexpr,
     OH_DIV: tl.constexpr,
     V_DIV: tl.constexpr,
     W_DIV: tl.constexpr,
@@ -181,8 +184,12 @@ def _shifted_upsample_add_fwd_kernel(
     )
 
     offs_cw = tl.arange(0, 4 * BLOCK_W)
-    o, w, b_cw = _column_offsets(o0, offs_cw, W, stride_bo, stride_bw, BLOCK_W, CHANNELS_FAST)
-    _, _, o_cw = _column_offsets(o0, offs_cw, W, stride_oo, stride_ow, BLOCK_W, CHANNELS_FAST)
+    o, w, b_cw = _column_offsets(
+        o0, offs_cw, W, stride_bo, stride_bw, BLOCK_W, CHANNELS_FAST, BO_DIV
+    )
+    _, _, o_cw = _column_offsets(
+        o0, offs_cw, W, stride_oo, stride_ow, BLOCK_W, CHANNELS_FAST, OO_DIV
+    )
     w = pid_w * BLOCK_W + w
     mask_cw = (o < O) & (w < tl.multiple_of(tl.minimum(W, pid_w * BLOCK_W + BLOCK_W), W_DIV))
     b_n = (
@@ -225,6 +232,7 @@ def _shifted_upsample_add_bwd_kernel(
     stride_ah,
     stride_bw_,
     GN_DIV: tl.constexpr,
+    GO_DIV: tl.constexpr,
     GH_DIV: tl.constexpr,
     V_DIV: tl.constexpr,
     W_DIV: tl.constexpr,
@@ -250,7 +258,7 @@ def _shifted_upsample_add_bwd_kernel(
     offs_j = tl.arange(0, J_PAD)
     offs_cw = tl.arange(0, BLOCK_O * BLOCK_W)
     o, w_in, g_cw = _column_offsets(
-        o0, offs_cw, W, stride_go, stride_gw, BLOCK_W, CHANNELS_FAST, BLOCK_O
+        o0, offs_cw, W, stride_go, stride_gw, BLOCK_W, CHANNELS_FAST, GO_DIV, BLOCK_O
     )
     g_n = grad_ptr + tl.multiple_of(n.to(tl.int64) * stride_gn, GN_DIV)
 
