@@ -126,7 +126,7 @@ def _check_format(out, x):
 
 
 @needs_interpreter
-@fuzz_settings(max_examples=20)
+@fuzz_settings(max_examples=15)
 @given(case=ppc_cases())
 def test_pyramid_pool_conv_random_valid(case):
     built = build_ppc(case)
@@ -153,7 +153,7 @@ def test_pyramid_pool_conv_random_valid(case):
 
 
 @needs_interpreter
-@fuzz_settings(max_examples=20)
+@fuzz_settings(max_examples=12)
 @given(case=ppc_cases())
 def test_pyramid_pooling_random_valid(case):
     built = build_ppc(case)
@@ -180,7 +180,7 @@ def test_pyramid_pooling_random_valid(case):
 
 
 @needs_interpreter
-@fuzz_settings(max_examples=20)
+@fuzz_settings(max_examples=15)
 @given(case=uc_cases())
 def test_upsample_concat_random_valid(case):
     built = build_uc(case)
@@ -215,7 +215,7 @@ def _sua_refused(case: SUACase) -> bool:
 
 
 @needs_interpreter
-@fuzz_settings(max_examples=20)
+@fuzz_settings(max_examples=15)
 @given(case=sua_cases())
 def test_shifted_upsample_add_random_valid(case):
     built = build_sua(case)
@@ -305,7 +305,7 @@ def _check_refused(op: str, family: str, args: dict, mutation) -> None:
 _BACKENDS = st.sampled_from(["triton", "auto", "reference"])
 
 # every kind of violation is tried (a few random cases each), not left to the draw
-PER_KIND = 4
+PER_KIND = 3
 
 
 @pytest.mark.parametrize("kind", KINDS["ppc"])
