@@ -254,7 +254,7 @@ class ComputedOnBadInput(Exception):
 
 @contextlib.contextmanager
 def nothing_computed():
-    """Make every Triton launch and the reference's building blocks raise ComputedOnBadInput."""
+    """Make every Triton launch and the plain paths' building blocks raise ComputedOnBadInput."""
 
     def refuse(what):
         def spy(*args, **kwargs):
@@ -263,9 +263,12 @@ def nothing_computed():
         return spy
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(triton.runtime.jit.JITFunction, "run", refuse("a Triton kernel"))
+        # kernel[grid](...) of compiled and interpreted kernels alike
+        mp.setattr(triton.runtime.jit.KernelInterface, "__getitem__", refuse("a Triton launch"))
         for name in ("adaptive_avg_pool2d", "conv2d", "interpolate", "pad"):
             mp.setattr(F, name, refuse(f"F.{name}"))
+        for name in ("cat", "matmul", "einsum"):  # the plain CPU paths' building blocks
+            mp.setattr(torch, name, refuse(f"torch.{name}"))
         yield
 
 
