@@ -196,6 +196,7 @@ class PPCCase:
     grad_layout: Layout
     used_outputs: list[bool]  # which of pyramid_pool_conv's outputs the loss uses
     knobs: dict
+    as_tuple: bool  # tensor lists passed as tuples
     seed: int
 
     @property
@@ -237,6 +238,7 @@ def ppc_cases(draw, *, small: bool = False) -> PPCCase:
         grad_layout=draw(layouts(4)),
         used_outputs=draw(st.lists(st.sampled_from([True, True, False]), min_size=k, max_size=k)),
         knobs=draw(ppc_knobs()),
+        as_tuple=draw(st.booleans()),
         seed=draw(st.integers(0, 2**32 - 1)),
     )  # fmt: skip
 
@@ -258,6 +260,7 @@ class UCCase:
     grad_branches: bool
     grad_layout: Layout
     knobs: dict
+    as_tuple: bool  # tensor lists passed as tuples
     seed: int
 
 
@@ -280,6 +283,7 @@ def uc_cases(draw, *, small: bool = False) -> UCCase:
         grad_x=draw(st.booleans()), grad_branches=draw(st.booleans()),
         grad_layout=draw(layouts(4)),
         knobs=draw(uc_knobs()),
+        as_tuple=draw(st.booleans()),
         seed=draw(st.integers(0, 2**32 - 1)),
     )  # fmt: skip
 
@@ -300,6 +304,7 @@ class SUACase:
     grad_base: bool
     grad_maps: bool
     grad_layout: Layout
+    as_tuple: bool  # tensor lists passed as tuples
     seed: int
 
 
@@ -321,6 +326,7 @@ def sua_cases(draw, *, small: bool = False) -> SUACase:
         backend=draw(st.sampled_from(["triton", "triton", "auto"])),
         grad_base=draw(st.booleans()), grad_maps=draw(st.booleans()),
         grad_layout=draw(layouts(4)),
+        as_tuple=draw(st.booleans()),
         seed=draw(st.integers(0, 2**32 - 1)),
     )  # fmt: skip
 
@@ -365,14 +371,19 @@ def build_ppc(case: PPCCase, *, grads: bool = True) -> Built:
             continue
         values = []
         for i, r in enumerate(case.rs):
-            # a strided vector: every other element of a longer buffer, for some bins
-            lay = Layout((0,), (1 + (i + case.seed) % 2,), (i % 2,), (False,))
+            # contiguous, every other element of a longer buffer, or one value broadcast
+            variant = (i + case.seed) % 3
+            lay = Layout((0,), (1 + (variant == 1),), (i % 2,), (variant == 2,))
             leaf, t = make_tensor((r,), lay, gen, requires_grad=gp, lo=lo)
             out.leaf(f"{label}[{i}]", leaf, gp)
             values.append(t)
         affine[label] = values
+    seq = tuple if case.as_tuple else list
+    for label in ("scale", "shift"):
+        if affine[label] is not None:
+            affine[label] = seq(affine[label])
     out.args = dict(
-        x=x, weights=weights, bins=case.bins, scale=affine["scale"], shift=affine["shift"],
+        x=x, weights=seq(weights), bins=case.bins, scale=affine["scale"], shift=affine["shift"],
         relu=case.relu, align_corners=case.align_corners, backend=case.backend,
     )  # fmt: skip
     return out
@@ -389,6 +400,7 @@ def build_uc(case: UCCase, *, grads: bool = True) -> Built:
         leaf, y = make_tensor((case.n, r, bh, bw), lay, gen, requires_grad=gb)
         out.leaf(f"branches[{i}]", leaf, gb)
         branches.append(y)
+    branches = tuple(branches) if case.as_tuple else branches
     out.args = dict(x=x, branches=branches, align_corners=case.align_corners, backend=case.backend)
     return out
 
@@ -405,6 +417,7 @@ def build_sua(case: SUACase, *, grads: bool = True) -> Built:
         leaf, m = make_tensor((case.n, 9, case.o, mh, mw), lay, gen, requires_grad=gm)
         out.leaf(f"maps[{i}]", leaf, gm)
         maps.append(m)
+    maps = tuple(maps) if case.as_tuple else maps
     out.args = dict(base=base, maps=maps, align_corners=case.align_corners, backend=case.backend)
     return out
 
