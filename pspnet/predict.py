@@ -43,7 +43,7 @@ def segment(model, image: torch.Tensor, cfg: Config, device=None) -> torch.Tenso
     ``cfg``'s scales / flip / mode / crop_size / base_size / stride_rate."""
     from .data import MEAN, STD
     from .evaluate import predict_probs
-    from .train import autocast_ctx
+    from .runtime import autocast_ctx
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
@@ -114,7 +114,8 @@ def run_predict(
     Every image is checked first (FileNotFoundError / ValueError naming it), so a bad path does
     not leave half the outputs written.
     """
-    from .train import model_from_checkpoint, resolve_device
+    from .build import model_from_checkpoint
+    from .runtime import resolve_device
 
     if not images:
         raise ValueError("no images given")

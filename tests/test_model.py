@@ -571,6 +571,41 @@ def test_resnet_classic_stem():
         assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_resnet_width():
+    m = pspnet.ResNet(pspnet.Bottleneck, [1, 1, 1, 1], width=4, num_classes=5).eval()
+    assert (m.conv1.out_channels, m.conv3.out_channels) == (4, 8)
+    assert [m.layer1[0].conv3.out_channels, m.layer4[0].conv3.out_channels] == [16, 128]
+    with torch.no_grad():
+        assert m.forward_features(torch.randn(1, 3, 33, 33)).shape == (1, 128, 2, 2)
+    with pytest.raises(ValueError, match="width"):
+        pspnet.ResNet(pspnet.Bottleneck, [1, 1, 1, 1], width=0)
+
+
+def test_custom_backbone_arguments_build_the_tiny_model():
+    from pspnet.model import TinyPSPNet
+
+    torch.manual_seed(0)
+    args = dict(blocks=(1, 1, 1, 1), width=4, head_channels=(16, 16), pretrained=False)
+    custom = PSPNet(classes=3, **args)
+    tiny = TinyPSPNet(classes=3, width=4)
+    assert _shapes(custom) == _shapes(tiny)
+    assert tiny.layer4[0].conv3.out_channels == 128 and len(tiny.layer3) == 1
+    assert tiny.layer3[0].conv2.dilation == (2, 2) and tiny.layer4[0].conv2.dilation == (4, 4)
+    assert tiny.ppm.features[0][1].out_channels == 32  # 128 // len(bins)
+    assert (tiny.cls[0].in_channels, tiny.cls[0].out_channels) == (256, 16)
+    assert (tiny.aux[0].in_channels, tiny.aux[0].out_channels) == (64, 16)
+    tiny.load_state_dict(custom.state_dict())
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        assert torch.equal(tiny.eval()(x), custom.eval()(x))
+    with pytest.raises(ValueError, match="pretrained=False"):
+        PSPNet(blocks=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="pretrained=False"):
+        PSPNet(width=32)
+    with pytest.raises(ValueError, match="len\\(bins\\)"):
+        PSPNet(width=4, bins=(1, 2, 3), pretrained=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # torch.compile
 # ----------------------------------------------------------------------------------------------

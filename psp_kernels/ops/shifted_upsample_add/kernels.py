@@ -51,12 +51,20 @@ def _four_channels(m0, m1, m2, m3, CHANNELS_FAST: tl.constexpr):
 
 @triton.jit
 def _column_offsets(
-    o0, offs_cw, W, stride_o, stride_w, BLOCK_W: tl.constexpr, CHANNELS_FAST: tl.constexpr
+    o0,
+    offs_cw,
+    W,
+    stride_o,
+    stride_w,
+    BLOCK_W: tl.constexpr,
+    CHANNELS_FAST: tl.constexpr,
+    BLOCK_O: tl.constexpr = 4,
 ):
-    """Channel and column of each column of a :func:`_four_channels` tile, and their offset."""
+    """Channel and column of each column of a :func:`_four_channels` tile (``BLOCK_O``
+    channels side by side), and their offset."""
     if CHANNELS_FAST:
-        o = o0 + offs_cw % 4
-        w = offs_cw // 4
+        o = o0 + offs_cw % BLOCK_O
+        w = offs_cw // BLOCK_O
     else:
         o = o0 + offs_cw // BLOCK_W
         w = offs_cw % BLOCK_W
@@ -64,10 +72,12 @@ def _column_offsets(
 
 
 @triton.jit
-def _packed_rows(v_n, o0, O, stride_vo, width, V_DIV: tl.constexpr, T_PAD: tl.constexpr):
-    """Offsets and mask of the packed rows of channels ``o0 .. o0 + 3``: a (4, T_PAD) tile, read
-    and written in 16-byte vectors."""
-    offs_o = o0 + tl.arange(0, 4)
+def _packed_rows(
+    v_n, o0, O, stride_vo, width, V_DIV: tl.constexpr, T_PAD: tl.constexpr, BLOCK_O: tl.constexpr = 4
+):
+    """Offsets and mask of the packed rows of channels ``o0 .. o0 + BLOCK_O - 1``: a
+    (BLOCK_O, T_PAD) tile, read and written in 16-byte vectors."""
+    offs_o = o0 + tl.arange(0, BLOCK_O)
     offs_t = tl.arange(0, T_PAD)
     rows = v_n + tl.multiple_of(offs_o * stride_vo, V_DIV)
     return rows[:, None] + offs_t[None, :], (offs_o < O)[:, None] & (offs_t < width)[None, :]
@@ -219,6 +229,7 @@ def _shifted_upsample_add_bwd_kernel(
     V_DIV: tl.constexpr,
     W_DIV: tl.constexpr,
     CHANNELS_FAST: tl.constexpr,
+    BLOCK_O: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
     K_PAD: tl.constexpr,
@@ -228,16 +239,19 @@ def _shifted_upsample_add_bwd_kernel(
     ACC: tl.constexpr,
 ):
     """dV[n, o] = ahat^T @ grad[n, o] @ bhat, gathered back into the packed order."""
-    # program id 0 -> (sample n, block of 4 channels): it reads their grad once, as one
-    # (rows, 4 * columns) tile per step (see the forward), and gathers every low-res value of
-    # every tap of every map (no atomics: deterministic).
+    # program id 0 -> (sample n, block of BLOCK_O (2 or 4) channels): it reads their grad once,
+    # as one (rows, BLOCK_O * columns) tile per step (see the forward), and gathers every
+    # low-res value of every tap of every map (no atomics: deterministic). Two channels halve
+    # the (K_PAD, J_PAD) accumulators, for float32's three-pass dots.
     pid = tl.program_id(0)
-    o0 = (pid % NUM_O_BLOCKS) * 4
+    o0 = (pid % NUM_O_BLOCKS) * BLOCK_O
     n = pid // NUM_O_BLOCKS
     offs_k = tl.arange(0, K_PAD)
     offs_j = tl.arange(0, J_PAD)
-    offs_cw = tl.arange(0, 4 * BLOCK_W)
-    o, w_in, g_cw = _column_offsets(o0, offs_cw, W, stride_go, stride_gw, BLOCK_W, CHANNELS_FAST)
+    offs_cw = tl.arange(0, BLOCK_O * BLOCK_W)
+    o, w_in, g_cw = _column_offsets(
+        o0, offs_cw, W, stride_go, stride_gw, BLOCK_W, CHANNELS_FAST, BLOCK_O
+    )
     g_n = grad_ptr + tl.multiple_of(n.to(tl.int64) * stride_gn, GN_DIV)
 
     dv0 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
@@ -246,7 +260,7 @@ def _shifted_upsample_add_bwd_kernel(
     dv3 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
     for w0 in range(0, W, BLOCK_W):
         mask_cw = (o < O) & (w0 + w_in < tl.multiple_of(tl.minimum(W, w0 + BLOCK_W), W_DIV))
-        g = tl.zeros((K_PAD, 4 * BLOCK_W), dtype=ACC)
+        g = tl.zeros((K_PAD, BLOCK_O * BLOCK_W), dtype=ACC)
         for h0 in range(0, H, BLOCK_H):
             offs_h = h0 + tl.arange(0, BLOCK_H)
             at = tl.load(
@@ -264,25 +278,40 @@ def _shifted_upsample_add_bwd_kernel(
             mask=(offs_w < W)[:, None],
             other=0.0,
         ).to(ACC)
-        # the four channels' (K_PAD, BLOCK_W) parts of g, in the order _four_channels put them
-        if CHANNELS_FAST:
-            g4 = tl.permute(tl.reshape(g, (K_PAD, BLOCK_W, 2, 2)), (0, 1, 3, 2))
+        # the channels' (K_PAD, BLOCK_W) parts of g, in the order _column_offsets put them
+        if BLOCK_O == 4:
+            if CHANNELS_FAST:
+                g4 = tl.permute(tl.reshape(g, (K_PAD, BLOCK_W, 2, 2)), (0, 1, 3, 2))
+            else:
+                g4 = tl.permute(tl.reshape(g, (K_PAD, 2, 2, BLOCK_W)), (0, 3, 2, 1))
+            g01, g23 = tl.split(g4)
+            g0, g1 = tl.split(g01)
+            g2, g3 = tl.split(g23)
+            dv2 = tl.dot(g2, b, dv2, input_precision=PRECISION, out_dtype=ACC)
+            dv3 = tl.dot(g3, b, dv3, input_precision=PRECISION, out_dtype=ACC)
         else:
-            g4 = tl.permute(tl.reshape(g, (K_PAD, 2, 2, BLOCK_W)), (0, 3, 2, 1))
-        g01, g23 = tl.split(g4)
-        g0, g1 = tl.split(g01)
-        g2, g3 = tl.split(g23)
+            if CHANNELS_FAST:
+                g2 = tl.reshape(g, (K_PAD, BLOCK_W, 2))
+            else:
+                g2 = tl.permute(tl.reshape(g, (K_PAD, 2, BLOCK_W)), (0, 2, 1))
+            g0, g1 = tl.split(g2)
         dv0 = tl.dot(g0, b, dv0, input_precision=PRECISION, out_dtype=ACC)
         dv1 = tl.dot(g1, b, dv1, input_precision=PRECISION, out_dtype=ACC)
-        dv2 = tl.dot(g2, b, dv2, input_precision=PRECISION, out_dtype=ACC)
-        dv3 = tl.dot(g3, b, dv3, input_precision=PRECISION, out_dtype=ACC)
 
-    # the four dense tiles gathered back into the packed order, stored in vectors
+    # the dense tiles gathered back into the packed order, stored in vectors
     cidx = tl.load(cidx_ptr + tl.arange(0, T_PAD))
-    dv4 = _join_channels(dv0, dv1, dv2, dv3, K_PAD, J_PAD)
-    packed = tl.gather(dv4, tl.broadcast_to(cidx[None, :], (4, T_PAD)), 1)
+    if BLOCK_O == 4:
+        dvs = _join_channels(dv0, dv1, dv2, dv3, K_PAD, J_PAD)
+    else:
+        dvs = tl.reshape(tl.permute(tl.join(dv0, dv1), (2, 0, 1)), (2, K_PAD * J_PAD))
+    # (a flat gather, as in the forward: a 2-D one along the 4096-wide axis becomes shuffles)
+    rows = tl.arange(0, BLOCK_O)[:, None] * (K_PAD * J_PAD) + cidx[None, :]
+    flat = tl.gather(
+        tl.reshape(dvs, (BLOCK_O * K_PAD * J_PAD,)), tl.reshape(rows, (BLOCK_O * T_PAD,)), 0
+    )
+    packed = tl.reshape(flat, (BLOCK_O, T_PAD))
     width = tl.multiple_of(tl.minimum(WIDTH, T_PAD), 8)  # the packed row: a 16-byte multiple
     dv_offs, dv_mask = _packed_rows(
-        dv_ptr + n.to(tl.int64) * stride_dvn, o0, O, stride_dvo, width, V_DIV, T_PAD
+        dv_ptr + n.to(tl.int64) * stride_dvn, o0, O, stride_dvo, width, V_DIV, T_PAD, BLOCK_O
     )
     tl.store(dv_offs, packed.to(dv_ptr.dtype.element_ty), mask=dv_mask)

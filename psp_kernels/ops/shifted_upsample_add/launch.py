@@ -124,8 +124,8 @@ def launch_backward(grad, sizes, align_corners):
         height, width, sizes, align_corners, acc_dtype(grad.dtype), grad.device
     )
     dv = torch.empty(n, o, _packed_width(total), dtype=grad.dtype, device=grad.device)
-    meta = configs.meta(grad.dtype, total)
-    num_o_blocks = triton.cdiv(o, 4)
+    meta = configs.meta(grad.dtype, total, "bwd")
+    num_o_blocks = triton.cdiv(o, meta["BLOCK_O"])
     hints = dict(_hints(grad, "G"), CHANNELS_FAST=_channels_fast(grad))
     with device_guard(grad=grad):
         _shifted_upsample_add_bwd_kernel[(n * num_o_blocks,)](
