@@ -12,10 +12,12 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 import psp_kernels
 from psp_kernels._aot import Traffic
 from psp_kernels.analysis import cost, machine
+from psp_kernels.analysis.record import TensorArg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(psp_kernels.__file__)))
 
@@ -154,3 +156,23 @@ def test_workload_cli_reports_findings_and_exit_code():
     warn = subprocess.run(cmd + ["--warn-only"], capture_output=True, text=True, env=_env(),
                           cwd=ROOT, timeout=600)  # fmt: skip
     assert warn.returncode == 0, warn.stdout + warn.stderr
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, channels_last, widest",
+    [
+        ((8, 512, 60, 60), torch.bfloat16, False, 16),  # 7200-byte planes: 16-byte aligned
+        ((8, 512, 90, 90), torch.bfloat16, False, 8),  # 16200-byte planes
+        ((8, 512, 90, 90), torch.float32, False, 16),
+        ((1, 2048, 61, 61), torch.bfloat16, False, 2),
+        ((1, 2048, 61, 61), torch.bfloat16, True, 16),  # 4096-byte pixels
+    ],
+)
+def test_widest_vector(shape, dtype, channels_last, widest):
+    """The access rule's 'a 16-byte access would fit': a plane's run, never across channels."""
+    t = torch.empty(shape, dtype=dtype, device="meta")
+    if channels_last:
+        t = t.to(memory_format=torch.channels_last)
+    assert TensorArg.of(t).widest_vector() == widest
+    if not channels_last:  # 7-wide rows start misaligned
+        assert TensorArg.of(t[:, :, :, :7]).widest_vector() <= 8

@@ -8,7 +8,9 @@ A finding is any of:
 
 * a compile error, a register spill, or shared memory over the architecture's limit;
 * a global access of 4 bytes or fewer to a big tensor (1 MiB or more) that is contiguous along
-  some dimension (a 16-byte access would fit), traced to that tensor through the PTX;
+  some dimension with every row 16-byte aligned (a 16-byte access would fit; rows of an odd
+  multiple of 4 bytes, as NCHW 90x90 16-bit, admit no aligned 16-byte vector), traced to that
+  tensor through the PTX;
 * a kernel with ``tl.dot`` whose SASS has no tensor-core instruction (HGMMA / HMMA);
 * a heavy launch (10% or more of the workload's bytes) under one wave at batch 8 or more, or at
   any batch where its launcher sizes the grid to fill the GPU (row splits);
@@ -76,8 +78,9 @@ def _access_findings(launch, m: dict) -> list[str]:
     for name, arg in launch.args.items():
         if not hasattr(arg, "contiguous_run") or arg.nbytes < BIG_TENSOR:
             continue
-        if arg.contiguous_run() * arg.itemsize < 16:
-            continue  # no dimension holds a 16-byte run: scalar access is all there is
+        widest = arg.widest_vector()
+        if widest < 16:
+            continue  # no aligned 16-byte vector fits (short or misaligned rows)
         narrow = sorted({a["width"] for a in machine.accesses_of(m, name) if a["width"] <= 4})
         if narrow:
             widths = "/".join(f"{w}" for w in narrow)
