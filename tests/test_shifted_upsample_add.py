@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import assert_close_to_reference, skip_unless_kernels_take
 
 from psp_kernels import reference, shifted_upsample_add
 from psp_kernels.ops.shifted_upsample_add.op import _bwd_op, _fwd_op
 from psp_kernels.ops.shifted_upsample_add.separable import separable_shifted_upsample_add
+from tests.helpers import assert_close_to_reference, skip_unless_kernels_take
 
 PSP_SIZES = [(1, 1), (2, 2), (3, 3), (6, 6)]
 CASES = [
