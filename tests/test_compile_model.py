@@ -73,14 +73,14 @@ def test_eval_one_graph_with_custom_ops(device, head, expected):
     model = _model(device, head).eval()
     rec = Recorder()
     compiled = torch.compile(model, fullgraph=True, backend=rec)
-    x = torch.randn(1, 3, 33, 41, device=device)
+    x = torch.randn(1, 3, 17, 25, device=device)
     with torch.no_grad():
         got = compiled(x)
         want = model(x)
     assert len(rec.dynamo) == 1, "one Dynamo graph: no graph break"
     assert {f"psp_kernels.{op}.default" for op in expected} <= rec.ops(rec.dynamo)
     assert {f"psp_kernels.{op}.default" for op in expected} <= rec.ops(rec.fw)
-    assert got.shape == (1, 3, 33, 41)
+    assert got.shape == (1, 3, 17, 25)
     assert_close(got, want, "compiled eval logits", tol=1e-4)
 
 
@@ -90,8 +90,8 @@ def test_training_step_one_graph_with_custom_ops(device):
     eager = copy.deepcopy(model)
     rec = Recorder()
     compiled = torch.compile(model, fullgraph=True, backend=rec)
-    x = torch.randn(2, 3, 33, 33, device=device)
-    y = torch.randint(0, 3, (2, 33, 33), device=device)
+    x = torch.randn(2, 3, 17, 17, device=device)
+    y = torch.randint(0, 3, (2, 17, 17), device=device)
     losses, grads = [], []
     for net, f in ((model, compiled), (eager, eager)):
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)

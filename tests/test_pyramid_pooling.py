@@ -340,3 +340,31 @@ def test_ppm_eval_uses_the_fused_op(device, monkeypatch):
     with torch.no_grad():
         ppm(x)
     assert len(calls) == 1, "training keeps the two-op path"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="float16/bfloat16 kernels are checked on a GPU only "
+    "(Triton's interpreter computes bfloat16 wrongly)",
+)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_low_precision_parity_cuda(dtype, layout):
+    """The fused PPM forward and backward in low precision against a float64 reference."""
+    bins = (1, 2, 3, 6)
+    x = make_x(2, 64, 30, 30, dtype, layout, "cuda")
+    ws, sc, sh = make_params(64, bins, dtype, "cuda", reductions=lambda i: 16)
+    leaves = [x, *ws, *sc, *sh]
+    for t in leaves:
+        t.requires_grad_(True)
+    out = psp_kernels.pyramid_pooling(x, ws, bins, scale=sc, shift=sh, relu=True)
+    leaves64 = [t.detach().double().requires_grad_(True) for t in leaves]
+    x64, rest = leaves64[0], leaves64[1:]
+    ref = _reference(x64, rest[:4], bins, rest[4:8], rest[8:], True, True)
+    _assert_close(out.double(), ref, dtype, "output")
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, leaves, g.to(dtype))
+    ref_grads = torch.autograd.grad(ref, leaves64, g)
+    for i, (a, b) in enumerate(zip(grads, ref_grads)):
+        _assert_close(a.double(), b, dtype, f"grad {i}")
