@@ -47,7 +47,9 @@ __all__ = [
     "RESULTS",
     "Runnable",
     "device_name",
+    "do_bench_s",
     "peak_bandwidth_gbps",
+    "peak_memory",
     "measure",
     "saved_tensor_bytes",
 ]
@@ -190,16 +192,18 @@ def _rounds(per_call_s: float, budget_s: float, lo: int, hi: int) -> int:
     return int(min(hi, max(lo, math.ceil(budget_s / max(per_call_s, 1e-9)))))
 
 
-def _do_bench_s(run: Runnable, per_call_s: float) -> float:
-    """Median seconds of ``run.fn`` by ``triton.testing.do_bench`` (CUDA events, L2 cleared)."""
+def do_bench_s(fn, per_call_s: float, grad_to_none=()) -> float:
+    """Median seconds of ``fn()`` by ``triton.testing.do_bench``: CUDA events around each call,
+    L2 cleared before each, the gradients of ``grad_to_none`` reset between calls."""
     from triton.testing import do_bench
 
     rep_ms = min(max(400.0, 10e3 * per_call_s), 4000.0)  # at least ~10 calls, at most 4 s
-    grads = list(run.grad_to_none) or None
-    return do_bench(run.fn, warmup=25, rep=rep_ms, grad_to_none=grads, return_mode="median") / 1e3
+    grads = list(grad_to_none) or None
+    return do_bench(fn, warmup=25, rep=rep_ms, grad_to_none=grads, return_mode="median") / 1e3
 
 
-def _peak_memory(run: Runnable, device: torch.device) -> int:
+def peak_memory(run: Runnable, device: torch.device) -> int:
+    """Bytes one call of ``run`` allocates beyond what was allocated before it (CUDA)."""
     run.setup()
     synchronize(device)
     before = torch.cuda.memory_allocated(device)
@@ -279,11 +283,11 @@ def measure(
         per_call = (time.perf_counter() - t0) / warmup
 
     # 4. peak memory
-    record["peak_mem_bytes"] = _peak_memory(run, device) if cuda else None
+    record["peak_mem_bytes"] = peak_memory(run, device) if cuda else None
 
     # 5. timed rounds
     if cuda:
-        time_s = _do_bench_s(run, per_call)
+        time_s = do_bench_s(run.fn, per_call, run.grad_to_none)
         rounds = _rounds(per_call, 0.2, 3, 50)  # pytest-benchmark's wall-clock rounds
         record["time_source"] = "do_bench"
     else:
