@@ -17,6 +17,7 @@ __all__ = [
     "TOL",
     "OfficialPPM",
     "assert_close",
+    "assert_compiled_matches",
     "assert_close_to_reference",
     "make_params",
     "make_x",
@@ -87,6 +88,28 @@ def skip_unless_kernels_take(dtype, device):
 
     if dtype == torch.float64 and str(device).startswith("cuda"):
         pytest.skip("the CUDA kernels do not take float64 (it runs through the interpreter in CI)")
+
+
+def assert_compiled_matches(fn, compiled, device, sizes=((7, 9), (10, 6))) -> None:
+    """``compiled`` (a ``torch.compile`` of ``fn(x, w0, w1, s0, b1)``: kernel 1's weights of two
+    bins, a scale and a shift, 5 channels in) equals ``fn`` in value and gradients at each of
+    ``sizes``, within float32's tolerance; a dynamic graph re-uses itself for the second size."""
+    for h, w in sizes:
+        x = torch.randn(2, 5, h, w, device=device, requires_grad=True)
+        params = [
+            torch.randn(4, 5, 1, 1, device=device),
+            torch.randn(3, 5, device=device),
+            torch.rand(4, device=device) + 0.5,
+            torch.randn(3, device=device),
+        ]
+        leaves = [x] + [p.requires_grad_(True) for p in params]
+        out = compiled(*leaves)
+        grads = torch.autograd.grad(out, leaves)
+        eager = fn(*leaves)
+        eager_grads = torch.autograd.grad(eager, leaves)
+        assert_close(out, eager, "compiled forward", dtype=torch.float32)
+        for g, eg in zip(grads, eager_grads):
+            assert_close(g, eg, "compiled gradient", dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import psp_kernels
 from psp_kernels import reference
 from psp_kernels.ops.pyramid_pool_conv import configs as ppc_configs
 from tests.helpers import assert_close_to_reference as _assert_close
-from tests.helpers import make_params, make_x, skip_unless_kernels_take
+from tests.helpers import assert_compiled_matches, make_params, make_x, skip_unless_kernels_take
 
 ON_CUDA = torch.cuda.is_available()
 
@@ -177,22 +177,7 @@ def _compile_fn(x, w0, w1, s0, b1):
 def test_torch_compile_fullgraph(device, backend, dynamic):
     torch._dynamo.reset()
     compiled = torch.compile(_compile_fn, fullgraph=True, backend=backend, dynamic=dynamic)
-    for h, w in ((7, 9), (10, 6)):  # the second size re-uses the dynamic graph
-        x = torch.randn(2, 5, h, w, device=device, requires_grad=True)
-        params = [
-            torch.randn(4, 5, 1, 1, device=device),
-            torch.randn(3, 5, device=device),
-            torch.rand(4, device=device) + 0.5,
-            torch.randn(3, device=device),
-        ]
-        leaves = [x] + [p.requires_grad_(True) for p in params]
-        out = compiled(*leaves)
-        grads = torch.autograd.grad(out, leaves)
-        eager = _compile_fn(*leaves)
-        eager_grads = torch.autograd.grad(eager, leaves)
-        _assert_close(out, eager, F32, "compiled forward")
-        for g, eg in zip(grads, eager_grads):
-            _assert_close(g, eg, F32, "compiled gradient")
+    assert_compiled_matches(_compile_fn, compiled, device)
 
 
 @pytest.mark.gpu

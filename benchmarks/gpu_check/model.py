@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,14 +53,16 @@ class ModelRun:
                "--json", str(self.json)]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         self.log = open(Path(self.dir) / "log.txt", "w")  # noqa: SIM115 (closed in result)
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(  # its own process group: a timeout ends its workers too
+            cmd, cwd=ROOT, env=env, stdout=self.log, stderr=self.log, start_new_session=True
+        )
 
     def result(self, timeout: float) -> dict:
         """``{"gpu", "totals": {workload: modelled_us, ...}, "findings": n}`` or ``{"note"}``."""
         try:
             self.proc.wait(timeout=max(timeout, 1.0))
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             return {"note": f"the workload report did not finish in time (log: {self.log.name})"}
         finally:

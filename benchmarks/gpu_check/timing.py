@@ -26,8 +26,8 @@ GPU_TRAIN = TrainShape(8, 473, "bfloat16")
 DRY_SHAPE = Shape(2, 16, 9, 9, 4, "float32")
 DRY_TRAIN = TrainShape(2, 17, "float32")  # N=2: the official PPM trains BatchNorm on 1x1
 
-# (case, pass, providers); the first provider is the baseline. Most important first: the budget
-# skips from the end of each list's expensive part.
+# (case, pass, providers); the first provider is the baseline, against which the others are
+# checked. The work runs in tiers (:func:`_tier`): the budget drops compilations first.
 PLAN = [
     ("ppm", "fwd", ("eager", "compiled", "fused", "fused-compiled")),
     ("ppm", "fwd+bwd", ("eager", "compiled", "fused", "fused-compiled")),
@@ -68,10 +68,11 @@ def _time(fn, device, per_call, dry_run, grad_to_none=()) -> float:
     return statistics.median(times)
 
 
-def _cost(case: str, provider: str) -> float:
+def _kind(case: str, provider: str) -> str:
+    """The :data:`COST_S` entry of a case and provider."""
     if case == "train":
-        return COST_S["train-compiled" if is_compiled(provider) else "train"]
-    return COST_S["compiled" if is_compiled(provider) else "plain"]
+        return "train-compiled" if is_compiled(provider) else "train"
+    return "compiled" if is_compiled(provider) else "plain"
 
 
 def _skip(case: str, provider: str, device, dry_run: bool) -> str | None:
@@ -110,53 +111,73 @@ def _one(case: Case, provider: str, device, dry_run: bool, refs):
     return row, outs
 
 
+def _tier(case: str, provider: str, baseline: str) -> int:
+    """The order of the work: every baseline, then ours, then compiled, then ours compiled;
+    the training step's compilations last (the most expensive)."""
+    if provider == baseline:
+        return 0
+    if not is_compiled(provider):
+        return 1
+    tier = 2 if provider in ("compiled", "compiled-max-autotune") else 3
+    return tier + (2 if case == "train" else 0)
+
+
 def run(device: torch.device, dry_run: bool, deadline: float, copy: dict, log=print) -> list:
-    """Every entry of :data:`PLAN` that fits before ``deadline`` (``time.perf_counter()``)."""
-    rows = []
+    """Every entry of :data:`PLAN` that fits before ``deadline`` (``time.perf_counter()``), in
+    the order of :func:`_tier` (so the budget drops compilations first); rows in plan order.
+
+    The cost of an entry is estimated from :data:`COST_S`, replaced by what the last entry of
+    the same kind took in this run."""
     shape, train = (DRY_SHAPE, DRY_TRAIN) if dry_run else (GPU_SHAPE, GPU_TRAIN)
+    entries = []  # (tier, plan index, case, pass, provider, baseline, shape)
     for case_name, pass_, providers in PLAN:
         s = train if case_name == "train" else shape
-        baseline = providers[0]
-        case = None
-        refs = None
         for provider in providers:
-            b = Bench(case_name, pass_, s, provider)
-            row = {"case": case_name, "pass": pass_, "provider": provider,
-                   "baseline": baseline, "config": s.label, "dtype": s.dtype}  # fmt: skip
-            reason = _skip(case_name, provider, device, dry_run)
-            if reason is None and refs is None and provider != baseline:
-                reason = "no baseline outputs to check against"
-            left = deadline - time.perf_counter()
-            if reason is None and _cost(case_name, provider) > left:
-                need = _cost(case_name, provider)
-                reason = f"time budget: {left:.0f} s left, about {need:.0f} s needed"
-            if reason:
-                rows.append({**row, "skipped": reason})
-                log(f"time   {b.id}: skipped ({reason})")
-                continue
-            try:
-                if case is None:
-                    case = Case(b, device)
-                result, outs = _one(case, provider, device, dry_run, refs)
-                row.update(result)
-                if provider == baseline:
-                    refs = outs
-                del outs
-            except Exception as exc:  # report and go on
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                row["error"] = f"{type(exc).__name__}: {first_line}"
-            finally:
-                torch._dynamo.reset()
-            ideal = ideal_bytes(case_name, pass_, s) if isinstance(s, Shape) else None
-            if ideal and row.get("time_s"):
-                row["ideal_bytes"] = ideal
-                row["gbps"] = ideal / row["time_s"] / 1e9
-                row["pct_of_copy"] = 100.0 * row["gbps"] / copy["gbps"]
-            rows.append(row)
-            log(f"time   {b.id}: " + (row.get("error") or _summary(row)))
-        del case, refs
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            tier = _tier(case_name, provider, providers[0])
+            entries.append((tier, len(entries), case_name, pass_, provider, providers[0], s))
+    cases, refs, cost = {}, {}, dict(COST_S)
+    rows = {}
+    for _, order, case_name, pass_, provider, baseline, s in sorted(entries):
+        key = (case_name, pass_)
+        b = Bench(case_name, pass_, s, provider)
+        row = {"case": case_name, "pass": pass_, "provider": provider,
+               "baseline": baseline, "config": s.label, "dtype": s.dtype}  # fmt: skip
+        kind = _kind(case_name, provider)
+        reason = _skip(case_name, provider, device, dry_run)
+        if reason is None and key not in refs and provider != baseline:
+            reason = "no baseline outputs to check against"
+        left = deadline - time.perf_counter()
+        if reason is None and cost[kind] > left:
+            reason = f"time budget: {left:.0f} s left, about {cost[kind]:.0f} s needed"
+        if reason:
+            rows[order] = {**row, "skipped": reason}
+            log(f"time   {b.id}: skipped ({reason})")
+            continue
+        t0 = time.perf_counter()
+        try:
+            if key not in cases:
+                cases[key] = Case(b, device)
+            result, outs = _one(cases[key], provider, device, dry_run, refs.get(key))
+            row.update(result)
+            if provider == baseline:
+                refs[key] = outs
+            del outs
+        except Exception as exc:  # report and go on
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            row["error"] = f"{type(exc).__name__}: {first_line}"
+        finally:
+            torch._dynamo.reset()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        cost[kind] = time.perf_counter() - t0
+        ideal = ideal_bytes(case_name, pass_, s) if isinstance(s, Shape) else None
+        if ideal and row.get("time_s"):
+            row["ideal_bytes"] = ideal
+            row["gbps"] = ideal / row["time_s"] / 1e9
+            row["pct_of_copy"] = 100.0 * row["gbps"] / copy["gbps"]
+        rows[order] = row
+        log(f"time   {b.id}: " + (row.get("error") or _summary(row)))
+    rows = [rows[i] for i in sorted(rows)]
     _ratios(rows)
     return rows
 
