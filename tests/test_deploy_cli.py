@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_cli import TINY_YAML
 
 from pspnet.__main__ import main
+from tests.test_cli import TINY_YAML
 
 for _name in ("onnx", "onnxscript", "onnxruntime"):
     pytest.importorskip(_name, reason='needs the deploy extra: pip install -e ".[deploy]"')

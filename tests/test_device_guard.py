@@ -6,13 +6,13 @@ Without a GPU: fake ``cuda:1`` tensors (``FakeTensorMode``) and a stand-in for
 
 import pytest
 import torch
-from tolerances import assert_close_to_reference
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import psp_kernels
 from psp_kernels import reference
 from psp_kernels.ops import utils
 from psp_kernels.ops.pyramid_pool_conv import launch as kernel1
+from tests.helpers import assert_close_to_reference
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ give its outputs.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -15,11 +16,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from official import OfficialPPM
 
 import pspnet
 from pspnet import PSPNet, load_checkpoint
 from pspnet import resnet as resnet_mod
+from tests.helpers import OfficialPPM, assert_close, randomize_batchnorm
 
 # ----------------------------------------------------------------------------------------------
 # Official-style reference (plain PyTorch, the official construction order and module names)
@@ -167,24 +168,8 @@ def _shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 
-def _randomize_bn(m: nn.Module) -> None:
-    """Give every BatchNorm non-trivial statistics and affine parameters."""
-    g = torch.Generator().manual_seed(1)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            with torch.no_grad():
-                mod.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                mod.bias.copy_(torch.randn(n, generator=g) * 0.1)
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5) -> None:
-    scale = b.abs().max().item()
-    assert scale > 0
-    err = (a - b).abs().max().item()
-    assert err <= rtol * scale, f"max abs error {err} vs scale {scale}"
+#: float32 parity with the official model: relative to the reference's max abs (never all zeros)
+_close = functools.partial(assert_close, tol=1e-5, floor=0.0, nonzero=True)
 
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
@@ -196,7 +181,7 @@ def pair50():
     """(ours, official) ResNet-50 PSPNets with the same weights, 5 classes."""
     torch.manual_seed(0)
     ref = _RefPSPNet(layers=50, classes=5)
-    _randomize_bn(ref)
+    randomize_batchnorm(ref, seed=1)
     ours = PSPNet(layers=50, classes=5, pretrained=False)
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ours, ref
@@ -402,7 +387,7 @@ def test_official_checkpoint_loads(pair50, tmp_path):
 def test_other_checkpoint_layouts(tmp_path):
     torch.manual_seed(1)
     src = _Tiny()
-    _randomize_bn(src)
+    randomize_batchnorm(src, seed=1)
     sd = src.state_dict()
     layouts = {
         "plain.pth": sd,
@@ -494,7 +479,7 @@ def test_pretrained_without_file_warns_once(no_backbone_files):
 def test_pretrained_loads_backbone(no_backbone_files, tmp_path):
     torch.manual_seed(3)
     backbone = pspnet.resnet50()  # the undilated ImageNet layout, fc included
-    _randomize_bn(backbone)
+    randomize_batchnorm(backbone, seed=1)
     sd = backbone.state_dict()
     assert "fc.weight" in sd and "conv3.weight" in sd
     path = tmp_path / "r50.pth"

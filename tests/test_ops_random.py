@@ -28,7 +28,15 @@ import torch.nn.functional as F
 import triton
 from hypothesis import assume, event, given
 from hypothesis import strategies as st
-from op_strategies import (
+
+import psp_kernels
+from psp_kernels import reference
+from psp_kernels.ops import utils as ops_utils
+from psp_kernels.ops.pyramid_pool_conv import configs as ppc_configs
+from psp_kernels.ops.shifted_upsample_add import configs as sua_configs
+from psp_kernels.ops.upsample_concat import configs as uc_configs
+from tests.helpers import assert_close_to_reference
+from tests.op_strategies import (
     KINDS,
     SUACase,
     apply_mutation,
@@ -42,14 +50,6 @@ from op_strategies import (
     sua_cases,
     uc_cases,
 )
-from tolerances import assert_close_to_reference
-
-import psp_kernels
-from psp_kernels import reference
-from psp_kernels.ops import utils as ops_utils
-from psp_kernels.ops.pyramid_pool_conv import configs as ppc_configs
-from psp_kernels.ops.shifted_upsample_add import configs as sua_configs
-from psp_kernels.ops.upsample_concat import configs as uc_configs
 
 F64 = torch.float64
 
