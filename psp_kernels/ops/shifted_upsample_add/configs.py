@@ -25,7 +25,7 @@ MAX_K = 64
 FWD = {
     ("16bit", "nchw"): dict(BLOCK_H=64, BLOCK_W=32, num_warps=8),
     ("16bit", "nhwc"): dict(BLOCK_H=32, BLOCK_W=32, num_warps=8),
-    ("fp32", "nchw"): dict(BLOCK_H=32, BLOCK_W=32, num_warps=8),
+    ("fp32", "nchw"): dict(BLOCK_H=32, BLOCK_W=16, num_warps=8),
     ("fp32", "nhwc"): dict(BLOCK_H=32, BLOCK_W=32, num_warps=8),
 }
 BWD = {
