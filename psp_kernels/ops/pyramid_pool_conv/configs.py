@@ -33,7 +33,7 @@ POOL_CONFIGS = {
 # step (weights 64 x 128 x 2 B), all bins of a group in one launch.
 CONV_CONFIGS = {
     "16bit": dict(BLOCK_R=64, BLOCK_M=32, BLOCK_K=128, num_warps=8, num_stages=3),
-    "fp32": dict(BLOCK_R=64, BLOCK_M=32, BLOCK_K=64, num_warps=4, num_stages=3),
+    "fp32": dict(BLOCK_R=64, BLOCK_M=32, BLOCK_K=32, num_warps=4, num_stages=3),
 }
 # The dx gather: BLOCK_C channels x BLOCK_P pixels of dx per step.
 DX_CONFIGS = {
