@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 
-__all__ = ["load_checkpoint", "read_state_dict", "apply_state_dict", "extract_state_dict"]
+__all__ = [
+    "load_checkpoint",
+    "load_file",
+    "read_state_dict",
+    "apply_state_dict",
+    "extract_state_dict",
+]
 
 _PREFIXES = ("module.", "_orig_mod.")
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
@@ -124,31 +132,172 @@ def read_state_dict(
 
     The file layouts and errors are those of :func:`load_checkpoint`.
     """
+    obj = load_file(path, map_location=map_location, weights_only=weights_only)
+    return extract_state_dict(obj, source=repr(os.fspath(path)))
+
+
+# the first pickle record of a legacy (pre-zip) torch.save file: torch's magic number
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def _core_reason(e: BaseException) -> str:
+    """The useful part of a torch.load error, without torch's advice about ``weights_only``."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", text, flags=re.S)
+    if m:
+        text = m.group(1)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    # torch's long explanations follow the first sentence
+    first = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0].strip()
+    return first or type(e).__name__
+
+
+def _resolvable(qualname: str) -> bool:
+    """False when ``module.name`` points into an importable module that has no such name: a
+    name cut off by a truncated file. True otherwise (also when the module is not installed)."""
+    import importlib
+
+    parts = qualname.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except Exception:  # noqa: BLE001 - not this split
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return True
+
+
+def load_file(path: str | os.PathLike, map_location="cpu", weights_only: bool = True):
+    """``torch.load`` a checkpoint file, with one clear error per kind of bad file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming the file and what is wrong with it: empty; not a ``torch.save`` file
+            (text, a plain pickle, another archive); truncated or corrupt; or (only then, with
+            ``weights_only=True``) it really holds Python objects other than tensors and plain
+            containers, in which case the message names the first one and says that
+            ``weights_only=False`` is for trusted files only.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"{path!r} is not a PyTorch checkpoint: the file is empty (0 bytes)")
     with open(path, "rb") as f:
-        magic = f.read(4)
-    # torch.save writes a zip archive (PyTorch >= 1.6) or a pickle stream (older, protocol >= 2)
-    if not (magic == b"PK\x03\x04" or magic[:1] == b"\x80"):
+        head = f.read(len(_LEGACY_MAGIC))
+    # torch.save writes a zip archive (PyTorch >= 1.6) or a legacy pickle stream
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ValueError(
+                f"{path!r} is not a readable PyTorch checkpoint: truncated or corrupt "
+                f"({size} bytes, the zip archive is incomplete: {e}); it was probably not "
+                "fully written or copied"
+            ) from None
+        if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+            raise ValueError(
+                f"{path!r} is not a PyTorch checkpoint: a zip archive without the data.pkl "
+                f"record torch.save writes (holds {shown or 'nothing'})"
+            )
+    elif head[:1] == b"\x80":
+        if not head.startswith(_LEGACY_MAGIC):
+            raise ValueError(
+                f"{path!r} is not a PyTorch checkpoint: a plain Python pickle, not a torch.save "
+                "file"
+            )
+    else:
         raise ValueError(
-            f"{path!r} is not a PyTorch checkpoint (starts with {magic!r}, "
+            f"{path!r} is not a PyTorch checkpoint (starts with {head[:4]!r}, "
             "expected a torch.save file)"
         )
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as e:
-        if weights_only and "Unsupported global" in str(e):
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if weights_only and m and _resolvable(m.group(1)):
             raise ValueError(
-                f"{path!r} holds Python objects that torch.load(weights_only=True) refuses; "
-                "if you trust the file, pass weights_only=False"
-            ) from e
-        raise ValueError(f"{path!r} is not a readable PyTorch checkpoint ({e})") from e
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
+                f"{path!r} holds Python objects besides tensors (the first: {m.group(1)}), "
+                "which torch.load(weights_only=True) refuses to run. Only if you trust the file "
+                "and where it came from, load it with weights_only=False: unpickling runs "
+                "arbitrary code"
+            ) from None
+        reason = f"a cut-off name {m.group(1)!r}" if m else _core_reason(e)
         raise ValueError(
-            f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})"
-        ) from e
-    return extract_state_dict(obj, source=repr(path))
+            f"{path!r} is not a readable PyTorch checkpoint: truncated or corrupt "
+            f"({size} bytes; {reason})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as e:
+        raise ValueError(
+            f"{path!r} is not a readable PyTorch checkpoint: truncated or corrupt "
+            f"({size} bytes; {type(e).__name__}: {_core_reason(e)})"
+        ) from None
+    except ImportError as e:
+        raise ValueError(
+            f"{path!r} needs a Python module that is not installed to be read ({e})"
+        ) from None
+
+
+_DEPTHS = {(3, 4, 6, 3): "ResNet-50", (3, 4, 23, 3): "ResNet-101", (3, 8, 36, 3): "ResNet-152"}
+
+
+def _last_conv(sd: Mapping[str, torch.Tensor], module: str) -> torch.Tensor | None:
+    """The weight of the last 4-d (conv) entry of ``module`` (``cls`` or ``aux``)."""
+    best, best_i = None, -1
+    for k, v in sd.items():
+        parts = k.split(".")
+        if len(parts) == 3 and parts[0] == module and parts[2] == "weight" and v.dim() == 4:
+            if parts[1].isdigit() and int(parts[1]) > best_i:
+                best, best_i = v, int(parts[1])
+    return best
+
+
+def _architecture(sd: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """What a PSPNet-like state_dict is: backbone, PPM, number of classes (what can be told)."""
+    out: dict[str, str] = {}
+    blocks = []
+    for i in range(1, 5):
+        idx = {k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}
+        blocks.append(len({j for j in idx if j.isdigit()}))
+    if any(blocks):
+        feats = [
+            v.shape[0]
+            for k, v in sd.items()
+            if k.startswith("layer4.") and k.endswith("conv3.weight")
+        ]
+        name = _DEPTHS.get(tuple(blocks), "ResNet")
+        desc = f"{name} ({'-'.join(map(str, blocks))} blocks"
+        out["backbone"] = desc + (f", {feats[-1]} features)" if feats else ")")
+    bins = {k.split(".")[2] for k in sd if k.startswith("ppm.features.")}
+    if any(k.startswith(("layer", "cls.")) for k in sd):
+        out["PPM"] = f"{len(bins)} bins" if bins else "none"
+    cls = _last_conv(sd, "cls")
+    if cls is not None:
+        out["classes"] = str(cls.shape[0])
+    return out
+
+
+def _architecture_error(source: str, sd, own) -> str | None:
+    """A message when ``sd`` is another architecture or class count than ``own``, else None."""
+    theirs, ours = _architecture(sd), _architecture(own)
+    diff = [k for k in ("backbone", "PPM", "classes") if k in theirs and k in ours]
+    diff = [k for k in diff if theirs[k] != ours[k]]
+    if not diff:
+        return None
+    what = "; ".join(f"{k}: checkpoint {theirs[k]}, model {ours[k]}" for k in diff)
+    kind = "class count" if diff == ["classes"] else "architecture"
+    return (
+        f"{source} is a checkpoint of another {kind} than the model ({what}); build the model "
+        "with the checkpoint's settings (layers / classes / bins) to load it"
+    )
 
 
 def apply_state_dict(
@@ -180,20 +329,26 @@ def apply_state_dict(
         for k in differ
         if required(k)
     ]
+    arch = _architecture_error(source, sd, own) if (mismatched or missing or unexpected) else None
     if mismatched:
-        more = f" ... and {len(mismatched) - 6} more" if len(mismatched) > 6 else ""
-        raise ValueError(
-            f"{source}: {len(mismatched)} tensor shape(s) differ from the model: "
-            + "; ".join(mismatched[:6])
+        n = 3 if arch else 6
+        more = f" ... and {len(mismatched) - n} more" if len(mismatched) > n else ""
+        detail = (
+            f"{len(mismatched)} tensor shape(s) differ from the model: "
+            + "; ".join(mismatched[:n])
             + more
         )
+        raise ValueError(f"{arch} [{detail}]" if arch else f"{source}: {detail}")
     if missing or unexpected:
-        msg = (
-            f"{source} does not match the model: {len(missing)} missing key(s) "
-            f"[{_few(missing)}], {len(unexpected)} unexpected key(s) [{_few(unexpected)}]"
+        n = 3 if arch else 6
+        keys = (
+            f"{len(missing)} missing key(s) [{_few(missing, n)}], {len(unexpected)} "
+            f"unexpected key(s) [{_few(unexpected, n)}]"
         )
+        msg = f"{arch} [{keys}]" if arch else f"{source} does not match the model: {keys}"
         if strict:
-            raise ValueError(msg + " (pass strict=False to load the matching keys only)")
+            hint = "" if arch else " (pass strict=False to load the matching keys only)"
+            raise ValueError(msg + hint)
         warnings.warn(msg, UserWarning, stacklevel=3)
     skip = set(differ)  # only optional keys are left here
     target.load_state_dict(

@@ -439,10 +439,14 @@ def load_training_state(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    from .checkpoint import load_file
+
+    state = load_file(path, map_location=map_location)  # clear errors for bad files
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"{path} is not a training checkpoint of pspnet (no model/epoch entries)")
-    unwrap(model).load_state_dict(state["model"])
+    from .checkpoint import apply_state_dict
+
+    apply_state_dict(model, state["model"], source=repr(str(path)))
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and "scheduler" in state:
@@ -457,8 +461,10 @@ def load_training_state(
 def saved_config(path) -> Config | None:
     """The Config stored in one of our checkpoints (``None`` for official / plain files or an
     unreadable path; errors are reported when the model is loaded)."""
+    from .checkpoint import load_file
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_file(path)
     except Exception:  # noqa: BLE001 - reported later by model_from_checkpoint
         return None
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
@@ -474,15 +480,10 @@ def model_from_checkpoint(path, cfg: Config | None = None, map_location="cpu"):
     ``cfg`` must describe the model (``arch``, ``layers``, ``classes``...). Structural keys
     (arch, layers, classes, bins, zoom_factor, use_ppm, tiny_width) come from the checkpoint.
     """
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - reported with the path
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    obj = load_file(path)  # FileNotFoundError / ValueError naming the file and the fault
     class_names = None
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         saved = Config.from_dict(
