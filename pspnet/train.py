@@ -766,7 +766,10 @@ def train(cfg: Config, log=print) -> dict:
         if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or last):
             metrics = evaluate(model, val_set, cfg, device=device, rank=rank, world=world)
             row.update(
-                val_mIoU=metrics["mIoU"], val_mAcc=metrics["mAcc"], val_allAcc=metrics["allAcc"]
+                val_mIoU=metrics["mIoU"],
+                val_mAcc=metrics["mAcc"],
+                val_allAcc=metrics["allAcc"],
+                val_mIoU_present=metrics.get("mIoU_present", metrics["mIoU"]),
             )
         history.append(row)
         say(

@@ -105,3 +105,63 @@ def test_cli_eval_reports_bad_checkpoint(bad_files, capsys):
     assert main(["eval", "--checkpoint", str(path)]) == 2
     err = capsys.readouterr().err
     assert "pickle.pth" in err and "plain Python pickle" in err and "weights_only" not in err
+
+
+# ---------------------------------------------------------------------- which mIoU (item 10)
+
+
+def _official_cal_acc(pairs, classes, ignore_index=255):
+    """hszhao/semseg tool/test.py ``cal_acc`` with util.intersectionAndUnion, in numpy."""
+    import numpy as np
+
+    inter_sum = np.zeros(classes)
+    union_sum = np.zeros(classes)
+    target_sum = np.zeros(classes)
+    for pred, target in pairs:
+        output = pred.reshape(-1).copy()
+        target = target.reshape(-1)
+        output[np.where(target == ignore_index)[0]] = ignore_index
+        intersection = output[np.where(output == target)[0]]
+        area_i, _ = np.histogram(intersection, bins=np.arange(classes + 1))
+        area_o, _ = np.histogram(output, bins=np.arange(classes + 1))
+        area_t, _ = np.histogram(target, bins=np.arange(classes + 1))
+        inter_sum += area_i
+        union_sum += area_o + area_t - area_i
+        target_sum += area_t
+    iou = inter_sum / (union_sum + 1e-10)
+    acc = inter_sum / (target_sum + 1e-10)
+    return np.mean(iou), np.mean(acc), sum(inter_sum) / (sum(target_sum) + 1e-10)
+
+
+def test_miou_is_the_official_mean_over_all_classes():
+    import numpy as np
+
+    from pspnet.metrics import ConfusionMeter, format_table
+
+    g = np.random.default_rng(3)
+    classes = 6
+    pairs = []
+    for _ in range(4):
+        target = g.integers(0, 4, (17, 23))  # classes 4 and 5 never in the ground truth
+        target[g.random(target.shape) < 0.1] = 255
+        pred = np.where(g.random(target.shape) < 0.6, target, g.integers(0, 5, target.shape))
+        pred = np.where(pred == 255, 0, pred)  # class 4 predicted, never true
+        pairs.append((pred, target))
+    meter = ConfusionMeter(classes)
+    for pred, target in pairs:
+        meter.update(torch.from_numpy(pred), torch.from_numpy(target))
+    m = meter.compute([f"c{i}" for i in range(classes)])
+    miou, macc, all_acc = _official_cal_acc(pairs, classes)
+    assert m["mIoU"] == pytest.approx(miou, abs=1e-9)
+    assert m["mAcc"] == pytest.approx(macc, abs=1e-9)
+    assert m["allAcc"] == pytest.approx(all_acc, abs=1e-9)
+    # the present-class means are kept beside it, labelled, and differ here
+    iou = np.array(m["iou"])
+    assert m["mIoU_present"] == pytest.approx(np.nanmean(iou))  # classes 0..4 (4: predicted)
+    assert np.isnan(iou[5]) and iou[4] == 0.0
+    assert m["mIoU_present"] > m["mIoU"] + 0.05
+    assert m["absent_classes"] == [4, 5] and m["absent_class_names"] == ["c4", "c5"]
+    table = format_table(m)
+    assert f"mIoU {m['mIoU']:.4f}" in table and "official: mean over all 6 classes" in table
+    assert f"mIoU_present {m['mIoU_present']:.4f}" in table
+    assert "absent from the ground truth: 2 of 6: c4 (4), c5 (5)" in table
