@@ -42,6 +42,8 @@ class Config:
     train_split: str = "train"
     val_split: str = "val"
     dataset_kwargs: dict = field(default_factory=dict)  # extra build_dataset(**kw), YAML only
+    list_file: str = ""  # dataset=list: the training list ("image label" per line)
+    val_list_file: str = ""  # dataset=list: the validation list (never the training list)
     classes: int = 0  # 0: take it from the dataset
     ignore_index: int = 255
 
@@ -268,6 +270,18 @@ def load_config(path: str | Path | None = None, preset: str | None = None, **ove
 
 _NO_CLI = {"preset", "dataset_kwargs"}
 
+# --help text of the options that need more than their name
+HELP = {
+    "list_file": "--dataset list: the training list file, one 'image_path label_path' per line "
+    "(paths relative to --data-root, default the list's folder)",
+    "val_list_file": "--dataset list: the validation list file; required to validate "
+    "(--eval-every, --final-eval, eval), the training list is never used in its place",
+    "pretrained": "load the ImageNet backbone (resnet{layers}_v2.pth from --backbone-path, "
+    "$PSPNET_HOME, ~/.cache/pspnet/ or ./initmodel/); training a real-data preset refuses to "
+    "start without it, --no-pretrained trains from scratch on purpose",
+    "backbone_path": "the ImageNet backbone file (implies --pretrained)",
+}
+
 
 def _base_type(tp):
     """(scalar type, is_sequence, optional) of a dataclass field annotation."""
@@ -318,11 +332,17 @@ def add_config_arguments(
         names = [flag] if "_" not in f.name else [flag, "--" + f.name]
         if t is bool:
             group.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=HELP.get(f.name),
             )
             continue
         conv = _none_or(t) if optional else t
         kw = dict(dest=f.name, default=None, type=conv, metavar=f.name.upper())
+        if f.name in HELP:
+            kw["help"] = HELP[f.name]
         if seq:
             kw["nargs"] = "+"
         group.add_argument(*names, **kw)

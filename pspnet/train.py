@@ -309,16 +309,41 @@ def _dataset_kwargs(cfg: Config) -> dict:
     return kw
 
 
+def _list_files(cfg: Config, kw: dict) -> dict:
+    """The ``list`` dataset's file per split: ``list_file`` (train) and ``val_list_file`` (val),
+    from the config fields or ``dataset_kwargs``."""
+    train = cfg.list_file or kw.pop("list_file", None)
+    val = cfg.val_list_file or kw.pop("val_list_file", None)
+    kw.pop("list_file", None)
+    kw.pop("val_list_file", None)
+    return {"train": train, "val": val}
+
+
 def build_datasets(cfg: Config, splits=("train", "val")):
-    """``{split: dataset}`` (un-augmented) from ``pspnet.data.build_dataset``."""
+    """``{split: dataset}`` (un-augmented) from ``pspnet.data.build_dataset``.
+
+    ``dataset="list"`` reads the training list ``list_file`` and the validation list
+    ``val_list_file``: asking for ``val`` without a validation list is an error (the training
+    list is never used for validation)."""
     from . import data
 
     out = {}
     names = {"train": cfg.train_split, "val": cfg.val_split}
     for s in splits:
-        out[s] = data.build_dataset(
-            cfg.dataset, root=cfg.data_root, split=names.get(s, s), **_dataset_kwargs(cfg)
-        )
+        kw = _dataset_kwargs(cfg)
+        if cfg.dataset == "list":
+            lists = _list_files(cfg, kw)
+            lst = lists.get(s, lists["val"])
+            if not lst:
+                if s == "train":
+                    raise ValueError("--dataset list needs the training list: --list-file FILE")
+                raise ValueError(
+                    "--dataset list: validation needs its own list, --val-list-file FILE (the "
+                    "training list is never used for validation); to train without validating "
+                    "pass --no-final-eval --eval-every 0"
+                )
+            kw["list_file"] = lst
+        out[s] = data.build_dataset(cfg.dataset, root=cfg.data_root, split=names.get(s, s), **kw)
     return out
 
 
@@ -638,7 +663,8 @@ def train(cfg: Config, log=print) -> dict:
     np.random.seed(cfg.seed % 2**32)  # noqa: NPY002
     torch.manual_seed(cfg.seed)
 
-    ds = build_datasets(cfg)
+    validates = bool(cfg.final_eval or cfg.eval_every)
+    ds = build_datasets(cfg, splits=("train", "val") if validates else ("train",))
     classes = int(cfg.classes or ds["train"].num_classes)
     if cfg.classes and getattr(ds["train"], "num_classes", classes) != classes:
         raise ValueError(
@@ -648,7 +674,7 @@ def train(cfg: Config, log=print) -> dict:
     class_names = list(getattr(ds["train"], "class_names", None) or range(classes))
     class_names = [str(c) for c in class_names]
     train_set = AugmentedDataset(ds["train"], _train_transform(cfg), seed=cfg.seed)
-    val_set = AugmentedDataset(ds["val"], _eval_transform(), seed=cfg.seed)
+    val_set = AugmentedDataset(ds["val"], _eval_transform(), seed=cfg.seed) if validates else None
 
     model = build_model(cfg, classes)
     if cfg.channels_last:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 
@@ -165,3 +166,100 @@ def test_miou_is_the_official_mean_over_all_classes():
     assert f"mIoU {m['mIoU']:.4f}" in table and "official: mean over all 6 classes" in table
     assert f"mIoU_present {m['mIoU_present']:.4f}" in table
     assert "absent from the ground truth: 2 of 6: c4 (4), c5 (5)" in table
+
+
+# ------------------------------------------------------------------ list dataset (item 2)
+
+
+def _list_data(root, names, size=33, classes=3, seed=0):
+    """PNG image / label pairs under ``root`` and a list file naming them; returns its path."""
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    (root / "lab").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for n in names:
+        Image.fromarray(g.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            root / "img" / f"{n}.png"
+        )
+        Image.fromarray(g.integers(0, classes, (size, size), dtype=np.uint8)).save(
+            root / "lab" / f"{n}.png"
+        )
+        lines.append(f"img/{n}.png lab/{n}.png")
+    lst = root / f"list_{names[0]}.txt"
+    lst.write_text("\n".join(lines) + "\n")
+    return lst
+
+
+def _list_cfg(tmp_path, **kw):
+    from pspnet.config import Config
+
+    base = dict(
+        preset="synthetic", dataset="list", dataset_kwargs={"num_classes": 3},
+        data_root=str(tmp_path / "data"), arch="tiny", tiny_width=4, pretrained=False,
+        crop_size=(33, 33), scale_min=1.0, scale_max=1.0, rotate_min=0.0, rotate_max=0.0,
+        blur=False, batch_size=2, epochs=1, max_iters_per_epoch=1, workers=0, progress=False,
+        plot=False, final_eval=True, eval_every=0, val_batch_size=4,
+        output_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    base.update(kw)
+    return Config.from_dict(base)
+
+
+def test_list_dataset_validates_on_its_own_list(tmp_path):
+    from pspnet.train import build_datasets, train
+
+    data = tmp_path / "data"
+    train_list = _list_data(data, ["t0", "t1", "t2", "t3"])
+    val_list = _list_data(data, ["v0", "v1"], seed=1)
+    cfg = _list_cfg(tmp_path, list_file=str(train_list), val_list_file=str(val_list))
+    ds = build_datasets(cfg)
+    assert [os.path.basename(i) for i, _ in ds["train"].files] == [f"t{i}.png" for i in range(4)]
+    assert [os.path.basename(i) for i, _ in ds["val"].files] == ["v0.png", "v1.png"]
+    out = train(cfg, log=lambda *a: None)
+    assert out["metrics"]["pixels"] == 2 * 33 * 33  # evaluated on the 2 validation images
+    # the older spelling through dataset_kwargs works the same
+    old = cfg.replace(
+        list_file="",
+        val_list_file="",
+        dataset_kwargs={"num_classes": 3, "list_file": str(train_list),
+                        "val_list_file": str(val_list)},
+    )  # fmt: skip
+    assert len(build_datasets(old)["val"]) == 2
+
+
+def test_list_dataset_without_val_list_refuses_to_validate(tmp_path):
+    from pspnet.train import build_datasets, train
+
+    train_list = _list_data(tmp_path / "data", ["t0", "t1"])
+    for cfg in (
+        _list_cfg(tmp_path, list_file=str(train_list)),
+        _list_cfg(tmp_path, dataset_kwargs={"num_classes": 3, "list_file": str(train_list)}),
+    ):
+        with pytest.raises(ValueError, match="--val-list-file") as info:
+            train(cfg, log=lambda *a: None)
+        assert "never used for validation" in str(info.value)
+        with pytest.raises(ValueError, match="--val-list-file"):
+            build_datasets(cfg, splits=("val",))
+    assert not (tmp_path / "run" / "last.pth").exists()  # refused before training
+    # training without validation needs no validation list
+    out = train(_list_cfg(tmp_path, list_file=str(train_list), final_eval=False), log=print)
+    assert out["metrics"] is None and (tmp_path / "run" / "last.pth").is_file()
+
+
+def test_list_file_flags_in_help_and_parsed(capsys):
+    from pspnet.__main__ import build_parser
+    from pspnet.config import config_from_args
+
+    args = build_parser().parse_args(
+        ["train", "--dataset", "list", "--list-file", "a.txt", "--val-list-file", "b.txt"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.list_file, cfg.val_list_file) == ("a.txt", "b.txt")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--val-list-file" in text and "the training list is never used" in text
+    assert "--list-file" in text
