@@ -48,6 +48,7 @@ __all__ = [
     "save_checkpoint",
     "load_training_state",
     "train",
+    "require_backbone",
     "unwrap",
 ]
 
@@ -641,6 +642,34 @@ def _find_resume(cfg: Config) -> Path | None:
     return p
 
 
+def require_backbone(cfg: Config) -> str | None:
+    """Refuse to train a real-data run from random initialisation by accident.
+
+    For ``arch="pspnet"`` with ``pretrained`` and no ``backbone_path`` on a dataset other than
+    ``synthetic``, the ImageNet backbone file must be found (see
+    :func:`pspnet.resnet.find_backbone`); otherwise FileNotFoundError names the places looked
+    at, the file to download and ``--no-pretrained``. Returns the file found (or None when no
+    file is needed). The model itself (``PSPNet(pretrained=True)``) only warns.
+    """
+    if cfg.arch != "pspnet" or not cfg.pretrained or cfg.backbone_path:
+        return None
+    if cfg.dataset == "synthetic":
+        return None
+    from .resnet import BACKBONE_FILES, find_backbone
+
+    path, looked = find_backbone(cfg.layers)
+    if path is not None:
+        return path
+    name = BACKBONE_FILES[cfg.layers]
+    raise FileNotFoundError(
+        f"the ImageNet backbone {name} (ResNet-{cfg.layers}, pretrained=True) was not found; "
+        f"looked at: {', '.join(looked)}. Download {name} (the ImageNet-pretrained deep-stem "
+        "ResNet of hszhao/semseg, linked from its README) into one of those folders or pass "
+        "--backbone-path FILE; or pass --no-pretrained to train from random initialisation on "
+        "purpose (expect a much lower mIoU)"
+    )
+
+
 def train(cfg: Config, log=print) -> dict:
     """Train as described by ``cfg``; returns ``{'model', 'history', 'metrics', 'out_dir'}``.
 
@@ -664,6 +693,8 @@ def train(cfg: Config, log=print) -> dict:
     torch.manual_seed(cfg.seed)
 
     validates = bool(cfg.final_eval or cfg.eval_every)
+    if _find_resume(cfg) is None:  # a resumed run has its weights already
+        require_backbone(cfg)
     ds = build_datasets(cfg, splits=("train", "val") if validates else ("train",))
     classes = int(cfg.classes or ds["train"].num_classes)
     if cfg.classes and getattr(ds["train"], "num_classes", classes) != classes:

@@ -263,3 +263,58 @@ def test_list_file_flags_in_help_and_parsed(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--val-list-file" in text and "the training list is never used" in text
     assert "--list-file" in text
+    assert "--no-pretrained trains from scratch on purpose" in text
+
+
+# --------------------------------------------------------------- pretrained backbone (item 1)
+
+
+@pytest.fixture
+def no_backbone(tmp_path, monkeypatch):
+    """No backbone file anywhere: empty $PSPNET_HOME, $HOME and working directory."""
+    from pspnet import resnet
+
+    monkeypatch.setenv("PSPNET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(resnet, "_WARNED", set())
+    return tmp_path
+
+
+def test_train_cli_refuses_real_data_without_backbone(no_backbone, capsys):
+    from pspnet.__main__ import main
+
+    data = str(no_backbone / "ade")
+    for preset in ("ade20k", "cityscapes", "voc"):
+        rc = main(["train", "--preset", preset, "--data-root", data, "--no-progress"])
+        assert rc == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "resnet50_v2.pth" in err and "--no-pretrained" in err and "--backbone-path" in err
+        assert os.path.join(str(no_backbone / "home"), "resnet50_v2.pth") in err
+        assert os.path.join("initmodel", "resnet50_v2.pth") in err
+    rc = main(["train", "--preset", "ade20k", "--layers", "101", "--data-root", data])
+    assert rc == 2 and "resnet101_v2.pth" in capsys.readouterr().err
+    # --no-pretrained (on purpose) and --backbone-path pass this check: the next error is the
+    # missing dataset folder
+    for flags in (["--no-pretrained"], ["--backbone-path", __file__]):
+        rc = main(["train", "--preset", "ade20k", "--data-root", data, *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and "ADE20K: expected images" in err and "backbone" not in err
+
+
+def test_synthetic_and_library_keep_the_warning(no_backbone):
+    import warnings
+
+    from pspnet import PSPNet
+    from pspnet.config import Config
+    from pspnet.train import require_backbone
+
+    assert require_backbone(Config(dataset="synthetic", arch="pspnet", pretrained=True)) is None
+    assert require_backbone(Config(preset="ade20k", dataset="ade20k", pretrained=False)) is None
+    assert require_backbone(Config(dataset="ade20k", arch="tiny", pretrained=True)) is None
+    with pytest.raises(FileNotFoundError, match="resnet50_v2.pth"):
+        require_backbone(Config(dataset="list", arch="pspnet", pretrained=True))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        PSPNet(layers=50, classes=3, pretrained=True)  # the library: a warning, not an error
+    assert any("resnet50_v2.pth" in str(w.message) for w in rec)
