@@ -596,38 +596,48 @@ def train_step(model, x, y, optimizer, scheduler, scaler, cfg: Config, device) -
     return main_loss.detach(), aux_loss.detach()
 
 
-def _plot(log_path: Path, png_path: Path) -> bool:
+def _plot(log_path: Path, png_path: Path) -> str | None:
+    """Draw ``curves.png`` from ``metrics.jsonl`` (atomically); returns None when it was drawn,
+    else the reason it was not (one line)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except Exception:  # noqa: BLE001 - plotting is optional
-        return False
+    except Exception as e:  # noqa: BLE001 - reported in one line by the caller
+        return f"matplotlib cannot be imported ({type(e).__name__}: {e}); pip install matplotlib"
+    from .atomic import write_atomic
+
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     if not rows:
-        return False
-    ep = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(ep, [r["loss"] for r in rows], "o-", label="main loss")
-    axes[0].plot(ep, [r["aux_loss"] for r in rows], "s--", label="aux loss")
-    axes[0].set_title("training loss")
-    axes[0].legend()
-    axes[1].plot(ep, [r["lr"] for r in rows], "o-")
-    axes[1].set_title("learning rate (backbone)")
-    val = [(r["epoch"], r["val_mIoU"], r.get("val_allAcc")) for r in rows if "val_mIoU" in r]
-    if val:
-        axes[2].plot([v[0] for v in val], [v[1] for v in val], "o-", label="mIoU")
-        axes[2].plot([v[0] for v in val], [v[2] for v in val], "s--", label="pixel acc")
-        axes[2].legend()
-    axes[2].set_title("validation")
-    for a in axes:
-        a.set_xlabel("epoch")
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=90)
-    plt.close(fig)
-    return True
+        return f"{log_path} holds no epoch yet"
+    fig = None
+    try:
+        ep = [r["epoch"] for r in rows]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        axes[0].plot(ep, [r["loss"] for r in rows], "o-", label="main loss")
+        axes[0].plot(ep, [r["aux_loss"] for r in rows], "s--", label="aux loss")
+        axes[0].set_title("training loss")
+        axes[0].legend()
+        axes[1].plot(ep, [r["lr"] for r in rows], "o-")
+        axes[1].set_title("learning rate (backbone)")
+        val = [(r["epoch"], r["val_mIoU"], r.get("val_allAcc")) for r in rows if "val_mIoU" in r]
+        if val:
+            axes[2].plot([v[0] for v in val], [v[1] for v in val], "o-", label="mIoU")
+            axes[2].plot([v[0] for v in val], [v[2] for v in val], "s--", label="pixel acc")
+            axes[2].legend()
+        axes[2].set_title("validation")
+        for a in axes:
+            a.set_xlabel("epoch")
+            a.grid(alpha=0.3)
+        fig.tight_layout()
+        write_atomic(png_path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    except Exception as e:  # noqa: BLE001 - a plot never stops training; reported by the caller
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    finally:
+        if fig is not None:
+            plt.close(fig)
+    return None
 
 
 def _find_resume(cfg: Config) -> Path | None:
@@ -768,6 +778,7 @@ def train(cfg: Config, log=print) -> dict:
 
     history: list[dict] = []
     metrics = None
+    plot_failures: set[str] = set()
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
         loader = build_train_loader(cfg, train_set, rank, world, epoch)
@@ -853,7 +864,10 @@ def train(cfg: Config, log=print) -> dict:
                     extra={"class_names": class_names},
                 )
             if cfg.plot:
-                _plot(log_path, out_dir / "curves.png")
+                why = _plot(log_path, out_dir / "curves.png")
+                if why is not None and why not in plot_failures:  # once per reason and run
+                    plot_failures.add(why)
+                    say(f"curves.png not drawn: {why}")
 
     if cfg.final_eval:
         if metrics is None or not history or "val_mIoU" not in history[-1]:

@@ -318,3 +318,54 @@ def test_synthetic_and_library_keep_the_warning(no_backbone):
         warnings.simplefilter("always")
         PSPNet(layers=50, classes=3, pretrained=True)  # the library: a warning, not an error
     assert any("resnet50_v2.pth" in str(w.message) for w in rec)
+
+
+# ------------------------------------------------------------------ training plot (item 9)
+
+
+def tiny_cfg(tmp_path, **kw):
+    """A seconds-long run: width-4 TinyPSPNet on 33x33 synthetic images, 3 classes."""
+    from pspnet.config import Config
+
+    base = dict(
+        preset="synthetic", dataset="synthetic",
+        dataset_kwargs={"size": 33, "length": 16, "num_classes": 3, "max_shapes": 2},
+        arch="tiny", tiny_width=4, pretrained=False, crop_size=(33, 33), scale_min=0.9,
+        scale_max=1.1, rotate_min=-5.0, rotate_max=5.0, blur=False, batch_size=4, epochs=1,
+        max_iters_per_epoch=2, workers=0, progress=False, plot=False, final_eval=False,
+        eval_every=0, val_batch_size=8, output_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    base.update(kw)
+    return Config.from_dict(base)
+
+
+def test_matplotlib_is_a_dependency():
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    deps = [
+        d.split(">")[0].split("=")[0].split("<")[0].strip() for d in meta["project"]["dependencies"]
+    ]
+    assert "matplotlib" in deps
+
+
+def test_plot_that_cannot_be_drawn_is_reported_once(tmp_path, monkeypatch):
+    import sys
+
+    from pspnet.train import train
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    lines = []
+    train(tiny_cfg(tmp_path, epochs=2, max_iters_per_epoch=1, plot=True), log=lines.append)
+    said = [line for line in lines if "curves.png" in line]
+    assert len(said) == 1, lines
+    assert "not drawn" in said[0] and "matplotlib" in said[0] and "\n" not in said[0]
+    assert not (tmp_path / "run" / "curves.png").exists()
+    monkeypatch.undo()
+    lines.clear()
+    train(tiny_cfg(tmp_path / "b", plot=True, max_iters_per_epoch=1), log=lines.append)
+    assert (tmp_path / "b" / "run" / "curves.png").is_file()
+    assert not [line for line in lines if "curves.png" in line]
+    assert not list((tmp_path / "b" / "run").glob("*.tmp"))  # written atomically, no leftovers
