@@ -369,3 +369,32 @@ def test_plot_that_cannot_be_drawn_is_reported_once(tmp_path, monkeypatch):
     assert (tmp_path / "b" / "run" / "curves.png").is_file()
     assert not [line for line in lines if "curves.png" in line]
     assert not list((tmp_path / "b" / "run").glob("*.tmp"))  # written atomically, no leftovers
+
+
+# ------------------------------------------------------------------ data faults (item 11)
+
+
+def _corrupt(path, how):
+    data = path.read_bytes()
+    path.write_bytes(
+        data[: len(data) // 3] if how == "truncate" else b"\x89PNG\r\n\x1a\n" + b"x" * 64
+    )
+
+
+def test_dataset_errors_name_file_and_index(tmp_path):
+    from pspnet.data import ListDataset, build_dataset
+
+    lst = _list_data(tmp_path, ["a", "b", "c", "d"])
+    _corrupt(tmp_path / "img" / "c.png", "truncate")
+    _corrupt(tmp_path / "lab" / "b.png", "garbage")
+    ds = ListDataset(str(lst), num_classes=3)
+    ds[0]
+    with pytest.raises(ValueError, match=r"img.c\.png.*\(sample 2 of 4, .*line 3\)"):
+        ds[2]
+    with pytest.raises(ValueError, match=r"cannot read label .*lab.b\.png.*sample 1 of 4"):
+        ds[1]
+    (tmp_path / "img" / "d.png").unlink()  # vanished mid-run
+    with pytest.raises(FileNotFoundError, match=r"d\.png.*sample 3 of 4"):
+        ds[3]
+    with pytest.raises(FileNotFoundError, match="line 4"):  # checked again at construction
+        build_dataset("list", list_file=str(lst), num_classes=3)
