@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = {**commands, "export": _cmd_export}[args.command]
     try:
         return cmd(args)
-    except (FileNotFoundError, ValueError, ImportError, CLIError) as e:  # ImportError: an extra
+    # ImportError: an extra; OSError: a failed write (disk full...), reported with the file
+    except (OSError, ValueError, ImportError, CLIError) as e:
         print(f"pspnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # pragma: no cover

@@ -398,3 +398,66 @@ def test_dataset_errors_name_file_and_index(tmp_path):
         ds[3]
     with pytest.raises(FileNotFoundError, match="line 4"):  # checked again at construction
         build_dataset("list", list_file=str(lst), num_classes=3)
+
+
+# ------------------------------------------------------------------ failed writes (item 5)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from pspnet.train import train
+
+    root = tmp_path_factory.mktemp("ckpt")
+    train(tiny_cfg(root, max_iters_per_epoch=1), log=lambda *a: None)
+    return root / "run" / "last.pth"
+
+
+def _half_then_fail(real):
+    """A writer that writes part of the file, then fails (a full disk, a killed process)."""
+
+    def writer(obj, f, *args, **kwargs):
+        import io
+
+        buf = io.BytesIO()
+        real(obj, buf, *args, **kwargs)
+        data = buf.getvalue()
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "wb") as out:
+                out.write(data[: len(data) // 2])
+        else:
+            f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    return writer
+
+
+def test_failed_prediction_write_keeps_previous_png(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from pspnet.__main__ import main
+
+    img = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+        img
+    )
+    out = tmp_path / "pred"
+    assert main(["predict", str(img), "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"scene_mask.png", "scene_overlay.png"}
+
+    real_save = Image.Image.save
+
+    def failing_save(self, fp, format=None, **params):
+        def inner(obj, f, **kw):
+            real_save(obj, f, format=format or "PNG", **kw)
+
+        _half_then_fail(inner)(self, fp, **params)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    rc = main(["predict", str(img), "--checkpoint", str(tiny_checkpoint), "--out", str(out)])
+    assert rc == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert "could not write" in err and "scene_mask.png" in err and "No space left" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # intact, no temp files
