@@ -1,16 +1,26 @@
-"""Loading PSPNet weights: official semseg checkpoints, plain state_dicts, our own checkpoints."""
+"""PSPNet checkpoints: loading weights (official semseg checkpoints, plain state_dicts, our own
+checkpoints), and writing / resuming / rebuilding from our training checkpoints."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import random
 import re
 import warnings
 import zipfile
 from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from .runtime import unwrap
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = [
     "load_checkpoint",
@@ -18,6 +28,11 @@ __all__ = [
     "read_state_dict",
     "apply_state_dict",
     "extract_state_dict",
+    "save_checkpoint",
+    "load_training_state",
+    "saved_config",
+    "model_from_checkpoint",
+    "find_resume",
 ]
 
 _PREFIXES = ("module.", "_orig_mod.")
@@ -69,18 +84,6 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tenso
             raise ValueError(f"{source}: key {k!r} collides with another after prefix stripping")
         out[nk] = v
     return out
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while True:
-        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        elif isinstance(
-            model, (nn.DataParallel, nn.parallel.DistributedDataParallel)
-        ) and isinstance(getattr(model, "module", None), nn.Module):
-            model = model.module
-        else:
-            return model
 
 
 def _few(keys, n: int = 6) -> str:
@@ -315,7 +318,7 @@ def apply_state_dict(
     keys whose shapes differ are skipped). Nothing is copied when an error is raised. Returns
     ``model``.
     """
-    target = _unwrap(model)
+    target = unwrap(model)
     own = target.state_dict()
 
     def required(k: str) -> bool:
@@ -355,3 +358,151 @@ def apply_state_dict(
         {k: v for k, v in sd.items() if k in own and k not in skip}, strict=False
     )
     return model
+
+
+# ---------------------------------------------------------------- training checkpoints (ours)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG is what we save
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda = list(state["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # noqa: NPY002
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def save_checkpoint(
+    path,
+    model,
+    optimizer=None,
+    scheduler=None,
+    scaler=None,
+    epoch=0,
+    cfg: Config | None = None,
+    extra: dict | None = None,
+) -> None:
+    """Write ``{'model', 'optimizer', 'scheduler', 'scaler', 'epoch', 'iteration', 'rng',
+    'config', ...}`` atomically (``torch.load(weights_only=True)`` can read it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": unwrap(model).state_dict(),
+        "epoch": int(epoch),
+        "iteration": int(scheduler.last_epoch) if scheduler is not None else 0,
+        "rng": _rng_state(),
+        "config": cfg.to_dict() if cfg is not None else None,
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    state.update(extra or {})
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_training_state(
+    path, model, optimizer=None, scheduler=None, scaler=None, map_location="cpu"
+) -> dict:
+    """Restore a :func:`save_checkpoint` file; returns the checkpoint dict (``epoch`` = epochs
+    done). Restores the RNG states too."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume checkpoint not found: {path}")
+    state = load_file(path, map_location=map_location)  # clear errors for bad files
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise ValueError(f"{path} is not a training checkpoint of pspnet (no model/epoch entries)")
+    apply_state_dict(model, state["model"], source=repr(str(path)))
+    if optimizer is not None and "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and "scaler" in state and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    if "rng" in state:
+        _set_rng_state(state["rng"])
+    return state
+
+
+def saved_config(path) -> Config | None:
+    """The Config stored in one of our checkpoints (``None`` for official / plain files or an
+    unreadable path; errors are reported when the model is loaded)."""
+    from .config import Config
+
+    try:
+        obj = load_file(path)
+    except Exception:  # noqa: BLE001 - reported later by model_from_checkpoint
+        return None
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        known = Config.__dataclass_fields__
+        return Config.from_dict({k: v for k, v in obj["config"].items() if k in known})
+    return None
+
+
+def model_from_checkpoint(path, cfg: Config | None = None, map_location="cpu"):
+    """``(model in eval mode, cfg, class_names)`` from a checkpoint.
+
+    Ours carry their config (model shape, classes); for official / plain state_dict files
+    ``cfg`` must describe the model (``arch``, ``layers``, ``classes``...). Structural keys
+    (arch, layers, classes, bins, zoom_factor, use_ppm, tiny_width) come from the checkpoint.
+    """
+    from .build import build_model
+    from .config import Config
+
+    path = Path(path)
+    obj = load_file(path)  # FileNotFoundError / ValueError naming the file and the fault
+    class_names = None
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        saved = Config.from_dict(
+            {k: v for k, v in obj["config"].items() if k in Config.__dataclass_fields__}
+        )
+        keys = (
+            "arch",
+            "layers",
+            "classes",
+            "bins",
+            "zoom_factor",
+            "use_ppm",
+            "tiny_width",
+            "ignore_index",
+        )
+        structural = {k: getattr(saved, k) for k in keys}
+        cfg = saved if cfg is None else cfg.replace(**structural)
+        class_names = obj.get("class_names")
+    elif cfg is None:
+        raise ValueError(f"{path} holds no config: pass --preset/--classes/--layers for it")
+    del obj
+    build_cfg = cfg.replace(pretrained=False, backbone_path=None)
+    model = build_model(build_cfg)
+    load_checkpoint(model, path, map_location=map_location)
+    model.eval()
+    return model, cfg, class_names
+
+
+def find_resume(cfg: Config) -> Path | None:
+    """The checkpoint ``cfg.resume`` names: ``auto`` = ``<out_dir>/last.pth`` if it exists."""
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        p = cfg.out_dir / "last.pth"
+        return p if p.is_file() else None
+    p = Path(cfg.resume)
+    if not p.is_file():
+        raise FileNotFoundError(f"--resume: no such checkpoint {p}")
+    return p

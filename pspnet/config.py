@@ -159,6 +159,17 @@ class Config:
                 d[k] = list(v)
         return d
 
+    def to_yaml(self) -> str:
+        """:meth:`to_dict` as YAML (JSON when PyYAML is missing)."""
+        try:
+            import yaml
+
+            return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        except ImportError:  # pragma: no cover
+            import json
+
+            return json.dumps(self.to_dict(), indent=1)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], base: Config | None = None) -> Config:
         """A Config from ``base`` (or the defaults) with the keys of ``d`` replaced."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .config import Config
 from .metrics import ConfusionMeter, format_table
+from .runtime import autocast_ctx, init_distributed, local_rank, resolve_device, unwrap
 
 __all__ = [
     "net_process",
@@ -183,8 +184,6 @@ def evaluate(
     normalised image, label at the image's size), using ``cfg``'s scales / flip / mode /
     crop_size / base_size / stride_rate / val_batch_size. With ``world > 1`` each rank takes
     its shard and the confusion matrices are summed."""
-    from .train import autocast_ctx, unwrap
-
     model = unwrap(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -231,16 +230,9 @@ def evaluate(
 def run_eval(cfg: Config, checkpoint: str, log=print, onnx=None) -> dict:
     """Load ``checkpoint`` (or the exported model ``onnx``, run by onnxruntime on CPU), evaluate
     on ``cfg.dataset`` / ``cfg.val_split``, print the table."""
-    import os
-
-    from .train import (
-        AugmentedDataset,
-        _eval_transform,
-        build_datasets,
-        init_distributed,
-        model_from_checkpoint,
-        resolve_device,
-    )
+    from .checkpoint import model_from_checkpoint
+    from .data.loaders import AugmentedDataset, build_datasets
+    from .data.transforms import eval_transform
 
     if onnx is not None:
         from .onnx_runtime import model_from_onnx
@@ -248,7 +240,7 @@ def run_eval(cfg: Config, checkpoint: str, log=print, onnx=None) -> dict:
         device, (rank, world) = torch.device("cpu"), (0, 1)
         model, cfg, class_names = model_from_onnx(onnx, cfg, threads=cfg.threads)
     else:
-        device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        device = resolve_device(cfg.device, local_rank())
         rank, world = init_distributed(device)
         model, cfg, class_names = model_from_checkpoint(checkpoint, cfg)
         model.to(device)
@@ -257,7 +249,7 @@ def run_eval(cfg: Config, checkpoint: str, log=print, onnx=None) -> dict:
         raise ValueError(
             f"the checkpoint has {cfg.classes} classes but {cfg.dataset!r} has {ds.num_classes}"
         )
-    val = AugmentedDataset(ds, _eval_transform(), seed=cfg.seed)
+    val = AugmentedDataset(ds, eval_transform(), seed=cfg.seed)
     metrics = evaluate(
         model, val, cfg, device=device, rank=rank, world=world, progress=cfg.progress
     )

@@ -43,7 +43,7 @@ def segment(model, image: torch.Tensor, cfg: Config, device=None) -> torch.Tenso
     ``cfg``'s scales / flip / mode / crop_size / base_size / stride_rate."""
     from .data import MEAN, STD
     from .evaluate import predict_probs
-    from .train import autocast_ctx
+    from .runtime import autocast_ctx
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
@@ -115,7 +115,8 @@ def run_predict(
     not leave half the outputs written.
     """
     from .atomic import write_atomic
-    from .train import model_from_checkpoint, resolve_device
+    from .checkpoint import model_from_checkpoint
+    from .runtime import resolve_device
 
     if not images:
         raise ValueError("no images given")

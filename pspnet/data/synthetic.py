@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from .seeding import mix
+
 __all__ = ["SyntheticShapes", "SHAPE_CLASSES"]
 
 SHAPE_CLASSES = ["background", "circle", "rectangle", "triangle", "ellipse", "ring", "cross"]
@@ -29,20 +31,6 @@ _BASE_COLOURS = [
 ]
 
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-_MASK64 = (1 << 64) - 1
-
-
-def _mix(*values: int) -> int:
-    """splitmix64 hash of a tuple of ints -> a 63-bit seed."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (int(v) & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        z = h
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h = z ^ (z >> 31)
-    return h & ((1 << 63) - 1)
 
 
 class SyntheticShapes(torch.utils.data.Dataset):
@@ -119,7 +107,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
 
     def generator(self, index: int) -> torch.Generator:
         """The generator that sample ``index`` is drawn from."""
-        return torch.Generator().manual_seed(_mix(self.seed, _SPLIT_IDS[self.split], index))
+        return torch.Generator().manual_seed(mix(self.seed, _SPLIT_IDS[self.split], index))
 
     def __getitem__(self, index):
         if not -self.length <= index < self.length:
