@@ -412,9 +412,11 @@ def save_checkpoint(
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
     state.update(extra or {})
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    from .atomic import atomic_path
+
+    # a failed or interrupted write leaves the previous file intact (OSError naming the file)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_training_state(

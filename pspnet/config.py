@@ -91,6 +91,8 @@ class Config:
     channels_last: bool = False
     resume: str = ""  # "" | auto | path/to/last.pth
     save_freq: int = 1
+    max_bad_steps: int = 0  # steps with a non-finite loss / gradient skipped before stopping
+    skip_bad_samples: bool = False  # skip (log once, count) unreadable images / labels
     progress: bool = True
     plot: bool = True
 
@@ -136,8 +138,11 @@ class Config:
             or self.workers < 0
             or self.max_iters_per_epoch < 0
             or self.eval_every < 0
+            or self.max_bad_steps < 0
         ):
-            raise ValueError("threads, workers, max_iters_per_epoch and eval_every must be >= 0")
+            raise ValueError(
+                "threads, workers, max_iters_per_epoch, eval_every and max_bad_steps must be >= 0"
+            )
         if self.base_lr <= 0:
             raise ValueError(f"base_lr must be > 0, got {self.base_lr}")
         if not self.scales or min(self.scales) <= 0:
@@ -291,6 +296,14 @@ HELP = {
     "$PSPNET_HOME, ~/.cache/pspnet/ or ./initmodel/); training a real-data preset refuses to "
     "start without it, --no-pretrained trains from scratch on purpose",
     "backbone_path": "the ImageNet backbone file (implies --pretrained)",
+    "max_bad_steps": "how many training steps with a non-finite loss or gradient may be "
+    "skipped (not applied, counted in the epoch summary) before training stops with an error "
+    "(default 0: stop at the first); fp16 GradScaler skips are normal and only counted",
+    "skip_bad_samples": "skip an unreadable or corrupt image / label met during training or "
+    "evaluation (each logged once, counted in the epoch summary) instead of stopping with an "
+    "error naming the file and its index",
+    "resume": "continue a run: auto (<output-dir>/last.pth, if any) or a checkpoint path; a run "
+    "stopped by SIGINT / SIGTERM continues from mid-epoch exactly as if never stopped",
 }
 
 

@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .atomic import append_line_atomic, write_text_atomic
 from .build import TinyPSPNet, build_model
 from .checkpoint import (
     find_resume,
@@ -42,15 +43,28 @@ from .checkpoint import (
     saved_config,
 )
 from .config import Config
+from .data.faults import BadSampleLog, unpack
 from .data.loaders import (
     AugmentedDataset,
     build_datasets,
     build_train_loader,
+    check_batch_fits,
     train_transform_for,
 )
 from .data.seeding import mix
 from .data.transforms import eval_transform
 from .evaluate import evaluate
+from .guard import (
+    NonFiniteError,
+    StopSignals,
+    TrainingInterrupted,
+    buffer_snapshot,
+    first_nonfinite,
+    first_nonfinite_grad,
+    grads_finite,
+    restore_buffers,
+    signal_name,
+)
 from .optim import HEAD_MODULES, PolyLR, build_optimizer, param_groups, poly_lr
 from .plotting import draw_curves
 from .runtime import (
@@ -86,6 +100,8 @@ __all__ = [
     "save_epoch",
     "final_evaluation",
     "train_step",
+    "NonFiniteError",
+    "TrainingInterrupted",
     # helpers that lived here before, re-exported
     "HEAD_MODULES",
     "autocast_ctx",
@@ -173,6 +189,11 @@ class TrainRun:
     steps_per_epoch: int
     start_epoch: int
     plot_failures: set = field(default_factory=set)  # reasons curves.png was not drawn, said once
+    bad_steps: int = 0  # steps skipped for a non-finite loss / gradient, whole run
+    resume_batches: int = 0  # batches of epoch start_epoch already done (a mid-epoch resume)
+    resume_partial: dict | None = None  # that epoch's running sums and counters
+    stop: StopSignals | None = None  # SIGINT / SIGTERM received while training
+    bad_samples: BadSampleLog | None = None
 
     @property
     def main(self) -> bool:
@@ -199,26 +220,46 @@ def _setup_data(cfg: Config):
     cfg = cfg.replace(classes=classes)
     class_names = list(getattr(ds["train"], "class_names", None) or range(classes))
     class_names = [str(c) for c in class_names]
-    train_set = AugmentedDataset(ds["train"], train_transform_for(cfg), seed=cfg.seed)
-    val_set = AugmentedDataset(ds["val"], eval_transform(), seed=cfg.seed) if validates else None
+    check_batch_fits(len(ds["train"]), cfg.batch_size)
+    mark = dict(seed=cfg.seed, on_error="mark")  # the loop stops on (or skips) bad samples
+    train_set = AugmentedDataset(ds["train"], train_transform_for(cfg), **mark)
+    val_set = AugmentedDataset(ds["val"], eval_transform(), **mark) if validates else None
     return cfg, train_set, val_set, class_names
 
 
-def _resume(cfg, model, optimizer, scheduler, scaler, device, rank, world, max_iter, say) -> int:
-    """Restore ``cfg.resume`` (if any) into the training objects; returns the epochs done."""
+def _resume(cfg, model, optimizer, scheduler, scaler, device, rank, world, max_iter, say):
+    """Restore ``cfg.resume`` (if any) into the training objects; returns ``(epochs done,
+    checkpoint dict or {})``. A checkpoint written on SIGINT / SIGTERM holds the position in
+    its epoch (``batches_done``) and that epoch's running sums (``partial``)."""
     resume = find_resume(cfg)
     if resume is None and cfg.resume == "auto":
         say(f"--resume auto: no {cfg.out_dir / 'last.pth'}, starting from scratch")
     if resume is None:
-        return 0
+        return 0, {}
     state = load_training_state(resume, model, optimizer, scheduler, scaler, map_location=device)
     start_epoch = int(state["epoch"])
+    batches = int(state.get("batches_done", 0) or 0)
     # the schedule follows the current config (e.g. more epochs than the first run)
     scheduler.max_iter, scheduler.power = max_iter, cfg.power
-    say(f"resumed from {resume} at epoch {start_epoch} (iteration {scheduler.last_epoch})")
+    where = f", batch {batches} of epoch {start_epoch + 1}" if batches else ""
+    say(f"resumed from {resume} at epoch {start_epoch}{where} (iteration {scheduler.last_epoch})")
     if world > 1:  # ranks must not share dropout masks
-        torch.manual_seed(mix(cfg.seed, rank, start_epoch, 2))
-    return start_epoch
+        torch.manual_seed(mix(cfg.seed, rank, start_epoch, 2, batches))
+    return start_epoch, state
+
+
+def _trim_log(log_path: Path, epochs_done: int) -> None:
+    """Keep the rows of the epochs the resumed checkpoint holds (all gone when starting over):
+    a row written before a checkpoint that failed to save is dropped."""
+    if not log_path.exists():
+        return
+    if epochs_done == 0:
+        log_path.unlink()
+        return
+    rows = [r for r in log_path.read_text().splitlines() if r.strip()]
+    keep = [r for r in rows if json.loads(r).get("epoch", 0) <= epochs_done]
+    if keep != rows:
+        write_text_atomic(log_path, "".join(r + "\n" for r in keep))
 
 
 def setup(cfg: Config, log=print) -> TrainRun:
@@ -246,7 +287,7 @@ def setup(cfg: Config, log=print) -> TrainRun:
     max_iter = cfg.epochs * steps_per_epoch
     optimizer, scheduler = build_optimizer(model, cfg, max_iter)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.type == "cuda")
-    start_epoch = _resume(
+    start_epoch, state = _resume(
         cfg, model, optimizer, scheduler, scaler, device, rank, world, max_iter, say
     )
     run = TrainRun(
@@ -254,11 +295,14 @@ def setup(cfg: Config, log=print) -> TrainRun:
         wrap_model(model, cfg, device, world), optimizer, scheduler, scaler, steps_per_epoch,
         start_epoch,
     )  # fmt: skip
+    run.bad_steps = int(state.get("bad_steps", 0) or 0)
+    run.resume_batches = int(state.get("batches_done", 0) or 0)
+    run.resume_partial = state.get("partial") if run.resume_batches else None
+    run.bad_samples = BadSampleLog(cfg.skip_bad_samples, say)
     if run.main:
         run.out_dir.mkdir(parents=True, exist_ok=True)
-        (run.out_dir / "config.yaml").write_text(cfg.to_yaml())
-        if start_epoch == 0 and run.log_path.exists():
-            run.log_path.unlink()
+        write_text_atomic(run.out_dir / "config.yaml", cfg.to_yaml())
+        _trim_log(run.log_path, start_epoch)
     n_params = sum(p.numel() for p in model.parameters())
     say(
         f"training {type(model).__name__} ({n_params / 1e6:.2f}M params, {classes} classes) on "
@@ -271,41 +315,205 @@ def setup(cfg: Config, log=print) -> TrainRun:
 # ------------------------------------------------------------------------------------ epochs
 
 
+def _stop_flags(run: TrainRun, empty: bool) -> tuple[int, bool]:
+    """``(signal to stop on or 0, whether to skip this batch)``, agreed by every process."""
+    signum = (run.stop.signum or 0) if run.stop is not None else 0
+    if run.world == 1:
+        return signum, empty
+    flags = torch.tensor([signum, int(empty)], dtype=torch.int64, device=run.device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return int(flags[0]), bool(flags[1])
+
+
+def _bad_step(run: TrainRun, epoch: int, step: int, what: str, snapshot) -> None:
+    """Count a skipped step; past ``max_bad_steps`` raise :class:`NonFiniteError`."""
+    run.bad_steps += 1
+    cfg = run.cfg
+    where = (
+        f"epoch {epoch + 1}, step {step + 1} of {run.steps_per_epoch} "
+        f"(iteration {run.scheduler.last_epoch + 1})"
+    )
+    if run.bad_steps > cfg.max_bad_steps:
+        allowed = f" (--max-bad-steps {cfg.max_bad_steps} reached)" if cfg.max_bad_steps else ""
+        raise NonFiniteError(
+            f"non-finite {what} at {where}{allowed}: training stopped; this step was not applied "
+            f"and {run.out_dir / 'last.pth'} still holds the last good checkpoint (or was never "
+            "written). Lower --base-lr, check the data, or pass --max-bad-steps N to skip up to "
+            "N such steps"
+        )
+    if snapshot is not None:
+        restore_buffers(snapshot)  # BatchNorm statistics of the skipped forward pass
+    run.say(
+        f"skipping the step at {where}: non-finite {what} "
+        f"({run.bad_steps} of at most {cfg.max_bad_steps} skipped)"
+    )
+
+
+def _guarded_step(run: TrainRun, x, y, epoch: int, step: int) -> tuple:
+    """One SGD step that is applied only when its losses and gradients are finite; returns
+    detached ``(main_loss, aux_loss, status)``, status ``"ok"``, ``"bad"`` (skipped, counted in
+    ``run.bad_steps``) or ``"amp_skip"`` (the fp16 GradScaler skipped an overflow: normal)."""
+    cfg, model, optimizer, scaler = run.cfg, run.net, run.optimizer, run.scaler
+    out_size = unwrap(model).output_size(x.shape[-2], x.shape[-1])
+    y = _resize_labels(y, out_size)
+    snapshot = buffer_snapshot(run.model) if cfg.max_bad_steps else None
+    with autocast_ctx(cfg, run.device):
+        _, main_loss, aux_loss = model(x, y)
+        loss = main_loss + cfg.aux_weight * aux_loss
+    optimizer.zero_grad(set_to_none=True)
+    amp = scaler is not None and scaler.is_enabled()
+    # backward always runs (DDP expects it on every rank); the step is applied or not
+    (scaler.scale(loss) if amp else loss).backward()
+    main_loss, aux_loss = main_loss.detach(), aux_loss.detach()
+    bad = torch.stack([~torch.isfinite(main_loss), ~torch.isfinite(aux_loss)]).to(torch.int64)
+    if not amp:
+        bad = torch.cat([bad, (~grads_finite(run.model)).to(bad.device, torch.int64)[None]])
+    if run.world > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    bad_main, bad_aux, *bad_grad = (bool(b) for b in bad.tolist())
+    if bad_main or bad_aux:
+        which = " and ".join(n for n, b in (("main_loss", bad_main), ("aux_loss", bad_aux)) if b)
+        values = f"main_loss={float(main_loss):.4g}, aux_loss={float(aux_loss):.4g}"
+        optimizer.zero_grad(set_to_none=True)
+        if amp:  # keep the scaler's schedule: an update after every step
+            scaler.update()
+        _bad_step(run, epoch, step, f"{which} ({values})", snapshot)
+        run.scheduler.step()
+        return main_loss, aux_loss, "bad"
+    if bad_grad and bad_grad[0]:
+        name = first_nonfinite_grad(run.model) or "a parameter"
+        optimizer.zero_grad(set_to_none=True)
+        _bad_step(run, epoch, step, f"gradient of {name} (finite losses)", snapshot)
+        run.scheduler.step()
+        return main_loss, aux_loss, "bad"
+    status = "ok"
+    if amp:
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # skipped by the scaler when a gradient overflowed
+        scaler.update()
+        if scaler.get_scale() < scale:
+            status = "amp_skip"
+    else:
+        optimizer.step()
+    run.scheduler.step()
+    return main_loss, aux_loss, status
+
+
+def save_position(run: TrainRun, epoch: int, batches_done: int, partial: dict) -> Path | None:
+    """Rank 0: write the resumable ``last.pth`` of a run stopped after ``batches_done`` batches
+    of epoch ``epoch`` (0-based), with the epoch's running sums; returns the file."""
+    if not run.main:
+        return None
+    path = run.out_dir / "last.pth"
+    _save(run, path, epoch, batches_done, partial)
+    return path
+
+
+def _save(run: TrainRun, path: Path, epochs_done: int, batches_done: int = 0, partial=None):
+    bad = first_nonfinite(run.model)
+    if bad is not None:
+        raise NonFiniteError(
+            f"not writing {path}: the model's {bad} holds NaN or inf values; the previous "
+            "checkpoint is kept"
+        )
+    extra = {"class_names": run.class_names, "bad_steps": run.bad_steps}
+    if batches_done:
+        extra.update(batches_done=int(batches_done), partial=partial)
+    save_checkpoint(
+        path,
+        run.model,
+        run.optimizer,
+        run.scheduler,
+        run.scaler,
+        epochs_done,
+        run.cfg,
+        extra=extra,
+    )
+
+
+def _interrupted(run: TrainRun, signum: int, where: str, path) -> TrainingInterrupted:
+    cmd = "python -m pspnet train ... --resume auto"
+    msg = f"stopped by {signal_name(signum)} {where}: " + (
+        f"wrote the resumable checkpoint {path}; continue with {cmd}" if path else ""
+    )
+    run.say(msg)
+    return TrainingInterrupted(msg, signum, path)
+
+
+def _reduce_epoch(run: TrainRun, sums, counts: dict):
+    """Sums and skipped-sample counts over the processes (the step counts agree already)."""
+    if run.world == 1:
+        return sums, counts
+    dist.all_reduce(sums)
+    n = torch.tensor([counts["skipped_samples"]], dtype=torch.int64, device=run.device)
+    dist.all_reduce(n)
+    return sums, dict(counts, skipped_samples=int(n))
+
+
 def train_epoch(run: TrainRun, epoch: int) -> dict:
-    """Train one epoch; returns its log row (epoch, iteration, mean losses, lr, time, img/s)."""
+    """Train one epoch; returns its log row (epoch, iteration, mean losses, lr, time, img/s,
+    skipped steps and samples). Resumes mid-epoch where ``run`` says so; on SIGINT / SIGTERM
+    writes the position and raises :class:`TrainingInterrupted`."""
     from tqdm import tqdm
 
     cfg, device, world = run.cfg, run.device, run.world
     optimizer, steps = run.optimizer, run.steps_per_epoch
     run.net.train()
-    loader = build_train_loader(cfg, run.train_set, run.rank, world, epoch)
+    skip = run.resume_batches if epoch == run.start_epoch else 0
+    partial = (run.resume_partial or {}) if skip else {}
+    run.resume_batches, run.resume_partial = 0, None
+    if skip:
+        loader = build_train_loader(cfg, run.train_set, run.rank, world, epoch, skip_batches=skip)
+    else:
+        loader = build_train_loader(cfg, run.train_set, run.rank, world, epoch)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # main, aux, count
-    t0 = time.perf_counter()
-    t_last, n_last = t0, 0
+    if run.main and "sums" in partial:  # rank 0 carries the whole run's partial sums
+        sums += partial["sums"].to(device, torch.float64)
+    counts = {k: int(partial.get(k, 0)) for k in ("bad_steps", "amp_skipped_steps")}
+    # samples are per process: rank 0 carries the whole run's partial count
+    counts["skipped_samples"] = int(partial.get("skipped_samples", 0)) if run.main else 0
+    images = int(partial.get("images", 0)) if run.main else 0
+    t0 = time.perf_counter() - float(partial.get("time", 0.0))
+    t_last, n_last = time.perf_counter(), 0
     show = run.main and cfg.progress
     bar = tqdm(
         total=steps,
+        initial=min(skip, steps),
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         disable=not show,
         dynamic_ncols=True,
         leave=True,
     )
-    images = 0
     last_lr = optimizer.param_groups[0]["lr"]
-    for i, (x, y) in enumerate(loader):
+    for i, batch in enumerate(loader, start=skip):
         if i >= steps:
             break
+        x, y, bad = unpack(batch)
+        counts["skipped_samples"] += run.bad_samples.handle(bad) if bad else 0
+        signum, empty = _stop_flags(run, x is None)
+        if signum:
+            bar.close()
+            sums, counts = _reduce_epoch(run, sums, counts)
+            keep = dict(counts, sums=sums.cpu(), images=images, time=time.perf_counter() - t0)
+            path = save_position(run, epoch, i, keep)
+            where = f"at epoch {epoch + 1}, after step {i} of {steps}"
+            raise _interrupted(run, signum, where, path)
+        if empty:  # every sample of this batch was bad and skipped
+            bar.update(1)
+            continue
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = last_lr = optimizer.param_groups[0]["lr"]
-        main_loss, aux_loss = train_step(
-            run.net, x, y, optimizer, run.scheduler, run.scaler, cfg, device
-        )
-        sums += torch.stack(
-            [main_loss.double(), aux_loss.double(), torch.ones((), device=device).double()]
-        )
+        main_loss, aux_loss, status = _guarded_step(run, x, y, epoch, i)
+        if status == "bad":
+            counts["bad_steps"] += 1
+        else:
+            counts["amp_skipped_steps"] += status == "amp_skip"
+            sums += torch.stack(
+                [main_loss.double(), aux_loss.double(), torch.ones((), device=device).double()]
+            )
         images += x.shape[0] * world
         n_last += x.shape[0] * world
         if show and (i % 5 == 4 or i == steps - 1):
@@ -318,23 +526,30 @@ def train_epoch(run: TrainRun, epoch: int) -> dict:
             t_last, n_last = now, 0
         bar.update(1)
     bar.close()
-    if world > 1:
-        dist.all_reduce(sums)
+    sums, counts = _reduce_epoch(run, sums, counts)
     elapsed = time.perf_counter() - t0
+    n = float(sums[2])
     return {
         "epoch": epoch + 1,
         "iteration": int(run.scheduler.last_epoch),
-        "loss": float(sums[0] / sums[2]),
-        "aux_loss": float(sums[1] / sums[2]),
+        "loss": float(sums[0] / sums[2]) if n else float("nan"),
+        "aux_loss": float(sums[1] / sums[2]) if n else float("nan"),
         "lr": last_lr,
         "time": round(elapsed, 3),
         "img_per_s": round(images / max(elapsed, 1e-9), 2),
+        **counts,
     }
 
 
 def _evaluate(run: TrainRun) -> dict:
     return evaluate(
-        run.model, run.val_set, run.cfg, device=run.device, rank=run.rank, world=run.world
+        run.model,
+        run.val_set,
+        run.cfg,
+        device=run.device,
+        rank=run.rank,
+        world=run.world,
+        log=run.say,
     )
 
 
@@ -352,10 +567,22 @@ def validate_epoch(run: TrainRun, epoch: int, row: dict) -> dict | None:
         val_allAcc=metrics["allAcc"],
         val_mIoU_present=metrics.get("mIoU_present", metrics["mIoU"]),
     )
+    if metrics.get("skipped_samples"):
+        row["val_skipped_samples"] = metrics["skipped_samples"]
     return metrics
 
 
 def _log_row(run: TrainRun, row: dict) -> None:
+    notes = [
+        f"{row[k]} {label}"
+        for k, label in (
+            ("bad_steps", "non-finite step(s) skipped"),
+            ("amp_skipped_steps", "fp16 overflow step(s) skipped by the GradScaler"),
+            ("skipped_samples", "bad sample(s) skipped"),
+            ("val_skipped_samples", "bad validation sample(s) skipped"),
+        )
+        if row.get(k)
+    ]
     run.say(
         f"epoch {row['epoch']}: loss {row['loss']:.4f} aux {row['aux_loss']:.4f} "
         f"lr {row['lr']:.2e} {row['time']:.1f}s {row['img_per_s']:.1f} img/s"
@@ -364,6 +591,7 @@ def _log_row(run: TrainRun, row: dict) -> None:
             if "val_mIoU" in row
             else ""
         )
+        + (f"; {', '.join(notes)}" if notes else "")
     )
 
 
@@ -373,19 +601,9 @@ def save_epoch(run: TrainRun, epoch: int, row: dict) -> None:
     if not run.main:
         return
     cfg = run.cfg
-    with open(run.log_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_line_atomic(run.log_path, json.dumps(row))
     if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.epochs:
-        save_checkpoint(
-            run.out_dir / "last.pth",
-            run.model,
-            run.optimizer,
-            run.scheduler,
-            run.scaler,
-            epoch + 1,
-            cfg,
-            extra={"class_names": run.class_names},
-        )
+        _save(run, run.out_dir / "last.pth", epoch + 1)
     if cfg.plot:
         why = draw_curves(run.log_path, run.out_dir / "curves.png")
         if why is not None and why not in run.plot_failures:  # once per reason and run
@@ -405,7 +623,7 @@ def final_evaluation(run: TrainRun, history: list[dict], metrics: dict | None) -
     run.say(f"evaluation on {cfg.dataset}/{cfg.val_split} ({len(run.val_set)} images):")
     run.say(format_table(metrics))
     if run.main:
-        (run.out_dir / "eval.json").write_text(json.dumps(metrics, indent=1))
+        write_text_atomic(run.out_dir / "eval.json", json.dumps(metrics, indent=1))
     return metrics
 
 
@@ -413,19 +631,39 @@ def train(cfg: Config, log=print) -> dict:
     """Train as described by ``cfg``; returns ``{'model', 'history', 'metrics', 'out_dir'}``.
 
     Writes ``last.pth`` (every ``save_freq`` epochs and at the end), ``metrics.jsonl`` (one JSON
-    object per epoch) and ``curves.png`` to ``cfg.out_dir`` on rank 0.
+    object per epoch) and ``curves.png`` to ``cfg.out_dir`` on rank 0, each atomically.
+
+    Faults: a non-finite loss or gradient is never applied; past ``cfg.max_bad_steps`` of them
+    :class:`~pspnet.guard.NonFiniteError` names the epoch, step and loss (no checkpoint is
+    written from non-finite weights). SIGINT / SIGTERM finish the current step, write a
+    resumable ``last.pth`` (with the position in the epoch) and raise
+    :class:`~pspnet.guard.TrainingInterrupted`; ``resume="auto"`` then continues exactly as an
+    uninterrupted run. A bad sample stops the run naming its file and index, or is skipped
+    (``skip_bad_samples``) and counted in the epoch's row.
     """
     run = setup(cfg, log)
     history: list[dict] = []
     metrics = None
-    for epoch in range(run.start_epoch, run.cfg.epochs):
-        row = train_epoch(run, epoch)
-        evaluated = validate_epoch(run, epoch, row)
-        if evaluated is not None:
-            metrics = evaluated
-        history.append(row)
-        _log_row(run, row)
-        save_epoch(run, epoch, row)
+    with StopSignals() as run.stop:
+        for epoch in range(run.start_epoch, run.cfg.epochs):
+            row = train_epoch(run, epoch)
+            evaluated = validate_epoch(run, epoch, row)
+            if evaluated is not None:
+                metrics = evaluated
+            history.append(row)
+            _log_row(run, row)
+            save_epoch(run, epoch, row)
+            signum, _ = _stop_flags(run, False)
+            if signum:  # received during the epoch's last step, validation or saving
+                last = epoch + 1 == run.cfg.epochs
+                if run.main and not (last or (epoch + 1) % run.cfg.save_freq == 0):
+                    _save(run, run.out_dir / "last.pth", epoch + 1)
+                path = run.out_dir / "last.pth" if run.main else None
+                where = f"after epoch {epoch + 1}" + (
+                    " (the last; the final evaluation was skipped)" if last else ""
+                )
+                raise _interrupted(run, signum, where, path)
+    run.stop = None
     if run.cfg.final_eval:
         metrics = final_evaluation(run, history, metrics)
     if run.world > 1:

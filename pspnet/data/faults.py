@@ -61,8 +61,8 @@ def collate_samples(items):
 def bad_sample_error(bad: BadSample) -> Exception:
     """The error that stops a run at ``bad`` (its type kept: FileNotFoundError, ValueError)."""
     msg = (
-        f"bad sample {bad.index}: {bad.error}; fix or remove the file, or pass "
-        "--skip-bad-samples to skip such samples (logged once, counted per epoch)"
+        f"{bad.error}; fix or remove the file, or pass --skip-bad-samples to skip such samples "
+        "(each logged once, counted in the epoch summary)"
     )
     return FileNotFoundError(msg) if bad.kind == "FileNotFoundError" else ValueError(msg)
 
