@@ -325,6 +325,15 @@ def _stop_flags(run: TrainRun, empty: bool) -> tuple[int, bool]:
     return int(flags[0]), bool(flags[1])
 
 
+def _advance_schedule(run: TrainRun) -> None:
+    """Step the LR schedule past a skipped step (quietly: no optimizer step ran, on purpose)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        run.scheduler.step()
+
+
 def _bad_step(run: TrainRun, epoch: int, step: int, what: str, snapshot) -> None:
     """Count a skipped step; past ``max_bad_steps`` raise :class:`NonFiniteError`."""
     run.bad_steps += 1
@@ -378,13 +387,13 @@ def _guarded_step(run: TrainRun, x, y, epoch: int, step: int) -> tuple:
         if amp:  # keep the scaler's schedule: an update after every step
             scaler.update()
         _bad_step(run, epoch, step, f"{which} ({values})", snapshot)
-        run.scheduler.step()
+        _advance_schedule(run)
         return main_loss, aux_loss, "bad"
     if bad_grad and bad_grad[0]:
         name = first_nonfinite_grad(run.model) or "a parameter"
         optimizer.zero_grad(set_to_none=True)
         _bad_step(run, epoch, step, f"gradient of {name} (finite losses)", snapshot)
-        run.scheduler.step()
+        _advance_schedule(run)
         return main_loss, aux_loss, "bad"
     status = "ok"
     if amp:

@@ -461,3 +461,291 @@ def test_failed_prediction_write_keeps_previous_png(tiny_checkpoint, tmp_path, m
     err = capsys.readouterr().err
     assert "could not write" in err and "scene_mask.png" in err and "No space left" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # intact, no temp files
+
+
+# ------------------------------------------------------------ non-finite losses (item 3)
+
+
+def _quiet(*a, **k):
+    pass
+
+
+def _poison_forward(monkeypatch, calls, how):
+    """Make training forward call number ``calls`` (1-based, a set) non-finite: ``how`` is
+    ``"aux"`` (aux_loss = NaN), ``"input"`` (NaN pixels: BatchNorm statistics spoilt too) or
+    ``"grad"`` (a NaN gradient on cls.4.weight, finite losses)."""
+    from pspnet.build import TinyPSPNet as Tiny
+
+    real = Tiny.forward
+    seen = {"n": 0, "ckpt": None}
+
+    def forward(self, x, y=None):
+        if not (self.training and y is not None):
+            return real(self, x, y)
+        seen["n"] += 1
+        if seen["n"] not in calls:
+            return real(self, x, y)
+        last = self.__dict__.get("_test_out_dir")
+        if last is not None and (last / "last.pth").exists():
+            seen["ckpt"] = (last / "last.pth").read_bytes()
+        if how == "input":
+            x = x.clone()
+            x[:, :, :4] = float("nan")
+        if how == "grad":
+            self.cls[4].weight.register_hook(lambda g: g * float("nan"))
+        pred, main, aux = real(self, x, y)
+        if how == "aux":
+            aux = aux * float("nan")
+        return pred, main, aux
+
+    monkeypatch.setattr(Tiny, "forward", forward)
+    return seen
+
+
+def _remember_out_dir(monkeypatch, out_dir):
+    import pspnet.train as T
+
+    real = T.build_model
+
+    def build(cfg, classes=None):
+        m = real(cfg, classes)
+        m._test_out_dir = out_dir
+        return m
+
+    monkeypatch.setattr(T, "build_model", build)
+
+
+def _finite(model):
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values())
+
+
+def test_nonfinite_loss_stops_naming_epoch_step_and_loss(tmp_path, monkeypatch):
+    from pspnet.guard import NonFiniteError
+    from pspnet.train import train
+
+    cfg = tiny_cfg(tmp_path, epochs=2, max_iters_per_epoch=2)
+    _remember_out_dir(monkeypatch, cfg.out_dir)
+    seen = _poison_forward(monkeypatch, {3}, "aux")  # epoch 2, step 1
+    with pytest.raises(NonFiniteError) as info:
+        train(cfg, log=_quiet)
+    msg = str(info.value)
+    assert "aux_loss" in msg and "main_loss" in msg and "epoch 2, step 1 of 2" in msg
+    assert "non-finite aux_loss (" in msg  # which loss: only aux
+    assert "--max-bad-steps" in msg
+    # the last good checkpoint (epoch 1) is kept as it was, with finite weights
+    assert seen["ckpt"] is not None
+    assert (cfg.out_dir / "last.pth").read_bytes() == seen["ckpt"]
+    state = torch.load(cfg.out_dir / "last.pth", weights_only=True)
+    assert state["epoch"] == 1
+    assert all(
+        bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point()
+    )
+
+
+def test_nonfinite_gradient_names_the_parameter(tmp_path, monkeypatch):
+    from pspnet.guard import NonFiniteError
+    from pspnet.train import train
+
+    _poison_forward(monkeypatch, {2}, "grad")
+    with pytest.raises(NonFiniteError, match=r"gradient of cls\.4\.weight.*epoch 1, step 2"):
+        train(tiny_cfg(tmp_path, max_iters_per_epoch=3), log=_quiet)
+    assert not (tmp_path / "run" / "last.pth").exists()  # nothing written from bad weights
+
+
+def test_max_bad_steps_skips_and_counts(tmp_path, monkeypatch, capsys):
+    from pspnet.__main__ import main
+    from pspnet.guard import NonFiniteError
+    from pspnet.train import train
+
+    _poison_forward(monkeypatch, {2}, "input")  # NaN pixels: BatchNorm statistics too
+    lines = []
+    out = train(tiny_cfg(tmp_path, epochs=2, max_iters_per_epoch=2, max_bad_steps=1), lines.append)
+    assert [r["bad_steps"] for r in out["history"]] == [1, 0]
+    assert _finite(out["model"])  # the skipped forward's BatchNorm statistics were restored
+    assert any("1 non-finite step(s) skipped" in line for line in lines), lines
+    assert any("skipping the step at epoch 1, step 2" in line for line in lines), lines
+    # one more than allowed stops, naming the limit
+    _poison_forward(monkeypatch, {1, 2}, "input")
+    with pytest.raises(NonFiniteError, match=r"epoch 1, step 2.*--max-bad-steps 1 reached"):
+        train(tiny_cfg(tmp_path / "b", max_bad_steps=1), log=_quiet)
+    # the flag exists on the command line and the CLI reports the error
+    monkeypatch.undo()
+    _poison_forward(monkeypatch, {1}, "aux")
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(tiny_cfg(tmp_path / "c").to_yaml())
+    rc = main(["train", "--config", str(cfg_path), "--max-bad-steps", "0"])
+    assert rc == 2 and "non-finite aux_loss" in capsys.readouterr().err
+
+
+def test_gradscaler_skips_are_counted_not_errors(tmp_path):
+    from pspnet.train import _guarded_step, setup
+
+    # aux_weight 1e3 and scale 2**127: the scaled loss and its gradients overflow (inf)
+    run = setup(tiny_cfg(tmp_path, aux_weight=1e3), log=_quiet)
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+    x, y = torch.randn(2, 3, 33, 33), torch.randint(0, 3, (2, 33, 33))
+    before = {k: v.clone() for k, v in run.model.named_parameters()}
+    run.net.train()
+    _, _, status = _guarded_step(run, x, y, 0, 0)
+    assert status == "amp_skip" and run.bad_steps == 0  # normal under fp16: counted only
+    assert all(torch.equal(before[k], v) for k, v in run.model.named_parameters())
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    _, _, status = _guarded_step(run, x, y, 0, 1)
+    assert status == "ok"
+    assert not all(torch.equal(before[k], v) for k, v in run.model.named_parameters())
+
+
+def test_no_checkpoint_from_nonfinite_weights(tmp_path):
+    from pspnet.guard import NonFiniteError
+    from pspnet.train import save_epoch, setup
+
+    run = setup(tiny_cfg(tmp_path), log=_quiet)
+    save_epoch(run, 0, {"epoch": 1, "loss": 1.0, "aux_loss": 1.0, "lr": 0.1})
+    good = (run.out_dir / "last.pth").read_bytes()
+    with torch.no_grad():
+        run.model.cls[4].bias[0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"not writing .*last\.pth.*cls\.4\.bias"):
+        save_epoch(run, 0, {"epoch": 1, "loss": 1.0, "aux_loss": 1.0, "lr": 0.1})
+    assert (run.out_dir / "last.pth").read_bytes() == good
+
+
+# --------------------------------------------------------------------- preemption (item 4)
+
+
+def _states_equal(a, b):
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _losses(run_dir):
+    import json
+
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["epoch"], r["iteration"], r["loss"], r["aux_loss"]) for r in rows]
+
+
+PREEMPT = dict(epochs=2, max_iters_per_epoch=0, dropout=0.3, eval_every=1)  # 4 steps an epoch
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: the same 2-epoch run, never stopped."""
+    from pspnet.train import train
+
+    root = tmp_path_factory.mktemp("straight")
+    out = train(tiny_cfg(root, **PREEMPT), log=_quiet)
+    return out["model"].state_dict(), _losses(root / "run"), out["metrics"]
+
+
+def test_sigint_mid_epoch_saves_and_resumes_bit_identical(tmp_path, monkeypatch, uninterrupted):
+    import signal
+
+    import pspnet.train as T
+    from pspnet.guard import TrainingInterrupted
+
+    cfg = tiny_cfg(tmp_path, **PREEMPT)
+    real = T._guarded_step
+    calls = {"n": 0}
+
+    def step(run, x, y, epoch, i):
+        calls["n"] += 1
+        if calls["n"] == 6:  # during epoch 2, step 2: Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(run, x, y, epoch, i)
+
+    monkeypatch.setattr(T, "_guarded_step", step)
+    lines = []
+    with pytest.raises(TrainingInterrupted) as info:
+        T.train(cfg, log=lines.append)
+    assert info.value.signum == signal.SIGINT
+    assert "stopped by SIGINT at epoch 2, after step 2 of 4" in str(info.value)
+    assert "--resume auto" in str(info.value) and str(info.value) in lines
+    assert calls["n"] == 6  # the step in progress was finished, no further one began
+    state = torch.load(cfg.out_dir / "last.pth", weights_only=True)
+    assert state["epoch"] == 1 and state["batches_done"] == 2 and state["iteration"] == 6
+    monkeypatch.undo()
+    torch.manual_seed(999)  # a new process would start from other RNG states
+    out = T.train(cfg.replace(resume="auto"), log=_quiet)
+    ref_state, ref_losses, ref_metrics = uninterrupted
+    _states_equal(out["model"].state_dict(), ref_state)
+    assert _losses(cfg.out_dir) == ref_losses
+    assert out["metrics"]["mIoU"] == ref_metrics["mIoU"]
+
+
+_DRIVER = """
+import os, sys, time
+import torch
+from psp_kernels.ops import utils
+utils.INTERPRETER = False  # the plain-torch paths, as the plain_torch_cpu fixture
+torch.set_num_threads(1)
+import pspnet.train as T
+from pspnet.__main__ import main
+real, n = T._guarded_step, [0]
+def step(*args):
+    out = real(*args)
+    n[0] += 1
+    if n[0] == 5:
+        open(sys.argv[2], "w").close()  # epoch 2 has begun: signal me now
+    if n[0] >= 5:
+        time.sleep(0.25)  # slow steps from here on, so that the signal lands mid-epoch
+    return out
+T._guarded_step = step
+sys.exit(main(["train", "--config", sys.argv[1], "--no-progress"]))
+"""
+
+
+def test_sigterm_subprocess_mid_epoch_then_resume_auto(tmp_path, uninterrupted):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pspnet.train import train
+
+    cfg = tiny_cfg(tmp_path, **PREEMPT)
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(cfg.to_yaml())
+    marker = tmp_path / "epoch2"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, str(cfg_path), str(marker)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never reached epoch 2"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, (out, err)
+    assert "stopped by SIGTERM at epoch 2" in err and "--resume auto" in err, err
+    state = torch.load(cfg.out_dir / "last.pth", weights_only=True)
+    assert state["epoch"] == 1 and 1 <= state["batches_done"] < 4  # mid-epoch
+    assert not list(cfg.out_dir.glob(".*.tmp"))
+    res = train(cfg.replace(resume="auto"), log=_quiet)
+    ref_state, ref_losses, _ = uninterrupted
+    _states_equal(res["model"].state_dict(), ref_state)
+    assert _losses(cfg.out_dir) == ref_losses
+
+
+def test_second_sigint_interrupts_at_once():
+    import signal
+
+    from pspnet.guard import StopSignals
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
