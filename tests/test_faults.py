@@ -749,3 +749,151 @@ def test_second_sigint_interrupts_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_failed_checkpoint_write_keeps_previous_last_pth(tmp_path, monkeypatch, capsys):
+    import pspnet.checkpoint as C
+    from pspnet.__main__ import main
+    from pspnet.train import train
+
+    cfg = tiny_cfg(tmp_path, epochs=2, max_iters_per_epoch=1)
+    train(cfg.replace(epochs=1), log=_quiet)
+    good = (cfg.out_dir / "last.pth").read_bytes()
+    monkeypatch.setattr(C.torch, "save", _half_then_fail(torch.save))
+    with pytest.raises(OSError, match=r"could not write .*last\.pth.*No space left") as info:
+        train(cfg.replace(resume="auto"), log=_quiet)
+    assert "previous version of the file, if any, is unchanged" in str(info.value)
+    assert (cfg.out_dir / "last.pth").read_bytes() == good  # intact
+    assert not [p for p in cfg.out_dir.iterdir() if p.name.endswith(".tmp")]
+    # the CLI reports it as an error naming the file
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(cfg.replace(resume="auto").to_yaml())
+    assert main(["train", "--config", str(cfg_path)]) == 2
+    assert "could not write" in capsys.readouterr().err
+    monkeypatch.undo()
+    # the epoch-2 row logged before the failed save is dropped on resume: one row per epoch
+    out = train(cfg.replace(resume="auto"), log=_quiet)
+    assert [r[0] for r in _losses(cfg.out_dir)] == [1, 2] and out["history"][0]["epoch"] == 2
+
+
+def test_eval_json_and_metrics_log_written_atomically(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from pspnet.atomic import append_line_atomic, write_text_atomic
+    from pspnet.train import train
+
+    cfg = tiny_cfg(tmp_path, max_iters_per_epoch=1, final_eval=True)
+    train(cfg, log=_quiet)
+    files = {n: (cfg.out_dir / n).read_bytes() for n in ("eval.json", "metrics.jsonl")}
+    real = Path.write_text
+
+    def half(self, text, *a, **k):  # the disk fills up while these two files are written
+        if not any(n in self.name for n in files):
+            return real(self, text, *a, **k)
+        real(self, text[: len(text) // 2], *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half)
+    with pytest.raises(OSError, match=r"could not write .*metrics\.jsonl"):
+        train(cfg.replace(epochs=2, resume="auto"), log=_quiet)
+    with pytest.raises(OSError, match=r"could not write .*eval\.json"):
+        write_text_atomic(cfg.out_dir / "eval.json", "{}")
+    with pytest.raises(OSError, match=r"metrics\.jsonl"):
+        append_line_atomic(cfg.out_dir / "metrics.jsonl", "{}")
+    monkeypatch.undo()
+    assert {n: (cfg.out_dir / n).read_bytes() for n in files} == files
+    assert not [p for p in cfg.out_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+# -------------------------------------------------------------------- too little data (item 7)
+
+
+def test_training_set_smaller_than_a_batch(tmp_path, capsys):
+    from pspnet.__main__ import main
+    from pspnet.train import train
+
+    small = {"size": 33, "length": 3, "num_classes": 3, "max_shapes": 2}
+    with pytest.raises(ValueError) as info:
+        train(tiny_cfg(tmp_path, dataset_kwargs=small, batch_size=4), log=_quiet)
+    msg = str(info.value)
+    assert "3 sample(s)" in msg and "--batch-size 4" in msg and "drop_last" in msg
+    assert "lower --batch-size to at most 3" in msg and "max_iter" not in msg
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(tiny_cfg(tmp_path, dataset_kwargs=small).to_yaml())
+    assert main(["train", "--config", str(cfg_path), "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "3 sample(s)" in err and "--batch-size 8" in err
+
+
+# ------------------------------------------------------------- data faults mid-run (item 11)
+
+
+def test_bad_sample_in_training_stops_or_is_skipped(tmp_path):
+    from pspnet.train import train
+
+    data = tmp_path / "data"
+    train_list = _list_data(data, [f"t{i}" for i in range(6)])
+    val_list = _list_data(data, ["v0", "v1", "v2"], seed=1)
+    _corrupt(data / "img" / "t3.png", "truncate")
+    _corrupt(data / "lab" / "v1.png", "garbage")
+    cfg = _list_cfg(
+        tmp_path, list_file=str(train_list), val_list_file=str(val_list), batch_size=2,
+        max_iters_per_epoch=0, final_eval=False, epochs=2,
+    )  # fmt: skip
+    with pytest.raises(ValueError) as info:
+        train(cfg, log=_quiet)
+    msg = str(info.value)
+    assert "t3.png" in msg and "sample 3 of 6" in msg and "--skip-bad-samples" in msg
+    lines = []
+    out = train(cfg.replace(skip_bad_samples=True, final_eval=True), log=lines.append)
+    assert [r["skipped_samples"] for r in out["history"]] == [1, 1]  # counted each epoch
+    assert len([ln for ln in lines if "skipping bad sample 3" in ln]) == 1  # logged once
+    assert any("1 bad sample(s) skipped" in ln for ln in lines)  # in the epoch summary
+    # validation: the corrupt label stops evaluation, or is left out of the metrics
+    assert out["metrics"]["skipped_samples"] == 1
+    assert out["metrics"]["pixels"] == 2 * 33 * 33
+    assert any("skipping bad sample 1" in ln and "v1.png" in ln for ln in lines)
+    clean = data / "clean.txt"
+    clean.write_text("img/t0.png lab/t0.png\nimg/t1.png lab/t1.png\n")
+    lines.clear()
+    with pytest.raises(ValueError, match=r"v1\.png.*sample 1 of 3.*--skip-bad-samples"):
+        train(cfg.replace(epochs=1, final_eval=True, list_file=str(clean)), log=lines.append)
+    assert any(ln.startswith("epoch 1:") for ln in lines)  # it was the evaluation that stopped
+
+
+def test_eval_cli_bad_sample(tmp_path, capsys):
+    from pspnet.__main__ import main
+    from pspnet.train import train
+
+    data = tmp_path / "data"
+    train_list = _list_data(data, ["t0", "t1"])
+    val_list = _list_data(data, ["v0", "v1"], seed=1)
+    cfg = _list_cfg(tmp_path, list_file=str(train_list), val_list_file=str(val_list),
+                    final_eval=False)  # fmt: skip
+    train(cfg, log=_quiet)
+    _corrupt(data / "img" / "v0.png", "garbage")
+    ck = str(cfg.out_dir / "last.pth")
+    assert main(["eval", "--checkpoint", ck, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "v0.png" in err and "sample 0 of 2" in err and "--skip-bad-samples" in err
+    assert main(["eval", "--checkpoint", ck, "--no-progress", "--skip-bad-samples"]) == 0
+    text = capsys.readouterr().out
+    assert "skipping bad sample 0" in text and "v0.png" in text
+
+
+def test_new_flags_in_help(capsys):
+    from pspnet.__main__ import build_parser
+    from pspnet.config import config_from_args
+
+    args = build_parser().parse_args(["train", "--max-bad-steps", "3", "--skip-bad-samples"])
+    cfg = config_from_args(args)
+    assert cfg.max_bad_steps == 3 and cfg.skip_bad_samples is True
+    for cmd in ("train", "eval"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([cmd, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--skip-bad-samples" in text and "logged once" in text
+    assert "--max-bad-steps" in text and "GradScaler skips are normal" in text
+    assert "SIGINT / SIGTERM continues from mid-epoch" in text
+    with pytest.raises(ValueError, match="max_bad_steps"):
+        config_from_args(build_parser().parse_args(["train", "--max-bad-steps", "-1"]))
