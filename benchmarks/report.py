@@ -48,7 +48,7 @@ def plot_speedups(records, path):
     """:func:`benchmarks.plot.plot_speedups` (PNG of the speed-ups; ``None`` without matplotlib)."""
     from .plot import plot_speedups as plot
 
-    return plot(records, path)
+    return plot(speedups(records), path)
 
 
 def load_records(path: str | Path) -> list[dict]:

@@ -171,14 +171,22 @@ def _cmd_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m pspnet`` and the ``pspnet`` script; returns the exit status."""
+    """Entry point of ``python -m pspnet`` and the ``pspnet`` script; returns the exit status
+    (0; 2 on an error; 128 + signal number after a clean stop on SIGINT / SIGTERM)."""
+    from .guard import NonFiniteError, TrainingInterrupted
+
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict}
     cmd = {**commands, "export": _cmd_export}[args.command]
     try:
         return cmd(args)
-    except (FileNotFoundError, ValueError, ImportError, CLIError) as e:  # ImportError: an extra
+    except TrainingInterrupted as e:  # SIGINT / SIGTERM: the resumable checkpoint is written
+        print(f"pspnet {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
+    # ImportError: an extra; OSError: a failed write (disk full...), reported with the file;
+    # NonFiniteError: a NaN / inf loss or gradient, named with the epoch and step
+    except (OSError, ValueError, ImportError, NonFiniteError, CLIError) as e:
         print(f"pspnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # pragma: no cover

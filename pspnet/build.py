@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_file
 from .config import Config
 from .model import PSPNet, TinyPSPNet
 
@@ -54,7 +53,7 @@ def saved_config(path) -> Config | None:
     """The Config stored in one of our checkpoints (``None`` for official / plain files or an
     unreadable path; errors are reported when the model is loaded)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_file(path)
     except Exception:  # noqa: BLE001 - reported later by model_from_checkpoint
         return None
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
@@ -71,12 +70,7 @@ def model_from_checkpoint(path, cfg: Config | None = None, map_location="cpu"):
     (arch, layers, classes, bins, zoom_factor, use_ppm, tiny_width) come from the checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - reported with the path
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    obj = load_file(path)  # FileNotFoundError / ValueError naming the file and the fault
     class_names = None
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         saved = Config.from_dict(

@@ -7,7 +7,6 @@ The model a checkpoint describes is rebuilt by :func:`pspnet.build.model_from_ch
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import warnings
 from collections.abc import Mapping
@@ -23,8 +22,11 @@ from .runtime import unwrap
 if TYPE_CHECKING:
     from .config import Config
 
+from .checkpoint_file import load_file
+
 __all__ = [
     "load_checkpoint",
+    "load_file",
     "read_state_dict",
     "apply_state_dict",
     "extract_state_dict",
@@ -133,31 +135,62 @@ def read_state_dict(
 
     The file layouts and errors are those of :func:`load_checkpoint`.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    # torch.save writes a zip archive (PyTorch >= 1.6) or a pickle stream (older, protocol >= 2)
-    if not (magic == b"PK\x03\x04" or magic[:1] == b"\x80"):
-        raise ValueError(
-            f"{path!r} is not a PyTorch checkpoint (starts with {magic!r}, "
-            "expected a torch.save file)"
-        )
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except pickle.UnpicklingError as e:
-        if weights_only and "Unsupported global" in str(e):
-            raise ValueError(
-                f"{path!r} holds Python objects that torch.load(weights_only=True) refuses; "
-                "if you trust the file, pass weights_only=False"
-            ) from e
-        raise ValueError(f"{path!r} is not a readable PyTorch checkpoint ({e})") from e
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
-        raise ValueError(
-            f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})"
-        ) from e
-    return extract_state_dict(obj, source=repr(path))
+    obj = load_file(path, map_location=map_location, weights_only=weights_only)
+    return extract_state_dict(obj, source=repr(os.fspath(path)))
+
+
+_DEPTHS = {(3, 4, 6, 3): "ResNet-50", (3, 4, 23, 3): "ResNet-101", (3, 8, 36, 3): "ResNet-152"}
+
+
+def _last_conv(sd: Mapping[str, torch.Tensor], module: str) -> torch.Tensor | None:
+    """The weight of the last 4-d (conv) entry of ``module`` (``cls`` or ``aux``)."""
+    best, best_i = None, -1
+    for k, v in sd.items():
+        parts = k.split(".")
+        if len(parts) == 3 and parts[0] == module and parts[2] == "weight" and v.dim() == 4:
+            if parts[1].isdigit() and int(parts[1]) > best_i:
+                best, best_i = v, int(parts[1])
+    return best
+
+
+def _architecture(sd: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """What a PSPNet-like state_dict is: backbone, PPM, number of classes (what can be told)."""
+    out: dict[str, str] = {}
+    blocks = []
+    for i in range(1, 5):
+        idx = {k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}
+        blocks.append(len({j for j in idx if j.isdigit()}))
+    if any(blocks):
+        feats = [
+            v.shape[0]
+            for k, v in sd.items()
+            if k.startswith("layer4.") and k.endswith("conv3.weight")
+        ]
+        name = _DEPTHS.get(tuple(blocks), "ResNet")
+        desc = f"{name} ({'-'.join(map(str, blocks))} blocks"
+        out["backbone"] = desc + (f", {feats[-1]} features)" if feats else ")")
+    bins = {k.split(".")[2] for k in sd if k.startswith("ppm.features.")}
+    if any(k.startswith(("layer", "cls.")) for k in sd):
+        out["PPM"] = f"{len(bins)} bins" if bins else "none"
+    cls = _last_conv(sd, "cls")
+    if cls is not None:
+        out["classes"] = str(cls.shape[0])
+    return out
+
+
+def _architecture_error(source: str, sd, own) -> str | None:
+    """A message when ``sd`` is another architecture or class count than ``own``, else None."""
+    theirs, ours = _architecture(sd), _architecture(own)
+    diff = [k for k in ("backbone", "PPM", "classes") if k in theirs and k in ours]
+    diff = [k for k in diff if theirs[k] != ours[k]]
+    if not diff:
+        return None
+    what = "; ".join(f"{k}: checkpoint {theirs[k]}, model {ours[k]}" for k in diff)
+    kind = "class count" if diff == ["classes"] else "architecture"
+    return (
+        f"{source} is a checkpoint of another {kind} than the model ({what}); build the model "
+        "with the checkpoint's settings (layers / classes / bins) to load it"
+    )
 
 
 def apply_state_dict(
@@ -189,20 +222,26 @@ def apply_state_dict(
         for k in differ
         if required(k)
     ]
+    arch = _architecture_error(source, sd, own) if (mismatched or missing or unexpected) else None
     if mismatched:
-        more = f" ... and {len(mismatched) - 6} more" if len(mismatched) > 6 else ""
-        raise ValueError(
-            f"{source}: {len(mismatched)} tensor shape(s) differ from the model: "
-            + "; ".join(mismatched[:6])
+        n = 3 if arch else 6
+        more = f" ... and {len(mismatched) - n} more" if len(mismatched) > n else ""
+        detail = (
+            f"{len(mismatched)} tensor shape(s) differ from the model: "
+            + "; ".join(mismatched[:n])
             + more
         )
+        raise ValueError(f"{arch} [{detail}]" if arch else f"{source}: {detail}")
     if missing or unexpected:
-        msg = (
-            f"{source} does not match the model: {len(missing)} missing key(s) "
-            f"[{_few(missing)}], {len(unexpected)} unexpected key(s) [{_few(unexpected)}]"
+        n = 3 if arch else 6
+        keys = (
+            f"{len(missing)} missing key(s) [{_few(missing, n)}], {len(unexpected)} "
+            f"unexpected key(s) [{_few(unexpected, n)}]"
         )
+        msg = f"{arch} [{keys}]" if arch else f"{source} does not match the model: {keys}"
         if strict:
-            raise ValueError(msg + " (pass strict=False to load the matching keys only)")
+            hint = "" if arch else " (pass strict=False to load the matching keys only)"
+            raise ValueError(msg + hint)
         warnings.warn(msg, UserWarning, stacklevel=3)
     skip = set(differ)  # only optional keys are left here
     target.load_state_dict(
@@ -263,9 +302,11 @@ def save_checkpoint(
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
     state.update(extra or {})
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    from .atomic import atomic_path
+
+    # a failed or interrupted write leaves the previous file intact (OSError naming the file)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_training_state(
@@ -276,10 +317,10 @@ def load_training_state(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = load_file(path, map_location=map_location)  # clear errors for bad files
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"{path} is not a training checkpoint of pspnet (no model/epoch entries)")
-    unwrap(model).load_state_dict(state["model"])
+    apply_state_dict(model, state["model"], source=repr(str(path)))
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and "scheduler" in state:

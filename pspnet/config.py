@@ -46,6 +46,8 @@ class Config:
     train_split: str = "train"
     val_split: str = "val"
     dataset_kwargs: dict = field(default_factory=dict)  # extra build_dataset(**kw), YAML only
+    list_file: str = ""  # dataset=list: the training list ("image label" per line)
+    val_list_file: str = ""  # dataset=list: the validation list (never the training list)
     classes: int = 0  # 0: take it from the dataset
     ignore_index: int = 255
 
@@ -93,6 +95,8 @@ class Config:
     channels_last: bool = False
     resume: str = ""  # "" | auto | path/to/last.pth
     save_freq: int = 1
+    max_bad_steps: int = 0  # steps with a non-finite loss / gradient skipped before stopping
+    skip_bad_samples: bool = False  # skip (log once, count) unreadable images / labels
     progress: bool = True
     plot: bool = True
 
@@ -138,8 +142,11 @@ class Config:
             or self.workers < 0
             or self.max_iters_per_epoch < 0
             or self.eval_every < 0
+            or self.max_bad_steps < 0
         ):
-            raise ValueError("threads, workers, max_iters_per_epoch and eval_every must be >= 0")
+            raise ValueError(
+                "threads, workers, max_iters_per_epoch, eval_every and max_bad_steps must be >= 0"
+            )
         if self.base_lr <= 0:
             raise ValueError(f"base_lr must be > 0, got {self.base_lr}")
         if not self.scales or min(self.scales) <= 0:
@@ -227,6 +234,27 @@ def _none_or_str(s: str) -> str | None:
 
 
 _none_or_str.__name__ = "str"
+
+# --help text of the options that need more than a line
+HELP = {
+    "list_file": "--dataset list: the training list file, one 'image_path label_path' per line "
+    "(paths relative to --data-root, default the list's folder)",
+    "val_list_file": "--dataset list: the validation list file; required to validate "
+    "(--eval-every, --final-eval, eval), the training list is never used in its place",
+    "pretrained": "load the ImageNet backbone (resnet{layers}_v2.pth from --backbone-path, "
+    "$PSPNET_HOME, ~/.cache/pspnet/ or ./initmodel/); training a real-data preset refuses to "
+    "start without it, --no-pretrained trains from scratch on purpose",
+    "backbone_path": "the ImageNet backbone file (implies --pretrained)",
+    "max_bad_steps": "how many training steps with a non-finite loss or gradient may be "
+    "skipped (not applied, counted in the epoch summary) before training stops with an error "
+    "(default 0: stop at the first); fp16 GradScaler skips are normal and only counted",
+    "skip_bad_samples": "skip an unreadable or corrupt image / label met during training or "
+    "evaluation (each logged once, counted in the epoch summary) instead of stopping with an "
+    "error naming the file and its index",
+    "resume": "continue a run: auto (<output-dir>/last.pth, if any) or a checkpoint path; a run "
+    "stopped by SIGINT / SIGTERM continues from mid-epoch exactly as if never stopped",
+}
+
 _INTS, _FLOATS = (int, "+"), (float, "+")
 
 # one option per Config field but ``preset`` (its own option) and ``dataset_kwargs``
@@ -238,6 +266,8 @@ OPTIONS: tuple[tuple[str, Any, str | None], ...] = (
     ("data_root", _none_or_str, "dataset folder"),
     ("train_split", str, "training split"),
     ("val_split", str, "validation split"),
+    ("list_file", str, HELP["list_file"]),
+    ("val_list_file", str, HELP["val_list_file"]),
     ("classes", int, "number of classes (0: the dataset's)"),
     ("ignore_index", int, "label value ignored by the loss and the metrics"),
     # model
@@ -247,8 +277,8 @@ OPTIONS: tuple[tuple[str, Any, str | None], ...] = (
     ("dropout", float, "dropout before the classifiers"),
     ("zoom_factor", int, "output resolution relative to the stride-8 features: 1 | 2 | 4 | 8"),
     ("use_ppm", bool, "use the pyramid pooling module"),
-    ("pretrained", bool, "start from the ImageNet backbone (a local file)"),
-    ("backbone_path", _none_or_str, "the ImageNet backbone file"),
+    ("pretrained", bool, HELP["pretrained"]),
+    ("backbone_path", _none_or_str, HELP["backbone_path"]),
     ("aux_weight", float, "weight of the auxiliary loss"),
     ("tiny_width", int, "arch tiny: channels of the first ResNet stage"),
     ("head", str, "'' (the model's default) | concat | concat_free"),
@@ -279,8 +309,10 @@ OPTIONS: tuple[tuple[str, Any, str | None], ...] = (
     ("compile_backend", str, "torch.compile backend (aot_eager: trace only)"),
     ("amp", str, "none | bf16 | fp16 (CUDA only)"),
     ("channels_last", bool, "channels_last memory format"),
-    ("resume", str, "'' | auto | path/to/last.pth"),
+    ("resume", str, HELP["resume"]),
     ("save_freq", int, "write last.pth every N epochs"),
+    ("max_bad_steps", int, HELP["max_bad_steps"]),
+    ("skip_bad_samples", bool, HELP["skip_bad_samples"]),
     ("progress", bool, "progress bars"),
     ("plot", bool, "draw curves.png"),
     # evaluation

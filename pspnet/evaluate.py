@@ -179,11 +179,18 @@ def evaluate(
     rank: int = 0,
     world: int = 1,
     progress: bool = False,
+    log=print,
 ) -> dict:
     """Metrics (:func:`pspnet.metrics.compute_metrics`) of ``model`` on ``dataset`` (items:
     normalised image, label at the image's size), using ``cfg``'s scales / flip / mode /
     crop_size / base_size / stride_rate / val_batch_size. With ``world > 1`` each rank takes
-    its shard and the confusion matrices are summed."""
+    its shard and the confusion matrices are summed.
+
+    A dataset that marks unreadable samples (``AugmentedDataset(on_error="mark")``) stops the
+    evaluation with an error naming the file and its index, or with ``cfg.skip_bad_samples``
+    leaves them out (each logged once with ``log``); ``skipped_samples`` counts them."""
+    from .data.faults import BadSampleLog, collate_samples, unpack
+
     model = unwrap(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -197,14 +204,20 @@ def evaluate(
         sampler=_Shard(len(dataset), rank, world),
         num_workers=min(cfg.workers, 4),
         pin_memory=device.type == "cuda",
+        collate_fn=collate_samples if getattr(dataset, "on_error", "") == "mark" else None,
     )
+    bad_log = BadSampleLog(getattr(cfg, "skip_bad_samples", False), log if rank == 0 else _quiet)
     it = loader
     if progress and rank == 0:
         from tqdm import tqdm
 
         it = tqdm(loader, desc="eval", dynamic_ncols=True)
     try:
-        for x, y in it:
+        for batch in it:
+            x, y, bad = unpack(batch)
+            bad_log.handle(bad)
+            if x is None:  # every sample of the batch was bad (and skipped)
+                continue
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             with autocast_ctx(cfg, device):
@@ -223,8 +236,19 @@ def evaluate(
     finally:
         model.train(was_training)
     meter.all_reduce()
+    skipped = torch.tensor([bad_log.take()], dtype=torch.int64, device=device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(skipped)
     names = getattr(dataset, "class_names", None)
-    return meter.compute([str(c) for c in names] if names is not None else None)
+    metrics = meter.compute([str(c) for c in names] if names is not None else None)
+    metrics["skipped_samples"] = int(skipped)
+    return metrics
+
+
+def _quiet(*a, **k):
+    pass
 
 
 def run_eval(cfg: Config, checkpoint: str, log=print, onnx=None) -> dict:
@@ -249,9 +273,9 @@ def run_eval(cfg: Config, checkpoint: str, log=print, onnx=None) -> dict:
         raise ValueError(
             f"the checkpoint has {cfg.classes} classes but {cfg.dataset!r} has {ds.num_classes}"
         )
-    val = AugmentedDataset(ds, eval_transform(), seed=cfg.seed)
+    val = AugmentedDataset(ds, eval_transform(), seed=cfg.seed, on_error="mark")
     metrics = evaluate(
-        model, val, cfg, device=device, rank=rank, world=world, progress=cfg.progress
+        model, val, cfg, device=device, rank=rank, world=world, progress=cfg.progress, log=log
     )
     if class_names and not metrics.get("class_names"):
         metrics["class_names"] = class_names

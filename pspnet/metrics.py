@@ -6,7 +6,13 @@
 - intersection_c = cm[c, c]; union_c = sum_p cm[c, p] + sum_t cm[t, c] - cm[c, c]
 - IoU_c = intersection_c / union_c, NaN when class c is absent from both prediction and ground truth
 - acc_c = intersection_c / (pixels of class c in the ground truth), NaN when there are none
-- mIoU / mAcc: means over the classes that are not NaN; pixel accuracy = trace / total.
+- ``mIoU`` / ``mAcc``: the official means (hszhao/semseg ``tool/test.py``, ``cal_acc``): over all
+  ``C`` classes, a NaN class counting as 0. That is the number papers report.
+- ``mIoU_present`` / ``mAcc_present``: the means over the classes that are not NaN (the classes
+  present in the ground truth or the prediction, resp. in the ground truth). They differ from the
+  official ones only when a class has no ground-truth pixels in the evaluated set; those classes
+  are listed in ``absent_classes``.
+- pixel accuracy ``allAcc`` = trace / total. With no labelled pixel at all every mean is NaN.
 """
 
 from __future__ import annotations
@@ -66,25 +72,48 @@ def _nanmean(x: torch.Tensor) -> float:
 
 
 def compute_metrics(cm: torch.Tensor, class_names: Sequence[str] | None = None) -> dict:
-    """mIoU, mAcc, allAcc and per-class IoU/accuracy lists (NaN for classes with no pixels)."""
+    """``mIoU``, ``mAcc`` (official: over all classes, absent ones 0), ``mIoU_present``,
+    ``mAcc_present`` (over present classes), ``allAcc``, per-class ``iou`` / ``acc`` lists (NaN
+    for classes with no pixels), ``absent_classes`` (ids with no ground-truth pixel) and
+    ``absent_class_names``."""
     inter, union, target = intersection_union(cm)
     nan = torch.tensor(float("nan"), dtype=torch.float64)
     iou = torch.where(union > 0, inter / union.clamp_min(1), nan)
     acc = torch.where(target > 0, inter / target.clamp_min(1), nan)
     total = float(cm.sum())
+    names = list(class_names) if class_names is not None else None
+    absent = [int(i) for i in torch.nonzero(target == 0).flatten()]
+    if total > 0:
+        miou, macc = float(iou.nan_to_num(0.0).mean()), float(acc.nan_to_num(0.0).mean())
+    else:
+        miou = macc = float("nan")
     return {
-        "mIoU": _nanmean(iou),
-        "mAcc": _nanmean(acc),
+        "mIoU": miou,
+        "mAcc": macc,
         "allAcc": float(inter.sum()) / total if total > 0 else float("nan"),
+        "mIoU_present": _nanmean(iou),
+        "mAcc_present": _nanmean(acc),
+        "absent_classes": absent,
+        "absent_class_names": [str(names[i]) for i in absent] if names else None,
         "iou": iou.tolist(),
         "acc": acc.tolist(),
-        "class_names": list(class_names) if class_names is not None else None,
+        "class_names": names,
         "pixels": int(total),
+        "definitions": {
+            "mIoU": f"mean IoU over all {len(iou)} classes, a class absent from ground truth and "
+            "prediction counting 0 (hszhao/semseg tool/test.py cal_acc)",
+            "mAcc": f"mean class accuracy over all {len(iou)} classes, a class with no "
+            "ground-truth pixel counting 0 (official)",
+            "mIoU_present": "mean IoU over the classes in the ground truth or the prediction",
+            "mAcc_present": "mean class accuracy over the classes in the ground truth",
+            "absent_classes": "class ids with no ground-truth pixel in the evaluated images",
+        },
     }
 
 
 def format_table(metrics: dict) -> str:
-    """A printable per-class IoU / accuracy table followed by mIoU, mAcc and allAcc."""
+    """A printable per-class IoU / accuracy table, then the official mIoU / mAcc / allAcc, the
+    present-class means and the classes absent from the ground truth."""
     iou, acc = metrics["iou"], metrics["acc"]
     names = metrics.get("class_names") or [str(i) for i in range(len(iou))]
     width = max(8, max((len(n) for n in names), default=0))
@@ -95,9 +124,26 @@ def format_table(metrics: dict) -> str:
     lines = [f"{'id':>4}  {'class':<{width}}  {'IoU':>6}  {'acc':>6}"]
     for i, (n, a, b) in enumerate(zip(names, iou, acc)):
         lines.append(f"{i:>4}  {n:<{width}}  {f(a)}  {f(b)}")
+    k = len(iou)
     lines.append(
         f"mIoU {metrics['mIoU']:.4f}  mAcc {metrics['mAcc']:.4f}  allAcc {metrics['allAcc']:.4f}"
+        f"  (official: mean over all {k} classes, an absent class counts 0)"
     )
+    absent = metrics.get("absent_classes")
+    if absent is None:  # metrics from before these keys existed
+        return "\n".join(lines)
+    if absent:
+        n_iou = sum(1 for v in iou if not math.isnan(v))
+        shown = ", ".join(f"{names[i]} ({i})" for i in absent[:20])
+        more = f" ... and {len(absent) - 20} more" if len(absent) > 20 else ""
+        lines.append(
+            f"present-class mean: mIoU_present {metrics['mIoU_present']:.4f}  mAcc_present "
+            f"{metrics['mAcc_present']:.4f}  (IoU over the {n_iou} classes in the ground truth "
+            f"or prediction, accuracy over the {k - len(absent)} in the ground truth)"
+        )
+        lines.append(f"absent from the ground truth: {len(absent)} of {k}: {shown}{more}")
+    else:
+        lines.append(f"every one of the {k} classes appears in the ground truth")
     return "\n".join(lines)
 
 

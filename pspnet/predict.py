@@ -114,6 +114,7 @@ def run_predict(
     Every image is checked first (FileNotFoundError / ValueError naming it), so a bad path does
     not leave half the outputs written.
     """
+    from .atomic import write_atomic
     from .build import model_from_checkpoint
     from .runtime import resolve_device
 
@@ -143,7 +144,9 @@ def run_predict(
         mask = segment(model, img, cfg, device)
         mask_im = colorize(mask, int(cfg.classes))
         m_path, o_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
-        mask_im.save(m_path)
-        overlay(img, mask_im, alpha).save(o_path)
+        # atomic: an interrupted run leaves whole PNGs (old or new), never a truncated one
+        write_atomic(m_path, lambda tmp, im=mask_im: im.save(tmp, format="PNG"))
+        ov = overlay(img, mask_im, alpha)
+        write_atomic(o_path, lambda tmp, im=ov: im.save(tmp, format="PNG"))
         written += [m_path, o_path]
     return written

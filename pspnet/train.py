@@ -24,37 +24,42 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
-import torch.nn.functional as F
 
+from .atomic import append_line_atomic, write_text_atomic
 from .build import TinyPSPNet, build_model, model_from_checkpoint, saved_config
-from .checkpoint import find_resume, load_training_state, save_checkpoint
+from .checkpoint import load_training_state, save_checkpoint
 from .config import Config
+from .data.faults import unpack
 from .data.loaders import (
     AugmentedDataset,
     build_datasets,
     build_train_loader,
-    train_transform_for,
 )
-from .data.seeding import mix
-from .data.transforms import eval_transform
 from .evaluate import evaluate
+from .guard import (
+    NonFiniteError,
+    StopSignals,
+    TrainingInterrupted,
+)
 from .optim import HEAD_MODULES, PolyLR, build_optimizer, param_groups, poly_lr
-from .plotting import plot_curves
+from .plotting import draw_curves
 from .runtime import (
     autocast_ctx,
     init_distributed,
-    local_rank,
     resolve_device,
-    seed_all,
     unwrap,
-    wrap_model,
+)
+from .session import TrainRun, require_backbone, setup  # noqa: F401 - re-exported
+from .steps import (  # noqa: F401 - train_step is re-exported
+    _guarded_step,
+    _interrupted,
+    _save,
+    _stop_flags,
+    save_position,
+    train_step,
 )
 
 __all__ = [
@@ -70,6 +75,7 @@ __all__ = [
     "save_checkpoint",
     "load_training_state",
     "train",
+    "require_backbone",
     "unwrap",
     # the loop's pieces
     "TrainRun",
@@ -79,6 +85,8 @@ __all__ = [
     "save_epoch",
     "final_evaluation",
     "train_step",
+    "NonFiniteError",
+    "TrainingInterrupted",
     # helpers that lived here before, re-exported
     "HEAD_MODULES",
     "autocast_ctx",
@@ -89,184 +97,80 @@ __all__ = [
 ]
 
 
-def _resize_labels(y: torch.Tensor, size) -> torch.Tensor:
-    if tuple(y.shape[-2:]) == tuple(size):
-        return y
-    return F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
-def train_step(model, x, y, optimizer, scheduler, scaler, cfg: Config, device) -> tuple:
-    """One SGD step; returns detached ``(main_loss, aux_loss)``."""
-    out_size = unwrap(model).output_size(x.shape[-2], x.shape[-1])
-    y = _resize_labels(y, out_size)
-    with autocast_ctx(cfg, device):
-        _, main_loss, aux_loss = model(x, y)
-        loss = main_loss + cfg.aux_weight * aux_loss
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    scheduler.step()
-    return main_loss.detach(), aux_loss.detach()
-
-
-# ------------------------------------------------------------------------------------ setup
-
-
-@dataclass
-class TrainRun:
-    """Everything :func:`setup` prepares for the epochs: data, model (``net`` is it wrapped in
-    DDP / torch.compile), optimiser, schedule, where to write, and which process this is."""
-
-    cfg: Config
-    device: torch.device
-    rank: int
-    world: int
-    say: Callable
-    train_set: AugmentedDataset
-    val_set: AugmentedDataset
-    class_names: list
-    model: nn.Module
-    net: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: PolyLR
-    scaler: torch.amp.GradScaler
-    steps_per_epoch: int
-    start_epoch: int
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def out_dir(self) -> Path:
-        return self.cfg.out_dir
-
-    @property
-    def log_path(self) -> Path:
-        return self.cfg.out_dir / "metrics.jsonl"
-
-
-def _setup_data(cfg: Config):
-    """``(cfg with classes set, train set, val set, class names)``."""
-    ds = build_datasets(cfg)
-    classes = int(cfg.classes or ds["train"].num_classes)
-    if cfg.classes and getattr(ds["train"], "num_classes", classes) != classes:
-        raise ValueError(
-            f"classes={cfg.classes} but dataset {cfg.dataset!r} has {ds['train'].num_classes}"
-        )
-    cfg = cfg.replace(classes=classes)
-    class_names = list(getattr(ds["train"], "class_names", None) or range(classes))
-    class_names = [str(c) for c in class_names]
-    train_set = AugmentedDataset(ds["train"], train_transform_for(cfg), seed=cfg.seed)
-    val_set = AugmentedDataset(ds["val"], eval_transform(), seed=cfg.seed)
-    return cfg, train_set, val_set, class_names
-
-
-def _resume(cfg, model, optimizer, scheduler, scaler, device, rank, world, max_iter, say) -> int:
-    """Restore ``cfg.resume`` (if any) into the training objects; returns the epochs done."""
-    resume = find_resume(cfg)
-    if resume is None and cfg.resume == "auto":
-        say(f"--resume auto: no {cfg.out_dir / 'last.pth'}, starting from scratch")
-    if resume is None:
-        return 0
-    state = load_training_state(resume, model, optimizer, scheduler, scaler, map_location=device)
-    start_epoch = int(state["epoch"])
-    # the schedule follows the current config (e.g. more epochs than the first run)
-    scheduler.max_iter, scheduler.power = max_iter, cfg.power
-    say(f"resumed from {resume} at epoch {start_epoch} (iteration {scheduler.last_epoch})")
-    if world > 1:  # ranks must not share dropout masks
-        torch.manual_seed(mix(cfg.seed, rank, start_epoch, 2))
-    return start_epoch
-
-
-def setup(cfg: Config, log=print) -> TrainRun:
-    """Device, process group, seeds, data, model, optimiser and schedule, resumed when asked;
-    on rank 0 the output directory with ``config.yaml``."""
-    device = resolve_device(cfg.device, local_rank())
-    rank, world = init_distributed(device)
-    say = log if rank == 0 else (lambda *a, **k: None)
-    seed_all(cfg.seed, cfg.threads)
-    cfg, train_set, val_set, class_names = _setup_data(cfg)
-    classes = cfg.classes
-
-    model = build_model(cfg, classes)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.to(device)
-    # different dropout masks per rank (the same initial weights: DDP broadcasts rank 0's)
-    torch.manual_seed(mix(cfg.seed, rank, 1))
-
-    steps_per_epoch = len(train_set) // cfg.batch_size
-    if cfg.max_iters_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_iters_per_epoch)
-    max_iter = cfg.epochs * steps_per_epoch
-    optimizer, scheduler = build_optimizer(model, cfg, max_iter)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.type == "cuda")
-    start_epoch = _resume(
-        cfg, model, optimizer, scheduler, scaler, device, rank, world, max_iter, say
-    )
-    run = TrainRun(
-        cfg, device, rank, world, say, train_set, val_set, class_names, model,
-        wrap_model(model, cfg, device, world), optimizer, scheduler, scaler, steps_per_epoch,
-        start_epoch,
-    )  # fmt: skip
-    if run.main:
-        run.out_dir.mkdir(parents=True, exist_ok=True)
-        (run.out_dir / "config.yaml").write_text(cfg.to_yaml())
-        if start_epoch == 0 and run.log_path.exists():
-            run.log_path.unlink()
-    n_params = sum(p.numel() for p in model.parameters())
-    say(
-        f"training {type(model).__name__} ({n_params / 1e6:.2f}M params, {classes} classes) on "
-        f"{cfg.dataset} ({len(train_set)} images) for {cfg.epochs} epochs x {steps_per_epoch} "
-        f"steps, batch {cfg.batch_size} on {world} x {run.device}; output in {run.out_dir}"
-    )
-    return run
-
-
-# ------------------------------------------------------------------------------------ epochs
+def _reduce_epoch(run: TrainRun, sums, counts: dict):
+    """Sums and skipped-sample counts over the processes (the step counts agree already)."""
+    if run.world == 1:
+        return sums, counts
+    dist.all_reduce(sums)
+    n = torch.tensor([counts["skipped_samples"]], dtype=torch.int64, device=run.device)
+    dist.all_reduce(n)
+    return sums, dict(counts, skipped_samples=int(n))
 
 
 def train_epoch(run: TrainRun, epoch: int) -> dict:
-    """Train one epoch; returns its log row (epoch, iteration, mean losses, lr, time, img/s)."""
+    """Train one epoch; returns its log row (epoch, iteration, mean losses, lr, time, img/s,
+    skipped steps and samples). Resumes mid-epoch where ``run`` says so; on SIGINT / SIGTERM
+    writes the position and raises :class:`TrainingInterrupted`."""
     from tqdm import tqdm
 
     cfg, device, world = run.cfg, run.device, run.world
     optimizer, steps = run.optimizer, run.steps_per_epoch
     run.net.train()
-    loader = build_train_loader(cfg, run.train_set, run.rank, world, epoch)
+    skip = run.resume_batches if epoch == run.start_epoch else 0
+    partial = (run.resume_partial or {}) if skip else {}
+    run.resume_batches, run.resume_partial = 0, None
+    if skip:
+        loader = build_train_loader(cfg, run.train_set, run.rank, world, epoch, skip_batches=skip)
+    else:
+        loader = build_train_loader(cfg, run.train_set, run.rank, world, epoch)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # main, aux, count
-    t0 = time.perf_counter()
-    t_last, n_last = t0, 0
+    if run.main and "sums" in partial:  # rank 0 carries the whole run's partial sums
+        sums += partial["sums"].to(device, torch.float64)
+    counts = {k: int(partial.get(k, 0)) for k in ("bad_steps", "amp_skipped_steps")}
+    # samples are per process: rank 0 carries the whole run's partial count
+    counts["skipped_samples"] = int(partial.get("skipped_samples", 0)) if run.main else 0
+    images = int(partial.get("images", 0)) if run.main else 0
+    t0 = time.perf_counter() - float(partial.get("time", 0.0))
+    t_last, n_last = time.perf_counter(), 0
     show = run.main and cfg.progress
     bar = tqdm(
         total=steps,
+        initial=min(skip, steps),
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         disable=not show,
         dynamic_ncols=True,
         leave=True,
     )
-    images = 0
     last_lr = optimizer.param_groups[0]["lr"]
-    for i, (x, y) in enumerate(loader):
+    for i, batch in enumerate(loader, start=skip):
         if i >= steps:
             break
+        x, y, bad = unpack(batch)
+        counts["skipped_samples"] += run.bad_samples.handle(bad) if bad else 0
+        signum, empty = _stop_flags(run, x is None)
+        if signum:
+            bar.close()
+            sums, counts = _reduce_epoch(run, sums, counts)
+            keep = dict(counts, sums=sums.cpu(), images=images, time=time.perf_counter() - t0)
+            path = save_position(run, epoch, i, keep)
+            where = f"at epoch {epoch + 1}, after step {i} of {steps}"
+            raise _interrupted(run, signum, where, path)
+        if empty:  # every sample of this batch was bad and skipped
+            bar.update(1)
+            continue
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = last_lr = optimizer.param_groups[0]["lr"]
-        main_loss, aux_loss = train_step(
-            run.net, x, y, optimizer, run.scheduler, run.scaler, cfg, device
-        )
-        sums += torch.stack(
-            [main_loss.double(), aux_loss.double(), torch.ones((), device=device).double()]
-        )
+        main_loss, aux_loss, status = _guarded_step(run, x, y, epoch, i)
+        if status == "bad":
+            counts["bad_steps"] += 1
+        else:
+            counts["amp_skipped_steps"] += status == "amp_skip"
+            sums += torch.stack(
+                [main_loss.double(), aux_loss.double(), torch.ones((), device=device).double()]
+            )
         images += x.shape[0] * world
         n_last += x.shape[0] * world
         if show and (i % 5 == 4 or i == steps - 1):
@@ -279,23 +183,30 @@ def train_epoch(run: TrainRun, epoch: int) -> dict:
             t_last, n_last = now, 0
         bar.update(1)
     bar.close()
-    if world > 1:
-        dist.all_reduce(sums)
+    sums, counts = _reduce_epoch(run, sums, counts)
     elapsed = time.perf_counter() - t0
+    n = float(sums[2])
     return {
         "epoch": epoch + 1,
         "iteration": int(run.scheduler.last_epoch),
-        "loss": float(sums[0] / sums[2]),
-        "aux_loss": float(sums[1] / sums[2]),
+        "loss": float(sums[0] / sums[2]) if n else float("nan"),
+        "aux_loss": float(sums[1] / sums[2]) if n else float("nan"),
         "lr": last_lr,
         "time": round(elapsed, 3),
         "img_per_s": round(images / max(elapsed, 1e-9), 2),
+        **counts,
     }
 
 
 def _evaluate(run: TrainRun) -> dict:
     return evaluate(
-        run.model, run.val_set, run.cfg, device=run.device, rank=run.rank, world=run.world
+        run.model,
+        run.val_set,
+        run.cfg,
+        device=run.device,
+        rank=run.rank,
+        world=run.world,
+        log=run.say,
     )
 
 
@@ -307,11 +218,28 @@ def validate_epoch(run: TrainRun, epoch: int, row: dict) -> dict | None:
     if not (cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or last)):
         return None
     metrics = _evaluate(run)
-    row.update(val_mIoU=metrics["mIoU"], val_mAcc=metrics["mAcc"], val_allAcc=metrics["allAcc"])
+    row.update(
+        val_mIoU=metrics["mIoU"],
+        val_mAcc=metrics["mAcc"],
+        val_allAcc=metrics["allAcc"],
+        val_mIoU_present=metrics.get("mIoU_present", metrics["mIoU"]),
+    )
+    if metrics.get("skipped_samples"):
+        row["val_skipped_samples"] = metrics["skipped_samples"]
     return metrics
 
 
 def _log_row(run: TrainRun, row: dict) -> None:
+    notes = [
+        f"{row[k]} {label}"
+        for k, label in (
+            ("bad_steps", "non-finite step(s) skipped"),
+            ("amp_skipped_steps", "fp16 overflow step(s) skipped by the GradScaler"),
+            ("skipped_samples", "bad sample(s) skipped"),
+            ("val_skipped_samples", "bad validation sample(s) skipped"),
+        )
+        if row.get(k)
+    ]
     run.say(
         f"epoch {row['epoch']}: loss {row['loss']:.4f} aux {row['aux_loss']:.4f} "
         f"lr {row['lr']:.2e} {row['time']:.1f}s {row['img_per_s']:.1f} img/s"
@@ -320,6 +248,7 @@ def _log_row(run: TrainRun, row: dict) -> None:
             if "val_mIoU" in row
             else ""
         )
+        + (f"; {', '.join(notes)}" if notes else "")
     )
 
 
@@ -329,21 +258,14 @@ def save_epoch(run: TrainRun, epoch: int, row: dict) -> None:
     if not run.main:
         return
     cfg = run.cfg
-    with open(run.log_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_line_atomic(run.log_path, json.dumps(row))
     if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.epochs:
-        save_checkpoint(
-            run.out_dir / "last.pth",
-            run.model,
-            run.optimizer,
-            run.scheduler,
-            run.scaler,
-            epoch + 1,
-            cfg,
-            extra={"class_names": run.class_names},
-        )
+        _save(run, run.out_dir / "last.pth", epoch + 1)
     if cfg.plot:
-        plot_curves(run.log_path, run.out_dir / "curves.png")
+        why = draw_curves(run.log_path, run.out_dir / "curves.png")
+        if why is not None and why not in run.plot_failures:  # once per reason and run
+            run.plot_failures.add(why)
+            run.say(f"curves.png not drawn: {why}")
 
 
 def final_evaluation(run: TrainRun, history: list[dict], metrics: dict | None) -> dict:
@@ -358,7 +280,7 @@ def final_evaluation(run: TrainRun, history: list[dict], metrics: dict | None) -
     run.say(f"evaluation on {cfg.dataset}/{cfg.val_split} ({len(run.val_set)} images):")
     run.say(format_table(metrics))
     if run.main:
-        (run.out_dir / "eval.json").write_text(json.dumps(metrics, indent=1))
+        write_text_atomic(run.out_dir / "eval.json", json.dumps(metrics, indent=1))
     return metrics
 
 
@@ -366,19 +288,39 @@ def train(cfg: Config, log=print) -> dict:
     """Train as described by ``cfg``; returns ``{'model', 'history', 'metrics', 'out_dir'}``.
 
     Writes ``last.pth`` (every ``save_freq`` epochs and at the end), ``metrics.jsonl`` (one JSON
-    object per epoch) and ``curves.png`` to ``cfg.out_dir`` on rank 0.
+    object per epoch) and ``curves.png`` to ``cfg.out_dir`` on rank 0, each atomically.
+
+    Faults: a non-finite loss or gradient is never applied; past ``cfg.max_bad_steps`` of them
+    :class:`~pspnet.guard.NonFiniteError` names the epoch, step and loss (no checkpoint is
+    written from non-finite weights). SIGINT / SIGTERM finish the current step, write a
+    resumable ``last.pth`` (with the position in the epoch) and raise
+    :class:`~pspnet.guard.TrainingInterrupted`; ``resume="auto"`` then continues exactly as an
+    uninterrupted run. A bad sample stops the run naming its file and index, or is skipped
+    (``skip_bad_samples``) and counted in the epoch's row.
     """
     run = setup(cfg, log)
     history: list[dict] = []
     metrics = None
-    for epoch in range(run.start_epoch, run.cfg.epochs):
-        row = train_epoch(run, epoch)
-        evaluated = validate_epoch(run, epoch, row)
-        if evaluated is not None:
-            metrics = evaluated
-        history.append(row)
-        _log_row(run, row)
-        save_epoch(run, epoch, row)
+    with StopSignals() as run.stop:
+        for epoch in range(run.start_epoch, run.cfg.epochs):
+            row = train_epoch(run, epoch)
+            evaluated = validate_epoch(run, epoch, row)
+            if evaluated is not None:
+                metrics = evaluated
+            history.append(row)
+            _log_row(run, row)
+            save_epoch(run, epoch, row)
+            signum, _ = _stop_flags(run, False)
+            if signum:  # received during the epoch's last step, validation or saving
+                last = epoch + 1 == run.cfg.epochs
+                if run.main and not (last or (epoch + 1) % run.cfg.save_freq == 0):
+                    _save(run, run.out_dir / "last.pth", epoch + 1)
+                path = run.out_dir / "last.pth" if run.main else None
+                where = f"after epoch {epoch + 1}" + (
+                    " (the last; the final evaluation was skipped)" if last else ""
+                )
+                raise _interrupted(run, signum, where, path)
+    run.stop = None
     if run.cfg.final_eval:
         metrics = final_evaluation(run, history, metrics)
     if run.world > 1:

@@ -290,6 +290,9 @@ FLAG_VALUES = {
     "amp": (["bf16"], "bf16"),
     "resume": (["auto"], "auto"),
     "save_freq": (["2"], 2),
+    "list_file": (["train.txt"], "train.txt"),
+    "val_list_file": (["val.txt"], "val.txt"),
+    "max_bad_steps": (["3"], 3),
     "eval_every": (["3"], 3),
     "val_batch_size": (["2"], 2),
     "scales": (["0.5", "1"], (0.5, 1.0)),
@@ -324,7 +327,7 @@ def test_every_config_field_has_an_option():
     assert [n for n, _, _ in OPTIONS] == [n for n in (f.name for f in dataclasses.fields(Config))
                                           if n in fields]  # fmt: skip
     assert set(FLAG_VALUES) | _BOOLS == fields
-    assert len(_config_flags()) == 53 + 52 + 16 + 6  # train, eval (no --flip), predict, export
+    assert len(_config_flags()) == 57 + 56 + 16 + 6  # train, eval (no --flip), predict, export
 
 
 @pytest.mark.parametrize("cmd, flag, dest", _config_flags())

@@ -32,12 +32,18 @@ def test_metrics_hand_made_confusion_matrix():
     assert m["iou"][1] == pytest.approx(4 / 9)
     assert math.isnan(m["iou"][2]) and math.isnan(m["acc"][2])
     assert m["iou"][3] == 0.0 and m["acc"][3] == 0.0
-    assert m["mIoU"] == pytest.approx((0.5 + 4 / 9 + 0.0) / 3)
+    # present-class means (the classes that are not NaN) ...
+    assert m["mIoU_present"] == pytest.approx((0.5 + 4 / 9 + 0.0) / 3)
     assert m["acc"][0] == pytest.approx(3 / 4) and m["acc"][1] == pytest.approx(4 / 6)
-    assert m["mAcc"] == pytest.approx((3 / 4 + 4 / 6 + 0) / 3)
+    assert m["mAcc_present"] == pytest.approx((3 / 4 + 4 / 6 + 0) / 3)
+    # ... and the official ones (hszhao/semseg cal_acc): over all 4 classes, absent = 0
+    assert m["mIoU"] == pytest.approx((0.5 + 4 / 9 + 0.0 + 0.0) / 4)
+    assert m["mAcc"] == pytest.approx((3 / 4 + 4 / 6 + 0 + 0) / 4)
+    assert m["absent_classes"] == [2] and m["absent_class_names"] == ["c"]
     assert m["allAcc"] == pytest.approx(7 / 12)
     table = format_table(m)
-    assert "mIoU 0.3148" in table and "c" in table and "     -" in table
+    assert "mIoU_present 0.3148" in table and "c" in table and "     -" in table
+    assert "mIoU 0.2361" in table and "absent from the ground truth: 1 of 4: c (2)" in table
 
 
 def test_metrics_predicted_but_absent_class_counts_as_zero_iou():
@@ -46,7 +52,8 @@ def test_metrics_predicted_but_absent_class_counts_as_zero_iou():
     assert m["iou"] == pytest.approx([5 / 6, 0.0])
     assert m["mIoU"] == pytest.approx(5 / 12)
     assert m["acc"][0] == pytest.approx(5 / 6) and math.isnan(m["acc"][1])
-    assert m["mAcc"] == pytest.approx(5 / 6)
+    assert m["mAcc_present"] == pytest.approx(5 / 6)
+    assert m["mAcc"] == pytest.approx(5 / 12)  # official: class 1 (no gt pixel) counts 0
 
 
 def test_metrics_empty_is_nan():

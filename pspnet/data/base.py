@@ -142,7 +142,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def _where(self, index):
-        return f" ({self.sources[index]})" if self.sources else ""
+        src = f", {self.sources[index]}" if self.sources else ""
+        return f" (sample {index} of {len(self)}{src})"
 
     def map_label(self, label: torch.Tensor, index: int) -> torch.Tensor:
         """Map raw label values to class ids (``label_map``); override for per-file rules."""
@@ -154,7 +155,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if hi >= lm.numel() or (label.numel() and int(label.min()) < 0):
                 raise ValueError(
                     f"label {self.files[index][1]}: value {hi} outside the label map's range "
-                    f"[0, {lm.numel()})"
+                    f"[0, {lm.numel()}){self._where(index)}"
                 )
             return lm[label]
         return lm(label)
@@ -175,6 +176,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             label = read_label(lab_path)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}{self._where(index)}") from None
+        except ValueError as e:
+            raise ValueError(f"{e}{self._where(index)}") from None
         if tuple(label.shape) != (h, w):
             raise ValueError(
                 f"label {lab_path} is {label.shape[1]}x{label.shape[0]} (WxH) but image "
