@@ -127,19 +127,21 @@ def test_recorded_launches_are_specialized_like_the_jit():
                           env=_env(), cwd=ROOT, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    # the eval PPM: kernel 1's stage 1 (copying x), stage 2 per bin, kernel 2's branches
-    assert out["names"] == ["_pool_cells_kernel"] + ["_cells_conv_kernel"] * 4 + [
-        "_upsample_concat_fwd_kernel"
+    # the eval PPM: kernel 1's stage 1 (copying x), stage 2 (all bins in one launch), kernel 2
+    assert out["names"] == [
+        "_pool_cells_kernel",
+        "_cells_conv_kernel",
+        "_upsample_concat_fwd_kernel",
     ]
     assert set(out["steps"]) == {"PPM eval forward"}
-    assert out["grid"][1] > 1  # batch 1: the rows are split to fill the 132 SMs
+    assert out["grid"][1] > 1  # batch 1: the pixels are split to fill the 132 SMs
     sig = out["signature"]
-    assert sig["stride_xw"] == "constexpr"  # a stride of 1 becomes a constant
+    assert sig["stride_xp"] == "constexpr"  # a stride of 1 becomes a constant
     assert sig["x_ptr"] == "*fp32" and sig["C"] == "i32"
     names = list(sig)
     assert out["attrs"][str(names.index("x_ptr"))] == [["tt.divisibility", 16]]
     assert out["attrs"][str(names.index("C"))] == [["tt.divisibility", 16]]  # C = 64
-    assert out["attrs"][str(names.index("H"))] == []  # H = 61
+    assert out["attrs"][str(names.index("W"))] == []  # W = 17
     assert out["registers"] > 0 and sum(v for k, v in out["sass"].items() if "LDG" in k) > 0
 
 
