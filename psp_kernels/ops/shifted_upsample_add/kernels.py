@@ -74,7 +74,14 @@ def _column_offsets(
 
 @triton.jit
 def _packed_rows(
-    v_n, o0, O, stride_vo, width, V_DIV: tl.constexpr, T_PAD: tl.constexpr, BLOCK_O: tl.constexpr = 4
+    v_n,
+    o0,
+    O,
+    stride_vo,
+    width,
+    V_DIV: tl.constexpr,
+    T_PAD: tl.constexpr,
+    BLOCK_O: tl.constexpr = 4,
 ):
     """Offsets and mask of the packed rows of channels ``o0 .. o0 + BLOCK_O - 1``: a
     (BLOCK_O, T_PAD) tile, read and written in 16-byte vectors."""
