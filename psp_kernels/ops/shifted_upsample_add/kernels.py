@@ -102,13 +102,6 @@ def _split_channels(t4, K_PAD: tl.constexpr, J_PAD: tl.constexpr):
 
 
 @triton.jit
-def _join_channels(t0, t1, t2, t3, K_PAD: tl.constexpr, J_PAD: tl.constexpr):
-    """The inverse of :func:`_split_channels`."""
-    t = tl.join(tl.join(t0, t1), tl.join(t2, t3))  # (K, J, c % 2, c // 2)
-    return tl.reshape(tl.permute(t, (3, 2, 0, 1)), (4, K_PAD * J_PAD))
-
-
-@triton.jit
 def _shifted_upsample_add_fwd_kernel(
     base_ptr,
     v_ptr,
@@ -316,7 +309,10 @@ def _shifted_upsample_add_bwd_kernel(
     # the dense tiles gathered back into the packed order, stored in vectors
     cidx = tl.load(cidx_ptr + tl.arange(0, T_PAD))
     if BLOCK_O == 4:
-        dvs = _join_channels(dv0, dv1, dv2, dv3, K_PAD, J_PAD)
+        # (the inverse of _split_channels, written out: the interpreter cannot look a helper up
+        # inside this constexpr branch)
+        dvs = tl.join(tl.join(dv0, dv1), tl.join(dv2, dv3))  # (K, J, c % 2, c // 2)
+        dvs = tl.reshape(tl.permute(dvs, (3, 2, 0, 1)), (4, K_PAD * J_PAD))
     else:
         dvs = tl.reshape(tl.permute(tl.join(dv0, dv1), (2, 0, 1)), (2, K_PAD * J_PAD))
     # (a flat gather, as in the forward: a 2-D one along the 4096-wide axis becomes shuffles)
