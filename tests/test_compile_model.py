@@ -15,7 +15,7 @@ from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 
 from psp_kernels import interpreting
-from pspnet.train import TinyPSPNet
+from pspnet import TinyPSPNet
 from tests.helpers import assert_close, randomize_batchnorm
 
 pytestmark = pytest.mark.skipif(

@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     if args.dry_run:
         notes.append(
             "dry run: no bfloat16 parity (Triton's interpreter computes bfloat16 wrongly), no "
-            "NaN poisoning (CUDA's caching allocator only), no torch.compile; host-clock times"
+            "NaN poisoning (CUDA's caching allocator only), no torch.compile; each time is one "
+            "call's on the host clock"
         )
     elif any(r.get("poisoned") is False for r in parity_rows):
         notes.append("the NaN poisoning did not show in a fresh allocation for some cases")
