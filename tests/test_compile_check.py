@@ -63,10 +63,13 @@ def test_compile_check_passes_and_lists_every_kernel():
             row = by_key.get((spec.name, arch))
             assert row is not None, f"{name}: {spec.name} on {arch} missing from the table"
             assert row["kernel"] == kernel, row
-            assert row["status"] == "ok", row
+            assert row["status"].startswith("ok"), row  # every configuration compiles
             assert 0 < int(row["regs"]) <= 255, row
-            assert row["spill st/ld"] == "0/0", row  # no configuration spills
-            assert 0 <= int(row["shared B"]) <= SHARED_LIMIT[arch], row
+            spills = row["spill st/ld"] != "0/0"
+            over = int(row["shared B"]) > SHARED_LIMIT[arch]
+            # generic builds may spill / overflow: printed, never silent (the workload report
+            # gates the specialized builds that really run)
+            assert (spills or over) == ("generic build" in row["status"]), row
     assert f"{len(rows)} ok, 0 failed" in proc.stdout
 
 

@@ -40,7 +40,7 @@ def current_device(monkeypatch):
 
 def test_launch_runs_under_the_inputs_device(current_device):
     with FakeTensorMode():
-        ws = torch.empty(2, 1, 4, 8, device="cuda:1")  # (N, splits, cells of bin 2, C)
+        ws = torch.empty(2, 1, 4, 8, device="cuda:1")  # (N, splits, cells, C)
         weight = torch.empty(4, 8, device="cuda:1")
         (y,) = kernel1.cells_conv(ws, 1, [weight], None, None, False, (2,), torch.float32, 0, None)
     assert current_device == [[1]]  # launched while cuda:1 was current, without set_device

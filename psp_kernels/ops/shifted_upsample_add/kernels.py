@@ -74,7 +74,14 @@ def _column_offsets(
 
 @triton.jit
 def _packed_rows(
-    v_n, o0, O, stride_vo, width, V_DIV: tl.constexpr, T_PAD: tl.constexpr, BLOCK_O: tl.constexpr = 4
+    v_n,
+    o0,
+    O,
+    stride_vo,
+    width,
+    V_DIV: tl.constexpr,
+    T_PAD: tl.constexpr,
+    BLOCK_O: tl.constexpr = 4,
 ):
     """Offsets and mask of the packed rows of channels ``o0 .. o0 + BLOCK_O - 1``: a
     (BLOCK_O, T_PAD) tile, read and written in 16-byte vectors."""
@@ -92,13 +99,6 @@ def _split_channels(t4, K_PAD: tl.constexpr, J_PAD: tl.constexpr):
     t0, t1 = tl.split(t01)
     t2, t3 = tl.split(t23)
     return t0, t1, t2, t3
-
-
-@triton.jit
-def _join_channels(t0, t1, t2, t3, K_PAD: tl.constexpr, J_PAD: tl.constexpr):
-    """The inverse of :func:`_split_channels`."""
-    t = tl.join(tl.join(t0, t1), tl.join(t2, t3))  # (K, J, c % 2, c // 2)
-    return tl.reshape(tl.permute(t, (3, 2, 0, 1)), (4, K_PAD * J_PAD))
 
 
 @triton.jit
@@ -309,7 +309,10 @@ def _shifted_upsample_add_bwd_kernel(
     # the dense tiles gathered back into the packed order, stored in vectors
     cidx = tl.load(cidx_ptr + tl.arange(0, T_PAD))
     if BLOCK_O == 4:
-        dvs = _join_channels(dv0, dv1, dv2, dv3, K_PAD, J_PAD)
+        # (the inverse of _split_channels, written out: the interpreter cannot look a helper up
+        # inside this constexpr branch)
+        dvs = tl.join(tl.join(dv0, dv1), tl.join(dv2, dv3))  # (K, J, c % 2, c // 2)
+        dvs = tl.reshape(tl.permute(dvs, (3, 2, 0, 1)), (4, K_PAD * J_PAD))
     else:
         dvs = tl.reshape(tl.permute(tl.join(dv0, dv1), (2, 0, 1)), (2, K_PAD * J_PAD))
     # (a flat gather, as in the forward: a 2-D one along the 4096-wide axis becomes shuffles)
