@@ -259,3 +259,25 @@ def test_evaluate_perfect_and_ignored_pixels():
     m = evaluate(model, data, cfg)
     assert m["mIoU"] == pytest.approx(1.0) and m["allAcc"] == pytest.approx(1.0)
     assert m["pixels"] == 3 * 90 - 20
+
+
+def test_evaluate_hand_made_predictions():
+    """A known imperfect prediction through the whole evaluation: the confusion matrix is
+    derived by hand, so are mIoU, mAcc and allAcc (every class present, so every mean agrees)."""
+    gt0 = torch.zeros(9, 10, dtype=torch.long)
+    gt0[:, 5:] = 1  # 45 px of class 0, 45 of class 1
+    pred0 = torch.zeros(9, 10, dtype=torch.long)
+    pred0[:, 4:] = 1  # column 4 (9 px of class 0) predicted as 1
+    gt1 = torch.full((9, 10), 2, dtype=torch.long)
+    gt1[0] = 255  # 80 labelled px of class 2
+    pred1 = torch.full((9, 10), 2, dtype=torch.long)
+    pred1[-1] = 0  # its last row (10 px) predicted as 0
+    data = [(torch.full((3, 9, 10), float(i)), gt) for i, gt in enumerate((gt0, gt1))]
+    model = _Oracle({0: pred0, 1: pred1})
+    m = evaluate(model, data, Config(classes=3, val_batch_size=1, workers=0))
+    # confusion (rows: truth): [[36, 9, 0], [0, 45, 0], [10, 0, 70]]
+    iou = [36 / (45 + 46 - 36), 45 / (45 + 54 - 45), 70 / (80 + 70 - 70)]
+    assert m["iou"] == pytest.approx(iou)
+    assert m["mIoU"] == pytest.approx(sum(iou) / 3)
+    assert m["mAcc"] == pytest.approx((36 / 45 + 45 / 45 + 70 / 80) / 3)
+    assert m["allAcc"] == pytest.approx(151 / 170) and m["pixels"] == 170
