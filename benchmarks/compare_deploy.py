@@ -32,7 +32,7 @@ import torch
 import pspnet
 from pspnet.onnx_runtime import OnnxModel
 
-from .cases import PlainPPM
+from .modules import PlainPPM, randomize_batchnorm
 
 PROVIDERS = ("official-eager", "ours-eager", "ours-onnxruntime")
 TARGET = 1.5  # onnxruntime >= 1.5x faster than the official-layout eager model
@@ -42,11 +42,7 @@ def build_models(classes: int = 21, seed: int = 0):
     """``(ours, official)``: PSPNet-50 (default head) and the official layout, same weights."""
     torch.manual_seed(seed)
     ours = pspnet.PSPNet(layers=50, classes=classes, pretrained=False)
-    gen = torch.Generator().manual_seed(seed + 1)
-    for m in ours.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    randomize_batchnorm(ours, seed=seed + 1)
     official = copy.deepcopy(ours)
     official.head = "concat"
     plain = PlainPPM(2048, 2048 // len(ours.bins), ours.bins)

@@ -8,7 +8,7 @@ machine slows both alike) and reports the minimum (``time_s``) and the median of
 the median over rounds of the per-round ratio concat / concat_free (``speedup_paired_median``).
 Also counts FLOPs (``FlopCounterMode``) of one eval forward each and, at ``--train-batch``, of one
 training forward + backward (labels, ``main + 0.4 aux`` loss), and the bytes autograd saves for
-backward in that training forward (``saved_bytes``; :func:`benchmarks.cases.saved_tensor_bytes`).
+backward in that training forward (``saved_bytes``; :func:`benchmarks.harness.saved_tensor_bytes`).
 
 Writes ``<out>.json`` (pytest-benchmark-like: each record in ``benchmarks[i].extra_info``, so
 ``python -m benchmarks.report <out>.json`` re-renders it) and ``<out>.md`` (the summary tables and
@@ -30,9 +30,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import pspnet
+
 from . import report
-from .cases import CLASSES, TrainShape, pspnet_model, saved_tensor_bytes
-from .harness import device_name, synchronize
+from .grids import CLASSES, TrainShape
+from .harness import device_name, saved_tensor_bytes, synchronize
 
 HEADS = ("concat", "concat_free")
 
@@ -77,7 +79,7 @@ def compare(crop=473, batch=1, repeats=5, train_batch=2, device="cpu", seed=0, l
     """Run the comparison; return the result records (see the module docstring)."""
     device = torch.device(device)
     torch.manual_seed(seed)
-    base = pspnet_model()(layers=50, classes=CLASSES, pretrained=False, head="concat")
+    base = pspnet.PSPNet(layers=50, classes=CLASSES, pretrained=False, head="concat")
     models = {}
     for head in HEADS:
         m = copy.deepcopy(base)

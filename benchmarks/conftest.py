@@ -27,7 +27,7 @@ import torch
 from psp_kernels import interpreting
 
 from . import report
-from .cases import cmp_cpu_grid, cmp_gpu_grid, cpu_grid, gpu_grid, skip_reason
+from .grids import cmp_cpu_grid, cmp_gpu_grid, cpu_grid, gpu_grid, skip_reason
 from .harness import RESULTS
 
 RESULTS_DIR = Path(__file__).parent / "results"

@@ -7,25 +7,24 @@ What one benchmark test does (:func:`measure`), for one provider on one configur
    from an earlier shape; Inductor's on-disk cache may still help), for ``fused`` it includes
    Triton's JIT. Reported as ``first_call_s`` and, for compiled providers, ``compile_s`` =
    first call minus one steady-state call. Never part of the timed rounds.
-2. **Check**: the first call's outputs (and input gradients) are compared with the ``eager``
+2. **Check**: the first call's outputs (and input gradients) are compared with the baseline
    provider's on the same inputs; a provider that is fast and wrong fails its test.
 3. **Warm-up** calls, not timed.
 4. **Peak memory** (CUDA only): ``torch.cuda.max_memory_allocated`` during one call minus what was
    allocated just before it, i.e. the memory the call itself needs (outputs, saved activations,
    gradients, workspace); inputs and parameters allocated beforehand are not counted.
    ``peak_mem_bytes`` is ``None`` on CPU.
-5. **Timed rounds**. On CUDA, each round is timed with CUDA events around the call (no host
-   synchronisation inside, so launch overhead overlaps the previous work, as in a real pipeline),
-   after writing a 256 MB buffer to evict the inputs from L2; ``time_s`` is the median.
-   pytest-benchmark then times its own rounds of "call + ``torch.cuda.synchronize()``" (host
-   clock, the same L2 flush before each round, untimed); its statistics land in the JSON as usual
-   and their median is reported as ``wall_s``. On CPU only pytest-benchmark's rounds run and
-   ``time_s`` is their median.
+5. **Timed rounds**. On CUDA, ``triton.testing.do_bench``: CUDA events around each call, L2
+   cleared (a 256 MB buffer zeroed) before each so the inputs come from HBM, gradients of the
+   inputs reset between calls; ``time_s`` is its median. pytest-benchmark then times its own
+   rounds of "call + ``torch.cuda.synchronize()``" (host clock, the same L2 clearing before each
+   round, untimed); its statistics land in the JSON as usual and their median is reported as
+   ``wall_s``. On CPU only pytest-benchmark's rounds run and ``time_s`` is their median.
 
 Effective bandwidth: ``gbps = ideal_bytes / time_s / 1e9``, where ``ideal_bytes`` is what a perfect
-implementation must move between memory and the chip (see :mod:`benchmarks.cases` for the count of
-each case); ``pct_peak`` compares it with the GPU's peak memory bandwidth from :data:`GPU_PEAK_GBPS`
-(``None`` for GPUs not in the table; override with ``PSP_BENCH_PEAK_GBPS``).
+implementation must move between memory and the chip (:mod:`benchmarks.ideal`); ``pct_peak``
+compares it with the GPU's peak memory bandwidth from :data:`GPU_PEAK_GBPS` (``None`` for GPUs
+not in the table; override with ``PSP_BENCH_PEAK_GBPS``).
 
 Everything is written to ``benchmark.extra_info`` (so it lands in ``--benchmark-json``) and kept in
 :data:`RESULTS` for the end-of-run summary.
@@ -48,8 +47,11 @@ __all__ = [
     "RESULTS",
     "Runnable",
     "device_name",
+    "do_bench_s",
     "peak_bandwidth_gbps",
+    "peak_memory",
     "measure",
+    "saved_tensor_bytes",
 ]
 
 # (regular expression on the lower-cased torch.cuda.get_device_name(), peak memory bandwidth in
@@ -85,9 +87,6 @@ GPU_PEAK_GBPS: list[tuple[str, float]] = [
 # test id); read by the summary in benchmarks/conftest.py.
 RESULTS: list[dict] = []
 
-_FLUSH_BYTES = 256 * 1024 * 1024
-_flush_buffer: dict[torch.device, torch.Tensor] = {}
-
 
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's (``platform.processor()``, else ``"cpu"``)."""
@@ -116,14 +115,36 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def flush_l2(device: torch.device) -> None:
-    """Overwrite a buffer larger than any GPU's L2 so that the next call reads from HBM."""
+def _l2_clearer(device: torch.device) -> Callable[[], None]:
+    """What ``triton.testing.do_bench`` does between calls: zero a buffer larger than any L2."""
     if device.type != "cuda":
-        return
-    buf = _flush_buffer.get(device)
-    if buf is None:
-        buf = _flush_buffer[device] = torch.empty(_FLUSH_BYTES, dtype=torch.int8, device=device)
-    buf.zero_()
+        return lambda: None
+    from triton import runtime
+
+    driver = runtime.driver.active
+    cache = driver.get_empty_cache_for_benchmark()
+    return lambda: driver.clear_cache(cache)
+
+
+def saved_tensor_bytes(fn, exclude=()) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn()`` runs.
+
+    Tensors whose storage is one of ``exclude``'s (parameters, buffers, inputs: memory that exists
+    anyway) are not counted; views of one storage count once, with the whole storage.
+    """
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in skip and ptr != 0:
+            seen[ptr] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return int(sum(seen.values()))
 
 
 @dataclass
@@ -131,17 +152,20 @@ class Runnable:
     """One provider on one configuration, ready to call.
 
     ``fn()`` does one complete call (forward, or forward + backward, or a training step) and
-    returns the tensors to compare against the eager provider (``[]`` for none). ``setup()`` runs
-    untimed before every call (it clears gradients). ``check`` is False where outputs are random
-    (dropout in training mode).
+    returns the tensors to compare against the baseline provider (``[]`` for none). ``setup()``
+    runs untimed before every call (it clears gradients and re-seeds the RNG, so that dropout
+    masks agree between providers). ``grad_to_none``: the tensors whose gradients ``setup``
+    clears, which ``do_bench`` clears between its timed calls. ``check`` is False where a
+    provider's outputs cannot be compared.
     """
 
     fn: Callable[[], Sequence[torch.Tensor]]
     setup: Callable[[], None] = field(default=lambda: None)
     check: bool = True
+    grad_to_none: Sequence[torch.Tensor] = ()
 
 
-# Largest error allowed against the eager provider, relative to the eager output's max abs. Loose
+# Largest error allowed against the baseline provider, relative to its output's max abs. Loose
 # on purpose: it catches a wrong result, not rounding (compiled code and cuDNN/TF32 reorder sums).
 CHECK_RTOL = {torch.float32: 5e-3, torch.float16: 2e-2, torch.bfloat16: 6e-2, torch.float64: 1e-6}
 
@@ -149,11 +173,13 @@ CHECK_RTOL = {torch.float32: 5e-3, torch.float16: 2e-2, torch.bfloat16: 6e-2, to
 def max_rel_error(outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor]) -> float:
     """Largest ``max|a - b| / max|b|`` over matching pairs of tensors."""
     if len(outs) != len(refs):
-        raise AssertionError(f"provider returned {len(outs)} tensors, eager {len(refs)}")
+        raise AssertionError(f"provider returned {len(outs)} tensors, the baseline {len(refs)}")
     worst = 0.0
     for a, b in zip(outs, refs):
         if a.shape != b.shape:
-            raise AssertionError(f"shape {tuple(a.shape)} differs from eager's {tuple(b.shape)}")
+            raise AssertionError(
+                f"shape {tuple(a.shape)} differs from the baseline's {tuple(b.shape)}"
+            )
         # float32 resolves errors down to ~1e-7 (below every tolerance) with half the memory of
         # float64 on the largest outputs (GBs)
         a, b = a.detach().float(), b.detach().float()
@@ -166,22 +192,18 @@ def _rounds(per_call_s: float, budget_s: float, lo: int, hi: int) -> int:
     return int(min(hi, max(lo, math.ceil(budget_s / max(per_call_s, 1e-9)))))
 
 
-def _cuda_event_times(run: Runnable, device: torch.device, rounds: int) -> list[float]:
-    pairs = []
-    for _ in range(rounds):
-        run.setup()
-        flush_l2(device)
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        run.fn()
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize(device)
-    return [s.elapsed_time(e) / 1e3 for s, e in pairs]
+def do_bench_s(fn, per_call_s: float, grad_to_none=()) -> float:
+    """Median seconds of ``fn()`` by ``triton.testing.do_bench``: CUDA events around each call,
+    L2 cleared before each, the gradients of ``grad_to_none`` reset between calls."""
+    from triton.testing import do_bench
+
+    rep_ms = min(max(400.0, 10e3 * per_call_s), 4000.0)  # at least ~10 calls, at most 4 s
+    grads = list(grad_to_none) or None
+    return do_bench(fn, warmup=25, rep=rep_ms, grad_to_none=grads, return_mode="median") / 1e3
 
 
-def _peak_memory(run: Runnable, device: torch.device) -> int:
+def peak_memory(run: Runnable, device: torch.device) -> int:
+    """Bytes one call of ``run`` allocates beyond what was allocated before it (CUDA)."""
     run.setup()
     synchronize(device)
     before = torch.cuda.memory_allocated(device)
@@ -208,8 +230,8 @@ def measure(
 
     ``info`` describes the configuration (case, pass, provider, shape, ``ideal_bytes``...); the
     record is ``info`` plus the measurements, and is also stored in ``benchmark.extra_info`` and
-    :data:`RESULTS`. ``reference`` (the eager provider on the same inputs) is called once to check
-    the outputs of ``run``.
+    :data:`RESULTS`. ``reference`` (the baseline provider on the same inputs) is called once to
+    check the outputs of ``run``.
     """
     cuda = device.type == "cuda"
     record = dict(info)
@@ -231,17 +253,18 @@ def measure(
     synchronize(device)
     first_call_s = time.perf_counter() - t0
 
-    # 2. correctness against eager
+    # 2. correctness against the baseline
     record["max_rel_err"] = None
     if reference is not None and run.check and reference.check:
         reference.setup()
         refs = [t.detach().clone() for t in reference.fn()]
         reference.setup()
         err = max_rel_error(outs, refs)
+        base = info.get("baseline", "eager")
         record["max_rel_err"] = err
         tol = CHECK_RTOL.get(dtype, 5e-2)
         assert err <= tol, (
-            f"{info.get('provider')} differs from eager by {err:.3g} (relative to eager's max abs; "
+            f"{info.get('provider')} differs from {base} by {err:.3g} (relative to its max abs; "
             f"allowed {tol:g}): refusing to benchmark a wrong result"
         )
         del refs
@@ -260,22 +283,22 @@ def measure(
         per_call = (time.perf_counter() - t0) / warmup
 
     # 4. peak memory
-    record["peak_mem_bytes"] = _peak_memory(run, device) if cuda else None
+    record["peak_mem_bytes"] = peak_memory(run, device) if cuda else None
 
     # 5. timed rounds
     if cuda:
-        rounds = _rounds(per_call, 0.4, 10, 200)
-        event_times = sorted(_cuda_event_times(run, device, rounds))
-        time_s = event_times[len(event_times) // 2]
-        record["time_source"] = "cuda_events"
+        time_s = do_bench_s(run.fn, per_call, run.grad_to_none)
+        rounds = _rounds(per_call, 0.2, 3, 50)  # pytest-benchmark's wall-clock rounds
+        record["time_source"] = "do_bench"
     else:
         rounds = _rounds(per_call, 0.4, 2, 10)
         time_s = None
         record["time_source"] = "wall"
+    clear_l2 = _l2_clearer(device)
 
     def setup_round():
         run.setup()
-        flush_l2(device)
+        clear_l2()
         synchronize(device)
 
     def call():

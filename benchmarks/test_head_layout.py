@@ -1,8 +1,8 @@
 """Head layouts compared: ``concat`` (the paper's) vs ``concat_free`` (``pspnet.heads``), for the
 PSPNet head alone and the whole PSPNet-50, forward and forward+backward, with FLOPs and the bytes
-saved for backward (see ``benchmarks/cases.py``)."""
+saved for backward (see ``benchmarks/providers.py``)."""
 
-from .cases import run_bench
+from .providers import run_bench
 
 BENCH_CASES = ("headcmp", "modelcmp")
 

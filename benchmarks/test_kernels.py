@@ -1,6 +1,6 @@
 """Kernel 1 (pyramid_pool_conv) and kernel 2 (upsample_concat) alone, forward and fwd+bwd."""
 
-from .cases import run_bench
+from .providers import run_bench
 
 BENCH_CASES = ("kernel1", "kernel2")
 

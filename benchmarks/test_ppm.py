@@ -1,6 +1,6 @@
 """The whole PPM, and the PSPNet head (PPM + classifier), forward and forward+backward."""
 
-from .cases import run_bench
+from .providers import run_bench
 
 BENCH_CASES = ("ppm", "head")
 

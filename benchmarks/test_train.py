@@ -1,6 +1,6 @@
 """One PSPNet-50 training step: forward with labels, loss, backward, SGD step."""
 
-from .cases import run_bench
+from .providers import run_bench
 
 BENCH_CASES = ("train",)
 

@@ -6,7 +6,7 @@ in their own submodules and are imported on use).
 
 from .checkpoint import load_checkpoint
 from .export import export_onnx, export_program
-from .model import PSPNet
+from .model import PSPNet, TinyPSPNet
 from .ppm import PPM, convert_ppm
 from .resnet import Bottleneck, ResNet, resnet50, resnet101, resnet152
 
@@ -14,6 +14,7 @@ __all__ = [
     "PPM",
     "convert_ppm",
     "PSPNet",
+    "TinyPSPNet",
     "load_checkpoint",
     "export_onnx",
     "export_program",

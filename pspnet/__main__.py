@@ -120,7 +120,7 @@ def _base_config(args):
         from .onnx_runtime import onnx_config
 
         return onnx_config(args.onnx)
-    from .checkpoint import saved_config
+    from .build import saved_config
 
     return saved_config(args.checkpoint)
 
@@ -161,7 +161,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .checkpoint import saved_config
+    from .build import saved_config
     from .export import export_checkpoint
 
     cfg = config_from_args(args, base=saved_config(args.checkpoint))

@@ -1,14 +1,14 @@
 """PSPNet checkpoints: loading weights (official semseg checkpoints, plain state_dicts, our own
-checkpoints), and writing / resuming / rebuilding from our training checkpoints."""
+checkpoints), and writing / resuming our training checkpoints.
+
+The model a checkpoint describes is rebuilt by :func:`pspnet.build.model_from_checkpoint`.
+"""
 
 from __future__ import annotations
 
 import os
-import pickle
 import random
-import re
 import warnings
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +22,8 @@ from .runtime import unwrap
 if TYPE_CHECKING:
     from .config import Config
 
+from .checkpoint_file import load_file
+
 __all__ = [
     "load_checkpoint",
     "load_file",
@@ -30,8 +32,6 @@ __all__ = [
     "extract_state_dict",
     "save_checkpoint",
     "load_training_state",
-    "saved_config",
-    "model_from_checkpoint",
     "find_resume",
 ]
 
@@ -137,116 +137,6 @@ def read_state_dict(
     """
     obj = load_file(path, map_location=map_location, weights_only=weights_only)
     return extract_state_dict(obj, source=repr(os.fspath(path)))
-
-
-# the first pickle record of a legacy (pre-zip) torch.save file: torch's magic number
-_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
-
-
-def _core_reason(e: BaseException) -> str:
-    """The useful part of a torch.load error, without torch's advice about ``weights_only``."""
-    text = str(e)
-    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", text, flags=re.S)
-    if m:
-        text = m.group(1)
-    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    # torch's long explanations follow the first sentence
-    first = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0].strip()
-    return first or type(e).__name__
-
-
-def _resolvable(qualname: str) -> bool:
-    """False when ``module.name`` points into an importable module that has no such name: a
-    name cut off by a truncated file. True otherwise (also when the module is not installed)."""
-    import importlib
-
-    parts = qualname.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except Exception:  # noqa: BLE001 - not this split
-            continue
-        try:
-            for attr in parts[i:]:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            return False
-        return True
-    return True
-
-
-def load_file(path: str | os.PathLike, map_location="cpu", weights_only: bool = True):
-    """``torch.load`` a checkpoint file, with one clear error per kind of bad file.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: naming the file and what is wrong with it: empty; not a ``torch.save`` file
-            (text, a plain pickle, another archive); truncated or corrupt; or (only then, with
-            ``weights_only=True``) it really holds Python objects other than tensors and plain
-            containers, in which case the message names the first one and says that
-            ``weights_only=False`` is for trusted files only.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise ValueError(f"{path!r} is not a PyTorch checkpoint: the file is empty (0 bytes)")
-    with open(path, "rb") as f:
-        head = f.read(len(_LEGACY_MAGIC))
-    # torch.save writes a zip archive (PyTorch >= 1.6) or a legacy pickle stream
-    if head[:4] == b"PK\x03\x04":
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise ValueError(
-                f"{path!r} is not a readable PyTorch checkpoint: truncated or corrupt "
-                f"({size} bytes, the zip archive is incomplete: {e}); it was probably not "
-                "fully written or copied"
-            ) from None
-        if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
-            shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-            raise ValueError(
-                f"{path!r} is not a PyTorch checkpoint: a zip archive without the data.pkl "
-                f"record torch.save writes (holds {shown or 'nothing'})"
-            )
-    elif head[:1] == b"\x80":
-        if not head.startswith(_LEGACY_MAGIC):
-            raise ValueError(
-                f"{path!r} is not a PyTorch checkpoint: a plain Python pickle, not a torch.save "
-                "file"
-            )
-    else:
-        raise ValueError(
-            f"{path!r} is not a PyTorch checkpoint (starts with {head[:4]!r}, "
-            "expected a torch.save file)"
-        )
-    try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
-    except pickle.UnpicklingError as e:
-        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if weights_only and m and _resolvable(m.group(1)):
-            raise ValueError(
-                f"{path!r} holds Python objects besides tensors (the first: {m.group(1)}), "
-                "which torch.load(weights_only=True) refuses to run. Only if you trust the file "
-                "and where it came from, load it with weights_only=False: unpickling runs "
-                "arbitrary code"
-            ) from None
-        reason = f"a cut-off name {m.group(1)!r}" if m else _core_reason(e)
-        raise ValueError(
-            f"{path!r} is not a readable PyTorch checkpoint: truncated or corrupt "
-            f"({size} bytes; {reason})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as e:
-        raise ValueError(
-            f"{path!r} is not a readable PyTorch checkpoint: truncated or corrupt "
-            f"({size} bytes; {type(e).__name__}: {_core_reason(e)})"
-        ) from None
-    except ImportError as e:
-        raise ValueError(
-            f"{path!r} needs a Python module that is not installed to be read ({e})"
-        ) from None
 
 
 _DEPTHS = {(3, 4, 6, 3): "ResNet-50", (3, 4, 23, 3): "ResNet-101", (3, 8, 36, 3): "ResNet-152"}
@@ -440,61 +330,6 @@ def load_training_state(
     if "rng" in state:
         _set_rng_state(state["rng"])
     return state
-
-
-def saved_config(path) -> Config | None:
-    """The Config stored in one of our checkpoints (``None`` for official / plain files or an
-    unreadable path; errors are reported when the model is loaded)."""
-    from .config import Config
-
-    try:
-        obj = load_file(path)
-    except Exception:  # noqa: BLE001 - reported later by model_from_checkpoint
-        return None
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
-        known = Config.__dataclass_fields__
-        return Config.from_dict({k: v for k, v in obj["config"].items() if k in known})
-    return None
-
-
-def model_from_checkpoint(path, cfg: Config | None = None, map_location="cpu"):
-    """``(model in eval mode, cfg, class_names)`` from a checkpoint.
-
-    Ours carry their config (model shape, classes); for official / plain state_dict files
-    ``cfg`` must describe the model (``arch``, ``layers``, ``classes``...). Structural keys
-    (arch, layers, classes, bins, zoom_factor, use_ppm, tiny_width) come from the checkpoint.
-    """
-    from .build import build_model
-    from .config import Config
-
-    path = Path(path)
-    obj = load_file(path)  # FileNotFoundError / ValueError naming the file and the fault
-    class_names = None
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
-        saved = Config.from_dict(
-            {k: v for k, v in obj["config"].items() if k in Config.__dataclass_fields__}
-        )
-        keys = (
-            "arch",
-            "layers",
-            "classes",
-            "bins",
-            "zoom_factor",
-            "use_ppm",
-            "tiny_width",
-            "ignore_index",
-        )
-        structural = {k: getattr(saved, k) for k in keys}
-        cfg = saved if cfg is None else cfg.replace(**structural)
-        class_names = obj.get("class_names")
-    elif cfg is None:
-        raise ValueError(f"{path} holds no config: pass --preset/--classes/--layers for it")
-    del obj
-    build_cfg = cfg.replace(pretrained=False, backbone_path=None)
-    model = build_model(build_cfg)
-    load_checkpoint(model, path, map_location=map_location)
-    model.eval()
-    return model, cfg, class_names
 
 
 def find_resume(cfg: Config) -> Path | None:

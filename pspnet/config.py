@@ -1,11 +1,16 @@
-"""Training / evaluation configuration: a dataclass, presets, YAML files and command-line overrides.
+"""Training / evaluation configuration: a dataclass, YAML presets and command-line overrides.
 
 Resolution order (later wins): dataclass defaults -> preset (``--preset``, or ``preset:`` in the
 YAML file) -> YAML file (``--config x.yaml``) -> command-line ``--key value`` overrides.
 
-The presets follow the official hszhao/semseg PSPNet configs (ADE20K, Cityscapes, VOC2012); the
-``synthetic`` preset (the default) trains a small PSPNet on the built-in synthetic dataset in a
-couple of minutes on two CPU cores.
+The presets are the YAML files in ``pspnet/configs/`` (their one home: :data:`PRESETS` is read
+from them). They follow the official hszhao/semseg PSPNet configs (ADE20K, Cityscapes, VOC2012);
+the ``synthetic`` preset (the default) trains a small PSPNet on the built-in synthetic dataset in
+a couple of minutes on two CPU cores.
+
+The command line is a plain argparse parser (:func:`add_config_arguments`) whose options default
+to "not given", so that what is given overrides the preset / YAML file, or the config saved in a
+checkpoint (:func:`config_from_args`).
 """
 
 from __future__ import annotations
@@ -13,16 +18,15 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data.datasets import DATASETS
+import yaml
 
 __all__ = [
     "Config",
+    "CONFIG_DIR",
     "PRESETS",
     "preset_config",
     "load_config",
@@ -165,15 +169,8 @@ class Config:
         return d
 
     def to_yaml(self) -> str:
-        """:meth:`to_dict` as YAML (JSON when PyYAML is missing)."""
-        try:
-            import yaml
-
-            return yaml.safe_dump(self.to_dict(), sort_keys=False)
-        except ImportError:  # pragma: no cover
-            import json
-
-            return json.dumps(self.to_dict(), indent=1)
+        """:meth:`to_dict` as YAML (the layout of the preset files)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base: Config | None = None) -> Config:
@@ -190,67 +187,26 @@ class Config:
         return Config.from_dict(kw, base=self)
 
 
-def _dataset_facts(name: str) -> dict[str, Any]:
-    """Classes, crop and test base size of a dataset, from :data:`pspnet.data.DATASETS`."""
-    facts = DATASETS[name]
-    crop = facts["crop_size"]
-    return dict(classes=facts["classes"], crop_size=(crop, crop), base_size=facts["base_size"])
+# ---------------------------------------------------------------------------------- presets
+
+#: the preset files: ``<name>.yaml`` is preset ``name``
+CONFIG_DIR = Path(__file__).resolve().with_name("configs")
 
 
-# Official hszhao/semseg configs (config/<dataset>/<dataset>_pspnet50.yaml), plus the synthetic one.
-# Evaluation as the official test.py: resize to scale * base_size, sliding window at the crop size
-# with flip averaging.
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {p}")
+    with open(p) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {p} must hold a mapping, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+#: preset name -> its YAML mapping, read from :data:`CONFIG_DIR`
 PRESETS: dict[str, dict[str, Any]] = {
-    "synthetic": dict(
-        dataset="synthetic",
-        arch="tiny",
-        tiny_width=16,
-        pretrained=False,
-        crop_size=(65, 65),
-        scale_min=0.75,
-        scale_max=1.5,
-        rotate_min=-10.0,
-        rotate_max=10.0,
-        blur=False,
-        epochs=6,
-        batch_size=8,
-        base_lr=0.02,
-        workers=1,  # on 2 cores: one compute thread + one data worker
-        threads=1,
-        eval_every=2,
-        val_batch_size=8,
-        base_size=0,
-    ),
-    "ade20k": dict(
-        **_dataset_facts("ade20k"),
-        dataset="ade20k",
-        data_root="dataset/ade20k",
-        epochs=100,
-        batch_size=16,
-        workers=16,
-        eval_mode="slide",
-        eval_flip=True,
-    ),
-    "cityscapes": dict(
-        **_dataset_facts("cityscapes"),
-        dataset="cityscapes",
-        data_root="dataset/cityscapes",
-        epochs=200,
-        batch_size=16,
-        workers=16,
-        eval_mode="slide",
-        eval_flip=True,
-    ),
-    "voc": dict(
-        **_dataset_facts("voc"),
-        dataset="voc",
-        data_root="dataset/voc2012",
-        epochs=50,
-        batch_size=16,
-        workers=16,
-        eval_mode="slide",
-        eval_flip=True,
-    ),
+    p.stem: _read_yaml(p) for p in sorted(CONFIG_DIR.glob("*.yaml"))
 }
 
 
@@ -263,30 +219,23 @@ def preset_config(name: str) -> Config:
 
 def load_config(path: str | Path | None = None, preset: str | None = None, **overrides) -> Config:
     """Defaults -> preset -> YAML file ``path`` -> ``overrides``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        with open(p) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {p} must hold a mapping, got {type(data).__name__}")
+    data = _read_yaml(path) if path is not None else {}
     name = preset or data.get("preset") or "synthetic"
-    cfg = preset_config(name)
-    data = {k.replace("-", "_"): v for k, v in data.items()}
     data["preset"] = name
-    cfg = Config.from_dict(data, base=cfg)
+    cfg = Config.from_dict(data, base=preset_config(name))
     return cfg.replace(**overrides) if overrides else cfg
 
 
 # ----------------------------------------------------------------------------- command line
 
-_NO_CLI = {"preset", "dataset_kwargs"}
 
-# --help text of the options that need more than their name
+def _none_or_str(s: str) -> str | None:
+    return None if s.lower() in ("none", "null", "") else s
+
+
+_none_or_str.__name__ = "str"
+
+# --help text of the options that need more than a line
 HELP = {
     "list_file": "--dataset list: the training list file, one 'image_path label_path' per line "
     "(paths relative to --data-root, default the list's folder)",
@@ -306,25 +255,77 @@ HELP = {
     "stopped by SIGINT / SIGTERM continues from mid-epoch exactly as if never stopped",
 }
 
+_INTS, _FLOATS = (int, "+"), (float, "+")
 
-def _base_type(tp):
-    """(scalar type, is_sequence, optional) of a dataclass field annotation."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        t, seq, _ = _base_type(args[0])
-        return t, seq, True
-    if origin is tuple:
-        return typing.get_args(tp)[0], True, False
-    return tp, False, False
-
-
-def _none_or(t):
-    def conv(s: str):
-        return None if s.lower() in ("none", "null", "") else t(s)
-
-    conv.__name__ = t.__name__
-    return conv
+# one option per Config field but ``preset`` (its own option) and ``dataset_kwargs``
+# (``--dataset-opt``): (field, type, help); the option is ``--field-name`` (also ``--field_name``),
+# ``--x / --no-x`` for booleans. Every option defaults to "not given".
+OPTIONS: tuple[tuple[str, Any, str | None], ...] = (
+    # what to train on
+    ("dataset", str, "synthetic | ade20k | cityscapes | voc | list"),
+    ("data_root", _none_or_str, "dataset folder"),
+    ("train_split", str, "training split"),
+    ("val_split", str, "validation split"),
+    ("list_file", str, HELP["list_file"]),
+    ("val_list_file", str, HELP["val_list_file"]),
+    ("classes", int, "number of classes (0: the dataset's)"),
+    ("ignore_index", int, "label value ignored by the loss and the metrics"),
+    # model
+    ("arch", str, "pspnet (ResNet-50/101/152 backbone) | tiny (narrow ResNet, CPU runs)"),
+    ("layers", int, "ResNet depth of arch pspnet: 50 | 101 | 152"),
+    ("bins", _INTS, "pyramid pooling bin sizes"),
+    ("dropout", float, "dropout before the classifiers"),
+    ("zoom_factor", int, "output resolution relative to the stride-8 features: 1 | 2 | 4 | 8"),
+    ("use_ppm", bool, "use the pyramid pooling module"),
+    ("pretrained", bool, HELP["pretrained"]),
+    ("backbone_path", _none_or_str, HELP["backbone_path"]),
+    ("aux_weight", float, "weight of the auxiliary loss"),
+    ("tiny_width", int, "arch tiny: channels of the first ResNet stage"),
+    ("head", str, "'' (the model's default) | concat | concat_free"),
+    # augmentation
+    ("crop_size", _INTS, "training crop (and sliding window), H [W]"),
+    ("scale_min", float, "random scale, lower bound"),
+    ("scale_max", float, "random scale, upper bound"),
+    ("rotate_min", float, "random rotation in degrees, lower bound"),
+    ("rotate_max", float, "random rotation in degrees, upper bound"),
+    ("blur", bool, "random Gaussian blur"),
+    ("flip", bool, "random horizontal flip"),
+    # optimisation
+    ("epochs", int, "training epochs"),
+    ("batch_size", int, "images per step, over all processes"),
+    ("base_lr", float, "learning rate of the backbone"),
+    ("momentum", float, "SGD momentum"),
+    ("weight_decay", float, "SGD weight decay"),
+    ("power", float, "poly schedule power"),
+    ("head_lr_mult", float, "learning-rate multiplier of ppm / cls / aux"),
+    ("max_iters_per_epoch", int, "limit the steps per epoch (0: the whole epoch)"),
+    # runtime
+    ("workers", int, "data loader workers"),
+    ("seed", int, "random seed"),
+    ("output_dir", str, "where to write (default: runs/<preset>)"),
+    ("device", str, "auto | cpu | cuda | cuda:N"),
+    ("threads", int, "CPU threads for torch (0: torch's default)"),
+    ("compile", bool, "torch.compile the model"),
+    ("compile_backend", str, "torch.compile backend (aot_eager: trace only)"),
+    ("amp", str, "none | bf16 | fp16 (CUDA only)"),
+    ("channels_last", bool, "channels_last memory format"),
+    ("resume", str, HELP["resume"]),
+    ("save_freq", int, "write last.pth every N epochs"),
+    ("max_bad_steps", int, HELP["max_bad_steps"]),
+    ("skip_bad_samples", bool, HELP["skip_bad_samples"]),
+    ("progress", bool, "progress bars"),
+    ("plot", bool, "draw curves.png"),
+    # evaluation
+    ("eval_every", int, "evaluate every N epochs during training (0: at the end only)"),
+    ("final_eval", bool, "evaluate on val_split after training"),
+    ("val_batch_size", int, "images per evaluation batch"),
+    ("scales", _FLOATS, "evaluation scales (multi-scale: several)"),
+    ("eval_flip", bool, "average with the flipped image"),
+    ("eval_mode", str, "whole | slide"),
+    ("base_size", int, "multi-scale: long side = scale * base_size (0: the image's)"),
+    ("stride_rate", float, "sliding-window stride, relative to the crop"),
+)
+_NAMES = frozenset(name for name, _, _ in OPTIONS)
 
 
 def add_config_arguments(
@@ -332,7 +333,7 @@ def add_config_arguments(
     fields: set[str] | None = None,
     exclude: set[str] = frozenset(),
 ) -> None:
-    """Add ``--preset``, ``--config`` and one ``--key`` option per Config field (default: unset).
+    """Add ``--preset``, ``--config`` and the options of :data:`OPTIONS` (default: not given).
 
     ``fields``: only these fields; ``exclude``: not these."""
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS), help="config preset")
@@ -346,30 +347,27 @@ def add_config_arguments(
             help="extra build_dataset keyword (repeatable; VALUE parsed as YAML), e.g. "
             "--dataset-opt list_file=train.txt --dataset-opt num_classes=5",
         )
-    hints = typing.get_type_hints(Config)
     group = parser.add_argument_group("config overrides (default: from preset / YAML)")
-    for f in dataclasses.fields(Config):
-        if f.name in _NO_CLI or f.name in exclude or (fields is not None and f.name not in fields):
+    for name, kind, help_ in OPTIONS:
+        if name in exclude or (fields is not None and name not in fields):
             continue
-        t, seq, optional = _base_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        names = [flag] if "_" not in f.name else [flag, "--" + f.name]
-        if t is bool:
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
             group.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=HELP.get(f.name),
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_
             )
             continue
-        conv = _none_or(t) if optional else t
-        kw = dict(dest=f.name, default=None, type=conv, metavar=f.name.upper())
-        if f.name in HELP:
-            kw["help"] = HELP[f.name]
-        if seq:
-            kw["nargs"] = "+"
-        group.add_argument(*names, **kw)
+        kind, nargs = kind if isinstance(kind, tuple) else (kind, None)
+        names = [flag] if "_" not in name else [flag, "--" + name]
+        group.add_argument(
+            *names,
+            dest=name,
+            type=kind,
+            nargs=nargs,
+            default=None,
+            metavar=name.upper(),
+            help=help_,
+        )
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
@@ -378,8 +376,7 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     ``base`` (e.g. the config saved in a checkpoint) replaces defaults + preset + YAML when
     neither ``--preset`` nor ``--config`` was given; command-line overrides apply on top.
     """
-    names = {f.name for f in dataclasses.fields(Config)} - _NO_CLI
-    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k in _NAMES and v is not None}
     preset, path = getattr(args, "preset", None), getattr(args, "config", None)
     if base is not None and preset is None and path is None:
         cfg = base.replace(**overrides)
@@ -387,8 +384,6 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
         cfg = load_config(path, preset, **overrides)
     opts = getattr(args, "dataset_opt", None)
     if opts:
-        import yaml
-
         kw = dict(cfg.dataset_kwargs)
         for item in opts:
             key, sep, value = item.partition("=")

@@ -254,7 +254,7 @@ def _quiet(*a, **k):
 def run_eval(cfg: Config, checkpoint: str, log=print, onnx=None) -> dict:
     """Load ``checkpoint`` (or the exported model ``onnx``, run by onnxruntime on CPU), evaluate
     on ``cfg.dataset`` / ``cfg.val_split``, print the table."""
-    from .checkpoint import model_from_checkpoint
+    from .build import model_from_checkpoint
     from .data.loaders import AugmentedDataset, build_datasets
     from .data.transforms import eval_transform
 

@@ -196,7 +196,7 @@ def export_checkpoint(checkpoint, path, cfg=None, *, static=None, opset: int | N
     ``eval --onnx`` run with the same settings as with ``--checkpoint``. ``static``: ``(H, W)``
     for a fixed ``1 x 3 x H x W`` graph; otherwise dynamic, traced at the config's crop size.
     """
-    from .checkpoint import model_from_checkpoint
+    from .build import model_from_checkpoint
 
     _require_onnx()  # before loading the checkpoint
     model, cfg, class_names = model_from_checkpoint(checkpoint, cfg)

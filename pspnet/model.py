@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from . import export_ops
 from .heads import concat_free_conv3x3
 from .ppm import PPM
-from .resnet import resnet50, resnet101, resnet152
+from .resnet import _LAYERS, Bottleneck, ResNet, resnet50, resnet101, resnet152
 
-__all__ = ["PSPNet"]
+__all__ = ["PSPNet", "TinyPSPNet"]
 
 _BACKBONES = {50: resnet50, 101: resnet101, 152: resnet152}
 _HEADS = ("concat", "concat_free")
@@ -41,7 +41,7 @@ class PSPNet(nn.Module):
 
     Args (as the official PSPNet):
         layers: backbone depth, 50, 101 or 152 (deep-stem ResNet, output stride 8).
-        bins: pyramid bin sizes of the PPM; ``2048 % len(bins) == 0``.
+        bins: pyramid bin sizes of the PPM; ``2048 % len(bins) == 0`` (``32 * width``).
         dropout: ``Dropout2d`` probability in the heads.
         classes: number of classes (> 1).
         zoom_factor: 1, 2, 4 or 8: output resolution relative to the stride-8 features.
@@ -82,20 +82,30 @@ class PSPNet(nn.Module):
         aux_weight: float = 0.4,
         backbone_path=None,
         head: str = "concat_free",
+        blocks: Sequence[int] | None = None,
+        width: int = 64,
+        head_channels: tuple[int, int] | None = None,
     ):
         super().__init__()
-        if layers not in _BACKBONES:
+        if blocks is None and layers not in _BACKBONES:
             raise ValueError(f"layers must be 50, 101 or 152, got {layers!r}")
+        custom = blocks is not None or width != 64
+        if custom and (pretrained or backbone_path is not None):
+            raise ValueError(
+                "ImageNet backbones exist for the official ResNets only: pass pretrained=False "
+                "(and no backbone_path) with custom blocks or width"
+            )
+        fea_dim = 32 * width
         try:
             bins = tuple(int(b) for b in bins)
         except TypeError as e:
             raise ValueError(f"bins must be a sequence of positive ints, got {bins!r}") from e
         if not bins or any(b < 1 for b in bins):
             raise ValueError(f"bins must be a non-empty sequence of positive ints, got {bins!r}")
-        if 2048 % len(bins) != 0:
+        if fea_dim % len(bins) != 0:
             raise ValueError(
-                f"2048 must be divisible by len(bins) (the PPM reduces 2048 channels to "
-                f"2048 // len(bins) per bin), got {len(bins)} bins"
+                f"{fea_dim} must be divisible by len(bins) (the PPM reduces {fea_dim} channels to "
+                f"{fea_dim} // len(bins) per bin), got {len(bins)} bins"
             )
         if isinstance(classes, bool) or not isinstance(classes, int) or classes <= 1:
             raise ValueError(f"classes must be an int > 1, got {classes!r}")
@@ -113,22 +123,23 @@ class PSPNet(nn.Module):
         self.aux_weight = float(aux_weight)
         self.head = head
 
-        resnet = _BACKBONES[layers](
-            pretrained=pretrained,
-            backbone_path=backbone_path,
-            deep_base=True,
-            replace_stride_with_dilation=[False, True, True],
-        )
+        dilated = dict(deep_base=True, replace_stride_with_dilation=[False, True, True])
+        if custom:
+            blocks = tuple(blocks) if blocks is not None else None
+            resnet = ResNet(Bottleneck, blocks or _LAYERS[layers], width=width, **dilated)
+        else:
+            resnet = _BACKBONES[layers](
+                pretrained=pretrained, backbone_path=backbone_path, **dilated
+            )
         self.layer0 = resnet.stem()
         self.layer1, self.layer2 = resnet.layer1, resnet.layer2
         self.layer3, self.layer4 = resnet.layer3, resnet.layer4
 
-        fea_dim = 2048
+        cls_mid, aux_mid = head_channels or (8 * width, 4 * width)
         if self.use_ppm:
             self.ppm = PPM(fea_dim, fea_dim // len(bins), bins)
-            fea_dim *= 2
-        self.cls = _head(fea_dim, 512, classes, dropout)
-        self.aux = _head(1024, 256, classes, dropout)
+        self.cls = _head(fea_dim * (2 if self.use_ppm else 1), cls_mid, classes, dropout)
+        self.aux = _head(16 * width, aux_mid, classes, dropout)
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """Logit size for an ``h x w`` input: ``((h-1)*zoom//8 + 1, (w-1)*zoom//8 + 1)``."""
@@ -190,3 +201,43 @@ class PSPNet(nn.Module):
             f"layers={self.layers}, bins={self.bins}, zoom_factor={self.zoom_factor}, "
             f"use_ppm={self.use_ppm}, aux_weight={self.aux_weight}, head={self.head!r}"
         )
+
+
+class TinyPSPNet(PSPNet):
+    """A narrow PSPNet for CPU runs and tests: the same modules (``layer0..layer4``, ``ppm``,
+    ``cls``, ``aux``), forward and losses as :class:`PSPNet`, with a one-block-per-stage
+    bottleneck ResNet of base width ``width`` (features ``32 * width`` instead of 2048) and
+    ``4 * width`` middle channels in both heads; never pretrained."""
+
+    def __init__(
+        self,
+        classes: int = 2,
+        width: int = 16,
+        bins: Sequence[int] = (1, 2, 3, 6),
+        dropout: float = 0.1,
+        zoom_factor: int = 8,
+        use_ppm: bool = True,
+        criterion: nn.Module | None = None,
+        aux_weight: float = 0.4,
+        head: str | None = None,
+    ):
+        w = int(width)
+        if w < 1:
+            raise ValueError(f"tiny_width must be >= 1, got {width}")
+        if (32 * w) % len(bins):
+            raise ValueError(f"32 * tiny_width must be divisible by len(bins) = {len(bins)}")
+        super().__init__(
+            bins=bins,
+            dropout=dropout,
+            classes=classes,
+            zoom_factor=zoom_factor,
+            use_ppm=use_ppm,
+            criterion=criterion if criterion is not None else nn.CrossEntropyLoss(ignore_index=255),
+            pretrained=False,
+            aux_weight=aux_weight,
+            **({} if head is None else {"head": head}),
+            blocks=(1, 1, 1, 1),
+            width=w,
+            head_channels=(4 * w, 4 * w),
+        )
+        self.layers = "tiny"

@@ -115,7 +115,7 @@ def run_predict(
     not leave half the outputs written.
     """
     from .atomic import write_atomic
-    from .checkpoint import model_from_checkpoint
+    from .build import model_from_checkpoint
     from .runtime import resolve_device
 
     if not images:

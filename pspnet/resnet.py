@@ -130,6 +130,9 @@ class ResNet(nn.Module):
             ``strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4)`` (output stride 8).
         replace_stride_with_dilation: torchvision's spelling, 3 booleans for ``layer2..layer4``;
             ``[False, True, True]`` is the PSPNet setting.
+        width: base width ``w`` (64 for the standard ResNets): the deep stem is
+            ``3->w s2, w->w, w->2w`` (classic: ``7x7 3->w``) and ``layer1..layer4`` have
+            ``w, 2w, 4w, 8w`` bottleneck planes (``4x`` that many output channels).
     """
 
     def __init__(
@@ -141,32 +144,36 @@ class ResNet(nn.Module):
         strides: Sequence[int] | None = None,
         dilations: Sequence[int] | None = None,
         replace_stride_with_dilation: Sequence[bool] | None = None,
+        width: int = 64,
     ):
         super().__init__()
         if len(layers) != 4 or not all(isinstance(n, int) and n >= 1 for n in layers):
             raise ValueError(f"layers must be 4 positive ints, got {layers!r}")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive int, got {width!r}")
         strides, dilations = _stage_settings(strides, dilations, replace_stride_with_dilation)
         self.deep_base = bool(deep_base)
+        w = width
         if self.deep_base:
-            self.conv1 = conv3x3(3, 64, stride=2)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.conv2 = conv3x3(64, 64)
-            self.bn2 = nn.BatchNorm2d(64)
-            self.conv3 = conv3x3(64, 128)
-            self.bn3 = nn.BatchNorm2d(128)
-            self.inplanes = 128
+            self.conv1 = conv3x3(3, w, stride=2)
+            self.bn1 = nn.BatchNorm2d(w)
+            self.conv2 = conv3x3(w, w)
+            self.bn2 = nn.BatchNorm2d(w)
+            self.conv3 = conv3x3(w, 2 * w)
+            self.bn3 = nn.BatchNorm2d(2 * w)
+            self.inplanes = 2 * w
         else:
-            self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.inplanes = 64
+            self.conv1 = nn.Conv2d(3, w, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(w)
+            self.inplanes = w
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0], strides[0], dilations[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], strides[1], dilations[1])
-        self.layer3 = self._make_layer(block, 256, layers[2], strides[2], dilations[2])
-        self.layer4 = self._make_layer(block, 512, layers[3], strides[3], dilations[3])
+        self.layer1 = self._make_layer(block, w, layers[0], strides[0], dilations[0])
+        self.layer2 = self._make_layer(block, 2 * w, layers[1], strides[1], dilations[1])
+        self.layer3 = self._make_layer(block, 4 * w, layers[2], strides[2], dilations[2])
+        self.layer4 = self._make_layer(block, 8 * w, layers[3], strides[3], dilations[3])
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        self.fc = nn.Linear(8 * w * block.expansion, num_classes)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -277,7 +284,8 @@ def resnet50(pretrained: bool = False, backbone_path=None, **kwargs) -> ResNet:
 
     ``backbone_path`` names the file explicitly (it must exist). Other keyword arguments go to
     :class:`ResNet` (``deep_base``, ``strides``, ``dilations``, ``replace_stride_with_dilation``,
-    ``num_classes``). Without a file, ``pretrained=True`` warns once and keeps random weights.
+    ``num_classes``, ``width``). Without a file, ``pretrained=True`` warns once and keeps random
+    weights.
     """
     return _resnet(50, pretrained, backbone_path, **kwargs)
 

@@ -12,10 +12,12 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 import psp_kernels
 from psp_kernels._aot import Traffic
 from psp_kernels.analysis import cost, machine
+from psp_kernels.analysis.record import TensorArg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(psp_kernels.__file__)))
 
@@ -125,19 +127,21 @@ def test_recorded_launches_are_specialized_like_the_jit():
                           env=_env(), cwd=ROOT, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    # the eval PPM: kernel 1's stage 1 (copying x), stage 2 per bin, kernel 2's branches
-    assert out["names"] == ["_pool_cells_kernel"] + ["_cells_conv_kernel"] * 4 + [
-        "_upsample_concat_fwd_kernel"
+    # the eval PPM: kernel 1's stage 1 (copying x), stage 2 (all bins in one launch), kernel 2
+    assert out["names"] == [
+        "_pool_cells_kernel",
+        "_cells_conv_kernel",
+        "_upsample_concat_fwd_kernel",
     ]
     assert set(out["steps"]) == {"PPM eval forward"}
-    assert out["grid"][1] > 1  # batch 1: the rows are split to fill the 132 SMs
+    assert out["grid"][1] > 1  # batch 1: the pixels are split to fill the 132 SMs
     sig = out["signature"]
-    assert sig["stride_xw"] == "constexpr"  # a stride of 1 becomes a constant
+    assert sig["stride_xp"] == "constexpr"  # a stride of 1 becomes a constant
     assert sig["x_ptr"] == "*fp32" and sig["C"] == "i32"
     names = list(sig)
     assert out["attrs"][str(names.index("x_ptr"))] == [["tt.divisibility", 16]]
     assert out["attrs"][str(names.index("C"))] == [["tt.divisibility", 16]]  # C = 64
-    assert out["attrs"][str(names.index("H"))] == []  # H = 61
+    assert out["attrs"][str(names.index("W"))] == []  # W = 17
     assert out["registers"] > 0 and sum(v for k, v in out["sass"].items() if "LDG" in k) > 0
 
 
@@ -154,3 +158,23 @@ def test_workload_cli_reports_findings_and_exit_code():
     warn = subprocess.run(cmd + ["--warn-only"], capture_output=True, text=True, env=_env(),
                           cwd=ROOT, timeout=600)  # fmt: skip
     assert warn.returncode == 0, warn.stdout + warn.stderr
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, channels_last, widest",
+    [
+        ((8, 512, 60, 60), torch.bfloat16, False, 16),  # 7200-byte planes: 16-byte aligned
+        ((8, 512, 90, 90), torch.bfloat16, False, 8),  # 16200-byte planes
+        ((8, 512, 90, 90), torch.float32, False, 16),
+        ((1, 2048, 61, 61), torch.bfloat16, False, 2),
+        ((1, 2048, 61, 61), torch.bfloat16, True, 16),  # 4096-byte pixels
+    ],
+)
+def test_widest_vector(shape, dtype, channels_last, widest):
+    """The access rule's 'a 16-byte access would fit': a plane's run, never across channels."""
+    t = torch.empty(shape, dtype=dtype, device="meta")
+    if channels_last:
+        t = t.to(memory_format=torch.channels_last)
+    assert TensorArg.of(t).widest_vector() == widest
+    if not channels_last:  # 7-wide rows start misaligned
+        assert TensorArg.of(t[:, :, :, :7]).widest_vector() <= 8

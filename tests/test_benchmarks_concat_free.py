@@ -1,27 +1,13 @@
 """Fast checks of the head-layout comparison in benchmarks/ (concat vs concat_free): grid and
 skips, FLOP and saved-bytes counts on a tiny head, the report's table and target checks."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # bare `pytest` puts tests/ on sys.path, not the repository root
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import report  # noqa: E402
-from benchmarks.cases import (  # noqa: E402
-    CPU_MODEL_FWD,
-    Bench,
-    Case,
-    Shape,
-    cmp_cpu_grid,
-    cmp_gpu_grid,
-    saved_tensor_bytes,
-    skip_reason,
-)
+from benchmarks import report
+from benchmarks.grids import CPU_MODEL_FWD, Bench, Shape, cmp_cpu_grid, cmp_gpu_grid, skip_reason
+from benchmarks.harness import saved_tensor_bytes
+from benchmarks.providers import Case
 
 
 def test_grids_and_opt_in():

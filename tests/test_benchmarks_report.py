@@ -5,28 +5,16 @@ run with ``pytest benchmarks/``.
 """
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # bare `pytest` puts tests/ on sys.path, not the repository root
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import report  # noqa: E402
-from benchmarks.cases import (  # noqa: E402
-    Bench,
-    Case,
-    Shape,
-    cpu_grid,
-    gpu_grid,
-    ideal_bytes,
-    skip_reason,
-)
-from benchmarks.harness import Runnable, measure, peak_bandwidth_gbps  # noqa: E402
-from benchmarks.run_gpu import result_stem  # noqa: E402
+from benchmarks import report
+from benchmarks.grids import Bench, Shape, cpu_grid, gpu_grid, skip_reason
+from benchmarks.harness import Runnable, measure, peak_bandwidth_gbps
+from benchmarks.ideal import ideal_bytes
+from benchmarks.providers import Case
+from benchmarks.run_gpu import result_stem
 
 HEAD = {"n": 8, "c": 2048, "h": 60, "w": 60, "r": 512, "bins": [1, 2, 3, 6], "dtype": "bfloat16"}
 CONFIG = "N8 C2048 60x60 R512 bf16"
@@ -226,7 +214,7 @@ def test_measure_checks_against_eager_on_cpu():
 
     def wrong():
         outs = eager.fn()
-        return [outs[0] * 1.1, outs[1]]
+        return [outs[0] * 1.1, *outs[1:]]
 
     with pytest.raises(AssertionError, match="differs from eager"):
         measure(

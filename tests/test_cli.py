@@ -3,6 +3,8 @@ errors for bad paths and corrupt files, YAML + command-line overrides, preset fi
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,7 +17,15 @@ import yaml
 from PIL import Image
 
 from pspnet.__main__ import build_parser, main
-from pspnet.config import PRESETS, Config, config_from_args, load_config, preset_config
+from pspnet.config import (
+    OPTIONS,
+    PRESETS,
+    Config,
+    config_from_args,
+    load_config,
+    preset_config,
+)
+from pspnet.evaluate import run_eval
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "pspnet" / "configs"
 
@@ -49,7 +59,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_writes_checkpoint_log_plot(trained, capsys):
-    out, _ = trained
+    out, cfg_path = trained
     assert (out / "last.pth").is_file()
     assert (out / "curves.png").is_file()
     assert (out / "config.yaml").is_file()
@@ -59,8 +69,14 @@ def test_train_writes_checkpoint_log_plot(trained, capsys):
     state = torch.load(out / "last.pth", weights_only=True)
     assert state["epoch"] == 1 and state["config"]["classes"] == 3
     assert state["config"]["tiny_width"] == 4
+    # the final evaluation written is the saved model's: evaluating the checkpoint again gives
+    # the same confusion matrix, so bitwise the same metrics (NaN for absent classes included)
     metrics = json.loads((out / "eval.json").read_text())
-    assert 0.0 <= metrics["mIoU"] <= 1.0
+    cfg = load_config(cfg_path, progress=False)
+    again = run_eval(cfg, str(out / "last.pth"), log=lambda *a, **k: None)
+    again = json.loads(json.dumps(dict(again, class_names=metrics["class_names"])))
+    assert json.dumps(again, sort_keys=True) == json.dumps(metrics, sort_keys=True)
+    assert metrics["pixels"] == 16 * 33 * 33  # every pixel of the val split, none ignored
 
 
 def test_eval_cli_prints_table(trained, capsys):
@@ -231,3 +247,139 @@ def test_official_style_checkpoint_needs_a_config(tmp_path):
     assert not loaded.training and cfg2.classes == 3
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+
+
+# ------------------------------------------------------------------------- every CLI flag
+
+# a value for every config option: (command-line words, the Config value they give)
+FLAG_VALUES = {
+    "dataset": (["voc"], "voc"),
+    "data_root": (["none"], None),
+    "train_split": (["trainaug"], "trainaug"),
+    "val_split": (["test"], "test"),
+    "classes": (["7"], 7),
+    "ignore_index": (["0"], 0),
+    "arch": (["tiny"], "tiny"),
+    "layers": (["101"], 101),
+    "bins": (["1", "2", "4"], (1, 2, 4)),
+    "dropout": (["0.25"], 0.25),
+    "zoom_factor": (["4"], 4),
+    "backbone_path": (["r50.pth"], "r50.pth"),
+    "aux_weight": (["0.5"], 0.5),
+    "tiny_width": (["8"], 8),
+    "head": (["concat"], "concat"),
+    "crop_size": (["97"], (97, 97)),
+    "scale_min": (["0.6"], 0.6),
+    "scale_max": (["1.8"], 1.8),
+    "rotate_min": (["-5"], -5.0),
+    "rotate_max": (["5"], 5.0),
+    "epochs": (["3"], 3),
+    "batch_size": (["4"], 4),
+    "base_lr": (["0.05"], 0.05),
+    "momentum": (["0.8"], 0.8),
+    "weight_decay": (["0.001"], 0.001),
+    "power": (["1.0"], 1.0),
+    "head_lr_mult": (["5"], 5.0),
+    "max_iters_per_epoch": (["2"], 2),
+    "workers": (["0"], 0),
+    "seed": (["11"], 11),
+    "output_dir": (["out/x"], "out/x"),
+    "device": (["cpu"], "cpu"),
+    "threads": (["2"], 2),
+    "compile_backend": (["aot_eager"], "aot_eager"),
+    "amp": (["bf16"], "bf16"),
+    "resume": (["auto"], "auto"),
+    "save_freq": (["2"], 2),
+    "list_file": (["train.txt"], "train.txt"),
+    "val_list_file": (["val.txt"], "val.txt"),
+    "max_bad_steps": (["3"], 3),
+    "eval_every": (["3"], 3),
+    "val_batch_size": (["2"], 2),
+    "scales": (["0.5", "1"], (0.5, 1.0)),
+    "eval_mode": (["slide"], "slide"),
+    "base_size": (["600"], 600),
+    "stride_rate": (["0.5"], 0.5),
+}
+_BOOLS = {name for name, kind, _ in OPTIONS if kind is bool}
+_REQUIRED = {"train": [], "eval": ["--checkpoint", "c.pth"], "export": ["--checkpoint", "c.pth",
+             "--out", "m.onnx"], "predict": ["x.png", "--checkpoint", "c.pth"]}  # fmt: skip
+
+
+def _subparsers():
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return parser, sub.choices
+
+
+def _config_flags():
+    names = {name for name, _, _ in OPTIONS}
+    _, subs = _subparsers()
+    return [
+        (cmd, a.option_strings[0], a.dest)
+        for cmd, sp in subs.items()
+        for a in sp._actions
+        if a.dest in names and a.option_strings[0] == "--" + a.dest.replace("_", "-")
+    ]
+
+
+def test_every_config_field_has_an_option():
+    fields = {f.name for f in dataclasses.fields(Config)} - {"preset", "dataset_kwargs"}
+    assert [n for n, _, _ in OPTIONS] == [n for n in (f.name for f in dataclasses.fields(Config))
+                                          if n in fields]  # fmt: skip
+    assert set(FLAG_VALUES) | _BOOLS == fields
+    assert len(_config_flags()) == 57 + 56 + 16 + 6  # train, eval (no --flip), predict, export
+
+
+@pytest.mark.parametrize("cmd, flag, dest", _config_flags())
+def test_config_flag(cmd, flag, dest):
+    parser, _ = _subparsers()
+
+    def parse(*words):
+        return config_from_args(parser.parse_args([cmd, *_REQUIRED[cmd], *words]))
+
+    if dest in _BOOLS:
+        default = getattr(load_config(), dest)
+        assert getattr(parse(), dest) is default
+        assert getattr(parse(flag), dest) is True
+        assert getattr(parse("--no-" + flag[2:]), dest) is False
+        return
+    words, value = FLAG_VALUES[dest]
+    assert getattr(parse(flag, *words), dest) == value
+    if "_" in dest:  # the underscore spelling works too
+        assert getattr(parse("--" + dest, *words), dest) == value
+
+
+def test_command_options():
+    parser, _ = _subparsers()
+    a = parser.parse_args(["eval", "--checkpoint", "c.pth", "--flip", "--mode", "slide"])
+    cfg = config_from_args(a)
+    assert (a.checkpoint, cfg.eval_flip, cfg.eval_mode) == ("c.pth", True, "slide")
+    assert parser.parse_args(["eval", "--onnx", "m.onnx"]).onnx == "m.onnx"
+    a = parser.parse_args(
+        ["predict", "a.png", "b.png", "--onnx", "m.onnx", "--out", "o", "--alpha", "0.3",
+         "--flip", "--mode", "slide"]
+    )  # fmt: skip
+    cfg = config_from_args(a)
+    assert (a.images, a.out, a.alpha, cfg.eval_flip, cfg.eval_mode) == (
+        ["a.png", "b.png"], "o", 0.3, True, "slide"
+    )  # fmt: skip
+    a = parser.parse_args(
+        ["export", "--checkpoint", "c.pth", "--out", "m.onnx", "--static", "33", "41",
+         "--opset", "18"]
+    )  # fmt: skip
+    assert (a.checkpoint, a.out, a.static, a.opset) == ("c.pth", "m.onnx", [33, 41], 18)
+    for cmd in ("eval", "predict"):  # a model source is required, one only
+        with pytest.raises(SystemExit):
+            parser.parse_args([cmd, *(["x.png"] if cmd == "predict" else [])])
+    assert config_from_args(parser.parse_args(["train", "--preset", "voc"])).preset == "voc"
+
+
+def test_presets_agree_with_dataset_facts():
+    from pspnet.data import DATASETS
+
+    for name in ("ade20k", "cityscapes", "voc"):
+        c, facts = preset_config(name), DATASETS[name]
+        crop = facts["crop_size"]
+        assert (c.classes, c.crop_size, c.base_size) == (
+            facts["classes"], (crop, crop), facts["base_size"]
+        )  # fmt: skip

@@ -6,6 +6,7 @@ import torch
 import pspnet
 from psp_kernels import reference
 from pspnet.heads import concat_free_conv3x3
+from tests.helpers import assert_close, randomize_batchnorm
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
@@ -16,11 +17,7 @@ def _pair(dtype, **kw):
     concat = pspnet.PSPNet(layers=50, classes=3, pretrained=False, head="concat", **kw)
     free = pspnet.PSPNet(layers=50, classes=3, pretrained=False, head="concat_free", **kw)
     free.load_state_dict(concat.state_dict())
-    # non-trivial BatchNorm statistics so that eval differs from train
-    for m in concat.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    randomize_batchnorm(concat)  # non-trivial BatchNorm statistics so that eval differs from train
     free.load_state_dict(concat.state_dict())
     return concat.to(dtype), free.to(dtype)
 
@@ -40,14 +37,8 @@ def _run(model, x, y, train):
     return out, grads
 
 
-def _assert_close(a, b, dtype):
-    assert (a is None) == (b is None)
-    if a is None:
-        return
-    if dtype == torch.float64:
-        assert (a - b).abs().max().item() <= 1e-10 * max(b.abs().max().item(), 1.0)
-    else:
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(b.abs().max().item(), 1.0))
+#: max abs error relative to max(max abs of concat's, 1): the two layouts sum in another order
+_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
 @pytest.mark.parametrize(
@@ -66,12 +57,12 @@ def test_concat_free_equals_concat(size, batch, train, dtype):
     y = torch.randint(0, 3, (batch, *size))
     out_c, grads_c = _run(concat, x, y, train)
     out_f, grads_f = _run(free, x, y, train)
-    _assert_close(out_f, out_c, dtype)
+    assert_close(out_f, out_c, tol=_TOL[dtype], floor=1.0)
     for gf, gc in zip(grads_f, grads_c):
-        _assert_close(gf, gc, dtype)
+        assert_close(gf, gc, tol=_TOL[dtype], floor=1.0)
     if train:  # BatchNorm running statistics follow the same path
         for a, b in zip(concat.buffers(), free.buffers()):
-            _assert_close(b.double(), a.double(), dtype)
+            assert_close(b.double(), a.double(), tol=_TOL[dtype], floor=1.0)
 
 
 def test_concat_free_equals_concat_97():
@@ -79,9 +70,9 @@ def test_concat_free_equals_concat_97():
     x = torch.randn(1, 3, 97, 97, dtype=torch.float64, requires_grad=True)
     out_c, grads_c = _run(concat, x, None, False)
     out_f, grads_f = _run(free, x, None, False)
-    _assert_close(out_f, out_c, torch.float64)
+    assert_close(out_f, out_c, tol=_TOL[torch.float64], floor=1.0)
     for gf, gc in zip(grads_f, grads_c):
-        _assert_close(gf, gc, torch.float64)
+        assert_close(gf, gc, tol=_TOL[torch.float64], floor=1.0)
 
 
 def test_concat_free_equals_concat_473():
@@ -93,7 +84,7 @@ def test_concat_free_equals_concat_473():
     with torch.no_grad():
         out_c, out_f = concat(x), free(x)
     assert out_f.shape == (1, 3, 473, 473)
-    _assert_close(out_f, out_c, torch.float32)
+    assert_close(out_f, out_c, tol=_TOL[torch.float32], floor=1.0)
 
 
 @pytest.mark.parametrize("align_corners", [True, False])

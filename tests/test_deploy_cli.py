@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_cli import TINY_YAML
 
 from pspnet.__main__ import main
+from tests.test_cli import TINY_YAML
 
 for _name in ("onnx", "onnxscript", "onnxruntime"):
     pytest.importorskip(_name, reason='needs the deploy extra: pip install -e ".[deploy]"')
@@ -37,11 +37,13 @@ def exported(tmp_path_factory):
     argv = ["train", "--config", str(root / "tiny.yaml"), "--output-dir", str(run)]
     assert main([*argv, "--no-progress"]) == 0
     ckpt, onnx_path = run / "last.pth", root / "tiny.onnx"
-    # one epoch predicts background everywhere: a random classifier makes the masks vary
+    # one epoch predicts background everywhere: a random classifier (its 3x3 and its 1x1 conv)
+    # makes the masks vary, whatever the trained weights are
     state = torch.load(ckpt, weights_only=True)
     g = torch.Generator().manual_seed(0)
-    weight = state["model"]["cls.4.weight"]
-    weight.copy_(torch.randn(weight.shape, generator=g) * 3)
+    for key in ("cls.0.weight", "cls.4.weight"):
+        weight = state["model"][key]
+        weight.copy_(torch.randn(weight.shape, generator=g) * 3)
     state["model"]["cls.4.bias"].zero_()
     torch.save(state, ckpt)
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(onnx_path)]) == 0

@@ -6,13 +6,13 @@ Without a GPU: fake ``cuda:1`` tensors (``FakeTensorMode``) and a stand-in for
 
 import pytest
 import torch
-from tolerances import assert_close_to_reference
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import psp_kernels
 from psp_kernels import reference
 from psp_kernels.ops import utils
 from psp_kernels.ops.pyramid_pool_conv import launch as kernel1
+from tests.helpers import assert_close_to_reference
 
 
 @pytest.fixture
@@ -40,19 +40,19 @@ def current_device(monkeypatch):
 
 def test_launch_runs_under_the_inputs_device(current_device):
     with FakeTensorMode():
-        pooled = torch.empty(2, 5, 8, device="cuda:1")
+        ws = torch.empty(2, 1, 4, 8, device="cuda:1")  # (N, splits, cells, C)
         weight = torch.empty(4, 8, device="cuda:1")
-        y = kernel1.cells_conv(pooled, weight, None, None, False, 2, 1, torch.float32)
+        (y,) = kernel1.cells_conv(ws, 1, [weight], None, None, False, (2,), torch.float32, 0, None)
     assert current_device == [[1]]  # launched while cuda:1 was current, without set_device
     assert y.device == torch.device("cuda:1")
 
 
 def test_launch_on_mixed_devices_raises(current_device):
     with FakeTensorMode():
-        pooled = torch.empty(2, 5, 8, device="cuda:0")
+        ws = torch.empty(2, 1, 4, 8, device="cuda:0")
         weight = torch.empty(4, 8, device="cuda:1")
-        with pytest.raises(ValueError, match=r"weight is on cuda:1 but pooled is on cuda:0"):
-            kernel1.cells_conv(pooled, weight, None, None, False, 2, 1, torch.float32)
+        with pytest.raises(ValueError, match=r"weights is on cuda:1 but ws is on cuda:0"):
+            kernel1.cells_conv(ws, 1, [weight], None, None, False, (2,), torch.float32, 0, None)
     assert current_device == []  # nothing was launched
 
 

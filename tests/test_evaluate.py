@@ -13,6 +13,7 @@ from pspnet.config import Config
 from pspnet.evaluate import evaluate, net_process, predict_probs, scaled_size, slide_inference
 from pspnet.metrics import ConfusionMeter, compute_metrics, confusion_matrix, format_table
 from pspnet.train import TinyPSPNet
+from tests.helpers import randomize_batchnorm
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
@@ -121,13 +122,7 @@ class Stride2(nn.Module):
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    m = TinyPSPNet(classes=3, width=4).eval()
-    with torch.no_grad():  # non-trivial BN statistics
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-    return m
+    return randomize_batchnorm(TinyPSPNet(classes=3, width=4)).eval()  # non-trivial BN
 
 
 @pytest.mark.parametrize("size", [(20, 27), (33, 33), (47, 38), (70, 41)])

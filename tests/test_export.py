@@ -9,12 +9,12 @@ import sys
 
 import pytest
 import torch
-from deploy_models import build_export_model
 
 import pspnet
 from pspnet import export_ops
 from pspnet.export import export_onnx, export_program
 from pspnet.onnx_runtime import OnnxModel
+from tests.deploy_models import build_export_model
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")

@@ -503,7 +503,7 @@ def _poison_forward(monkeypatch, calls, how):
 
 
 def _remember_out_dir(monkeypatch, out_dir):
-    import pspnet.train as T
+    import pspnet.session as T  # where the run's setup builds the model
 
     real = T.build_model
 

@@ -8,6 +8,7 @@ give its outputs.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -15,11 +16,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from official import OfficialPPM
 
 import pspnet
 from pspnet import PSPNet, load_checkpoint
 from pspnet import resnet as resnet_mod
+from tests.helpers import OfficialPPM, assert_close, randomize_batchnorm
 
 # ----------------------------------------------------------------------------------------------
 # Official-style reference (plain PyTorch, the official construction order and module names)
@@ -167,24 +168,8 @@ def _shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 
-def _randomize_bn(m: nn.Module) -> None:
-    """Give every BatchNorm non-trivial statistics and affine parameters."""
-    g = torch.Generator().manual_seed(1)
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            n = mod.num_features
-            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            with torch.no_grad():
-                mod.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                mod.bias.copy_(torch.randn(n, generator=g) * 0.1)
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5) -> None:
-    scale = b.abs().max().item()
-    assert scale > 0
-    err = (a - b).abs().max().item()
-    assert err <= rtol * scale, f"max abs error {err} vs scale {scale}"
+#: float32 parity with the official model: relative to the reference's max abs (never all zeros)
+_close = functools.partial(assert_close, tol=1e-5, floor=0.0, nonzero=True)
 
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
@@ -196,7 +181,7 @@ def pair50():
     """(ours, official) ResNet-50 PSPNets with the same weights, 5 classes."""
     torch.manual_seed(0)
     ref = _RefPSPNet(layers=50, classes=5)
-    _randomize_bn(ref)
+    randomize_batchnorm(ref, seed=1)
     ours = PSPNet(layers=50, classes=5, pretrained=False)
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ours, ref
@@ -402,7 +387,7 @@ def test_official_checkpoint_loads(pair50, tmp_path):
 def test_other_checkpoint_layouts(tmp_path):
     torch.manual_seed(1)
     src = _Tiny()
-    _randomize_bn(src)
+    randomize_batchnorm(src, seed=1)
     sd = src.state_dict()
     layouts = {
         "plain.pth": sd,
@@ -494,7 +479,7 @@ def test_pretrained_without_file_warns_once(no_backbone_files):
 def test_pretrained_loads_backbone(no_backbone_files, tmp_path):
     torch.manual_seed(3)
     backbone = pspnet.resnet50()  # the undilated ImageNet layout, fc included
-    _randomize_bn(backbone)
+    randomize_batchnorm(backbone, seed=1)
     sd = backbone.state_dict()
     assert "fc.weight" in sd and "conv3.weight" in sd
     path = tmp_path / "r50.pth"
@@ -569,6 +554,41 @@ def test_resnet_classic_stem():
     assert len(m.stem()) == 4
     with torch.no_grad():
         assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_resnet_width():
+    m = pspnet.ResNet(pspnet.Bottleneck, [1, 1, 1, 1], width=4, num_classes=5).eval()
+    assert (m.conv1.out_channels, m.conv3.out_channels) == (4, 8)
+    assert [m.layer1[0].conv3.out_channels, m.layer4[0].conv3.out_channels] == [16, 128]
+    with torch.no_grad():
+        assert m.forward_features(torch.randn(1, 3, 33, 33)).shape == (1, 128, 2, 2)
+    with pytest.raises(ValueError, match="width"):
+        pspnet.ResNet(pspnet.Bottleneck, [1, 1, 1, 1], width=0)
+
+
+def test_custom_backbone_arguments_build_the_tiny_model():
+    from pspnet.model import TinyPSPNet
+
+    torch.manual_seed(0)
+    args = dict(blocks=(1, 1, 1, 1), width=4, head_channels=(16, 16), pretrained=False)
+    custom = PSPNet(classes=3, **args)
+    tiny = TinyPSPNet(classes=3, width=4)
+    assert _shapes(custom) == _shapes(tiny)
+    assert tiny.layer4[0].conv3.out_channels == 128 and len(tiny.layer3) == 1
+    assert tiny.layer3[0].conv2.dilation == (2, 2) and tiny.layer4[0].conv2.dilation == (4, 4)
+    assert tiny.ppm.features[0][1].out_channels == 32  # 128 // len(bins)
+    assert (tiny.cls[0].in_channels, tiny.cls[0].out_channels) == (256, 16)
+    assert (tiny.aux[0].in_channels, tiny.aux[0].out_channels) == (64, 16)
+    tiny.load_state_dict(custom.state_dict())
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        assert torch.equal(tiny.eval()(x), custom.eval()(x))
+    with pytest.raises(ValueError, match="pretrained=False"):
+        PSPNet(blocks=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="pretrained=False"):
+        PSPNet(width=32)
+    with pytest.raises(ValueError, match="len\\(bins\\)"):
+        PSPNet(width=4, bins=(1, 2, 3), pretrained=False)
 
 
 # ----------------------------------------------------------------------------------------------

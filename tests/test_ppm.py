@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn as nn
-from official import OfficialPPM
 
 import pspnet
+from tests.helpers import OfficialPPM, assert_close, randomize_batchnorm
 
 IN_DIM, RED, BINS = 16, 4, (1, 2, 3, 6)
 # BatchNorm over a handful of values (bin 1 at batch 2) amplifies rounding differences in the
@@ -15,22 +17,11 @@ IN_DIM, RED, BINS = 16, 4, (1, 2, 3, 6)
 # interpreter); on CUDA the kernels run float32 and are compared with a float32 tolerance.
 DTYPE = torch.float64 if not torch.cuda.is_available() else torch.float32
 TOL = 1e-9 if DTYPE == torch.float64 else 2e-4
-
-
-def _randomise(module):
-    """Non-trivial BatchNorm affine parameters and running statistics."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return module
+_assert_close = functools.partial(assert_close, tol=TOL, floor=1e-12)
 
 
 def _pair(device, momentum=0.1, sync=False):
-    plain = _randomise(OfficialPPM(IN_DIM, RED, BINS))
+    plain = randomize_batchnorm(OfficialPPM(IN_DIM, RED, BINS))
     ours = pspnet.PPM(IN_DIM, RED, BINS)
     for m in list(plain.modules()) + list(ours.modules()):
         if isinstance(m, nn.BatchNorm2d):
@@ -47,12 +38,6 @@ def _run(module, x, grad):
     out = module(x)
     out.backward(grad)
     return out.detach(), x.grad
-
-
-def _assert_close(got, want, what, tol=TOL):
-    scale = max(want.abs().max().item(), 1e-12)
-    err = (got - want).abs().max().item()
-    assert err <= tol * scale, f"{what}: max abs err {err:.3e} (ref max abs {scale:.3e})"
 
 
 def _compare_train(plain, ours, x, steps=1):
@@ -154,7 +139,7 @@ class _Net(nn.Module):
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_convert_ppm_model(mode, device):
-    net = _randomise(_Net()).to(device, DTYPE)
+    net = randomize_batchnorm(_Net()).to(device, DTYPE)
     getattr(net, mode)()
     keys = list(net.state_dict())
     ref = _Net().to(device, DTYPE)
@@ -171,7 +156,7 @@ def test_convert_ppm_model(mode, device):
 
 
 def test_convert_ppm_module_itself_and_idempotent(device):
-    plain = _randomise(OfficialPPM(IN_DIM, RED, BINS)).to(device, DTYPE).eval()
+    plain = randomize_batchnorm(OfficialPPM(IN_DIM, RED, BINS)).to(device, DTYPE).eval()
     fused = pspnet.convert_ppm(plain)
     assert isinstance(fused, pspnet.PPM) and not fused.training
     assert pspnet.convert_ppm(fused) is fused

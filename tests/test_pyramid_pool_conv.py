@@ -6,45 +6,14 @@ so sizes stay small; the largest maps only come with few channels.
 
 import pytest
 import torch
-from tolerances import assert_close_to_reference as _assert_close
-from tolerances import skip_unless_kernels_take
 
 import psp_kernels
 from psp_kernels import reference
 from psp_kernels.ops.pyramid_pool_conv import configs as ppc_configs
+from tests.helpers import assert_close_to_reference as _assert_close
+from tests.helpers import assert_compiled_matches, make_params, make_x, skip_unless_kernels_take
 
 ON_CUDA = torch.cuda.is_available()
-
-
-def _make_x(n, c, h, w, dtype, layout, device):
-    """x of shape (n, c, h, w) with the given memory layout (values independent of layout)."""
-    if layout == "contiguous":
-        x = torch.randn(n, c, h, w, dtype=dtype, device=device)
-    elif layout == "channels_last":
-        x = torch.randn(n, c, h, w, dtype=dtype, device=device).to(
-            memory_format=torch.channels_last
-        )
-        assert x.stride(1) == 1
-    elif layout == "channel_slice":  # every other channel of a bigger tensor
-        x = torch.randn(n, 2 * c, h, w, dtype=dtype, device=device)[:, ::2]
-    elif layout == "spatial_slice":  # a crop: rows and columns strided by the full width
-        x = torch.randn(n, c, h + 3, w + 5, dtype=dtype, device=device)[:, :, 1 : h + 1, 2 : w + 2]
-    elif layout == "transposed":  # H and W swapped by a view: stride_h == 1
-        x = torch.randn(n, c, w, h, dtype=dtype, device=device).transpose(2, 3)
-    else:
-        raise AssertionError(layout)
-    assert x.shape == (n, c, h, w)
-    return x
-
-
-def _make_params(c, bins, dtype, device, *, scale, shift, weight_4d):
-    rs = [3 + 2 * i for i in range(len(bins))]
-    ws = [torch.randn(r, c, dtype=dtype, device=device) / c**0.5 for r in rs]
-    if weight_4d:
-        ws = [w[:, :, None, None].clone() for w in ws]
-    sc = [torch.rand(r, dtype=dtype, device=device) + 0.5 for r in rs] if scale else None
-    sh = [torch.randn(r, dtype=dtype, device=device) * 0.1 for r in rs] if shift else None
-    return ws, sc, sh
 
 
 def _leaves(x, ws, sc, sh):
@@ -53,8 +22,8 @@ def _leaves(x, ws, sc, sh):
 
 def _run_case(device, dtype, n, c, h, w, bins, layout, scale, shift, relu, weight_4d):
     skip_unless_kernels_take(dtype, device)
-    x = _make_x(n, c, h, w, dtype, layout, device).requires_grad_(True)
-    ws, sc, sh = _make_params(c, bins, dtype, device, scale=scale, shift=shift, weight_4d=weight_4d)
+    x = make_x(n, c, h, w, dtype, layout, device).requires_grad_(True)
+    ws, sc, sh = make_params(c, bins, dtype, device, scale=scale, shift=shift, weight_4d=weight_4d)
     leaves = _leaves(x, ws, sc, sh)
     for t in leaves:
         t.requires_grad_(True)
@@ -121,15 +90,16 @@ def test_split_rows_and_dx_row_blocks(device, monkeypatch):
     """The row-split path of stage 1 (used on GPUs at small batch) and short dx row blocks."""
     monkeypatch.setattr(ppc_configs, "FORCE_SPLITS", 4)
     monkeypatch.setattr(ppc_configs, "FORCE_DX_PIXELS", 32)
-    _run_case(device, F64, 2, 5, 13, 11, (1, 2, 3, 6), "contiguous", True, True, True, True)
+    high = F64 if device == "cpu" else F32  # float64: the interpreter only
+    _run_case(device, high, 2, 5, 13, 11, (1, 2, 3, 6), "contiguous", True, True, True, True)
     _run_case(device, F32, 1, 3, 9, 10, (4, 8, 16), "spatial_slice", False, True, False, False)
 
 
 def test_unused_outputs_and_no_grad_for_x(device):
     """Gradients when only some branches are used, and when x does not need a gradient."""
-    skip_unless_kernels_take(F64, device)
-    x = torch.randn(2, 4, 9, 8, dtype=F64, device=device)
-    ws, sc, sh = _make_params(4, (1, 2, 3), F64, device, scale=True, shift=True, weight_4d=False)
+    high = F64 if device == "cpu" else F32  # float64: the interpreter only
+    x = torch.randn(2, 4, 9, 8, dtype=high, device=device)
+    ws, sc, sh = make_params(4, (1, 2, 3), high, device, scale=True, shift=True, weight_4d=False)
     for t in ws + sc + sh:
         t.requires_grad_(True)
     ys = psp_kernels.pyramid_pool_conv(x, ws, (1, 2, 3), scale=sc, shift=sh, backend="triton")
@@ -138,7 +108,7 @@ def test_unused_outputs_and_no_grad_for_x(device):
     grads = torch.autograd.grad(loss, ws + sc + sh)
     ref_grads = torch.autograd.grad(ref_loss, ws + sc + sh, allow_unused=True)
     for g, rg in zip(grads, ref_grads):
-        _assert_close(g, torch.zeros_like(g) if rg is None else rg, F64, "grad")
+        _assert_close(g, torch.zeros_like(g) if rg is None else rg, high, "grad")
     assert grads[0].abs().max() == 0  # branch 0 unused
 
 
@@ -146,7 +116,7 @@ def test_gradcheck(device):
     if device == "cuda":
         pytest.skip("the CUDA kernels do not take float64; gradcheck runs through the interpreter")
     x = torch.randn(1, 2, 4, 5, dtype=F64, requires_grad=True)
-    ws, sc, sh = _make_params(2, (1, 2), F64, "cpu", scale=True, shift=True, weight_4d=False)
+    ws, sc, sh = make_params(2, (1, 2), F64, "cpu", scale=True, shift=True, weight_4d=False)
     ws = [w[:2].clone().requires_grad_(True) for w in ws]
     sc = [s[:2].clone().requires_grad_(True) for s in sc]
     sh = [s[:2].clone().requires_grad_(True) for s in sh]
@@ -178,8 +148,8 @@ def test_opcheck(device):
 
 
 def test_deterministic(device):
-    x = _make_x(2, 40, 19, 23, F32, "contiguous", device).requires_grad_(True)
-    ws, sc, sh = _make_params(40, (1, 2, 3, 6), F32, device, scale=True, shift=True, weight_4d=True)
+    x = make_x(2, 40, 19, 23, F32, "contiguous", device).requires_grad_(True)
+    ws, sc, sh = make_params(40, (1, 2, 3, 6), F32, device, scale=True, shift=True, weight_4d=True)
     leaves = _leaves(x, ws, sc, sh)
     for t in leaves:
         t.requires_grad_(True)
@@ -207,22 +177,7 @@ def _compile_fn(x, w0, w1, s0, b1):
 def test_torch_compile_fullgraph(device, backend, dynamic):
     torch._dynamo.reset()
     compiled = torch.compile(_compile_fn, fullgraph=True, backend=backend, dynamic=dynamic)
-    for h, w in ((7, 9), (10, 6)):  # the second size re-uses the dynamic graph
-        x = torch.randn(2, 5, h, w, device=device, requires_grad=True)
-        params = [
-            torch.randn(4, 5, 1, 1, device=device),
-            torch.randn(3, 5, device=device),
-            torch.rand(4, device=device) + 0.5,
-            torch.randn(3, device=device),
-        ]
-        leaves = [x] + [p.requires_grad_(True) for p in params]
-        out = compiled(*leaves)
-        grads = torch.autograd.grad(out, leaves)
-        eager = _compile_fn(*leaves)
-        eager_grads = torch.autograd.grad(eager, leaves)
-        _assert_close(out, eager, F32, "compiled forward")
-        for g, eg in zip(grads, eager_grads):
-            _assert_close(g, eg, F32, "compiled gradient")
+    assert_compiled_matches(_compile_fn, compiled, device)
 
 
 @pytest.mark.gpu
@@ -237,8 +192,8 @@ def test_torch_compile_fullgraph(device, backend, dynamic):
 def test_low_precision_parity_cuda(dtype, layout, shape):
     n, c, h, w = shape
     bins = (1, 2, 3, 6)
-    x = _make_x(n, c, h, w, dtype, layout, "cuda").requires_grad_(True)
-    ws, sc, sh = _make_params(c, bins, dtype, "cuda", scale=True, shift=True, weight_4d=True)
+    x = make_x(n, c, h, w, dtype, layout, "cuda").requires_grad_(True)
+    ws, sc, sh = make_params(c, bins, dtype, "cuda", scale=True, shift=True, weight_4d=True)
     leaves = _leaves(x, ws, sc, sh)
     for t in leaves:
         t.requires_grad_(True)

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from tolerances import assert_close_to_reference
 
 import psp_kernels
 from psp_kernels import reference
 from psp_kernels.ops.pyramid_pool_conv import separable
+from tests.helpers import assert_close_to_reference, make_x
 
 # the plain-PyTorch paths on CPU (the interpreter flag off; see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
@@ -22,18 +22,11 @@ CASES = [
 ]
 
 
-def _x(n, c, h, w, layout, dtype):
-    if layout == "sliced":
-        return torch.randn(n, 2 * c, h + 2, w, dtype=dtype)[:, ::2, 1:-1]
-    x = torch.randn(n, c, h, w, dtype=dtype)
-    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
-
-
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("grad", [True, False])
 def test_cpu_path_matches_reference(case, grad):
     n, c, h, w, bins, layout, dtype = case
-    x = _x(n, c, h, w, layout, dtype).requires_grad_(grad)
+    x = make_x(n, c, h, w, dtype, layout).requires_grad_(grad)
     ws = [torch.randn(3 + i, c, dtype=dtype, requires_grad=grad) for i in range(len(bins))]
     sc = [torch.rand(3 + i, dtype=dtype) + 0.5 for i in range(len(bins))]
     sh = [torch.randn(3 + i, dtype=dtype) for i in range(len(bins))]

@@ -7,8 +7,6 @@ sizes stay small.
 
 import pytest
 import torch
-import torch.nn as nn
-from tolerances import assert_close_to_reference as _assert_close
 
 import psp_kernels
 import pspnet
@@ -16,31 +14,14 @@ from psp_kernels import reference
 from psp_kernels.ops.pyramid_pool_conv import configs as ppc_configs
 from psp_kernels.ops.pyramid_pool_conv import launch as ppc
 from psp_kernels.ops.upsample_concat import launch as uc
+from tests.helpers import assert_close_to_reference as _assert_close
+from tests.helpers import assert_compiled_matches, make_params, make_x, randomize_batchnorm
 
 F32, F64 = torch.float32, torch.float64
 
 
-def _make_x(n, c, h, w, dtype, layout, device):
-    if layout == "contiguous":
-        x = torch.randn(n, c, h, w, dtype=dtype, device=device)
-    elif layout == "channels_last":
-        x = torch.randn(n, c, h, w, dtype=dtype, device=device)
-        x = x.to(memory_format=torch.channels_last)
-    elif layout == "strided":  # every other channel of a crop: no dense memory format
-        x = torch.randn(n, 2 * c, h + 2, w + 3, dtype=dtype, device=device)
-        x = x[:, ::2, 1 : h + 1, 2 : w + 2]
-        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
-    else:
-        raise AssertionError(layout)
-    return x
-
-
-def _make_params(c, bins, dtype, device, affine=True):
-    rs = [2 + (i % 3) for i in range(len(bins))]
-    ws = [torch.randn(r, c, dtype=dtype, device=device) / c**0.5 for r in rs]
-    sc = [torch.rand(r, dtype=dtype, device=device) + 0.5 for r in rs] if affine else None
-    sh = [torch.randn(r, dtype=dtype, device=device) * 0.1 for r in rs] if affine else None
-    return ws, sc, sh
+#: output channels of bin i (small: the kernels run through the interpreter on CPU)
+_RS = lambda i: 2 + i % 3  # noqa: E731
 
 
 def _reference(x, ws, bins, sc, sh, relu, align_corners):
@@ -116,8 +97,8 @@ def _run_case(
     align=True,
     grad_layout="contiguous",
 ):
-    x = _make_x(n, c, h, w, dtype, layout, device)
-    ws, sc, sh = _make_params(c, bins, dtype, device, affine)
+    x = make_x(n, c, h, w, dtype, layout, device)
+    ws, sc, sh = make_params(c, bins, dtype, device, scale=affine, shift=affine, reductions=_RS)
     leaves = [x] + ws + (sc or []) + (sh or [])
     for t in leaves:
         t.requires_grad_(True)
@@ -215,7 +196,7 @@ def test_addend_single_rounding(device):
 def test_pyramid_pool_conv_backward_has_no_addend(device, spy_addend):
     """kernel 1's own op (and so the training-mode PPM, which calls it) gathers dx alone."""
     x = torch.randn(2, 4, 7, 6, device=device, requires_grad=True)
-    ws, sc, sh = _make_params(4, (1, 3), F32, device)
+    ws, sc, sh = make_params(4, (1, 3), F32, device, reductions=_RS)
     ys = psp_kernels.pyramid_pool_conv(x, ws, (1, 3), scale=sc, shift=sh, relu=True)
     (dx,) = torch.autograd.grad(sum(y.sum() for y in ys), [x])
     ref = reference.pyramid_pool_conv(x, ws, (1, 3), scale=sc, shift=sh, relu=True)
@@ -231,8 +212,8 @@ def test_no_affine_no_relu_align_false(device):
 def test_fallback_copies_in_kernel_2(device, monkeypatch, spy_copy):
     """Where kernel 1 cannot address the output (over 2**31 per sample), kernel 2 copies."""
     monkeypatch.setattr(ppc, "can_copy_into", lambda x, out: False)
-    x = _make_x(2, 4, 7, 6, F32, "channels_last", device)
-    ws, sc, sh = _make_params(4, (1, 3), F32, device)
+    x = make_x(2, 4, 7, 6, F32, "channels_last", device)
+    ws, sc, sh = make_params(4, (1, 3), F32, device, reductions=_RS)
     for t in [x] + ws + sc + sh:
         t.requires_grad_(True)
     out = psp_kernels.pyramid_pooling(x, ws, (1, 3), scale=sc, shift=sh, relu=True)
@@ -247,7 +228,7 @@ def test_fallback_copies_in_kernel_2(device, monkeypatch, spy_copy):
 
 def test_no_grad_for_x_and_reference_backend(device):
     x = torch.randn(2, 4, 7, 8, dtype=F64, device=device)
-    ws, sc, sh = _make_params(4, (1, 2), F64, device)
+    ws, sc, sh = make_params(4, (1, 2), F64, device, reductions=_RS)
     for t in ws + sc + sh:
         t.requires_grad_(True)
     out = psp_kernels.pyramid_pooling(x, ws, [1, 2], scale=sc, shift=sh, relu=True)
@@ -275,7 +256,7 @@ def test_gradcheck(device):
     if device == "cuda":
         pytest.skip("float64 runs through the torch fallback on CUDA; gradcheck runs on CPU")
     x = torch.randn(1, 2, 4, 5, dtype=F64, requires_grad=True)
-    ws, sc, sh = _make_params(2, (1, 2), F64, "cpu")
+    ws, sc, sh = make_params(2, (1, 2), F64, "cpu", reductions=_RS)
     leaves = [t.clone().requires_grad_(True) for t in ws + sc + sh]
 
     def fn(x, w0, w1, s0, s1, b0, b1):
@@ -298,7 +279,7 @@ def test_opcheck(device):
 
 def test_bitwise_deterministic(device):
     x = torch.randn(2, 6, 9, 11, device=device, requires_grad=True)
-    ws, sc, sh = _make_params(6, (1, 2, 3, 6), F32, device)
+    ws, sc, sh = make_params(6, (1, 2, 3, 6), F32, device, reductions=_RS)
     leaves = [x] + [t.requires_grad_(True) for t in ws + sc + sh]
     runs = []
     for _ in range(2):
@@ -319,34 +300,12 @@ def _compile_fn(x, w0, w1, s0, b1):
 def test_compile_fullgraph_forward_backward(device):
     torch._dynamo.reset()
     compiled = torch.compile(_compile_fn, fullgraph=True, backend="inductor", dynamic=True)
-    for h, w in ((7, 9), (10, 6)):  # the second size re-uses the dynamic graph
-        x = torch.randn(2, 5, h, w, device=device, requires_grad=True)
-        params = [
-            torch.randn(4, 5, 1, 1, device=device),
-            torch.randn(3, 5, device=device),
-            torch.rand(4, device=device) + 0.5,
-            torch.randn(3, device=device),
-        ]
-        leaves = [x] + [p.requires_grad_(True) for p in params]
-        out = compiled(*leaves)
-        grads = torch.autograd.grad(out, leaves)
-        eager = _compile_fn(*leaves)
-        eager_grads = torch.autograd.grad(eager, leaves)
-        _assert_close(out, eager, F32, "compiled forward")
-        for g, eg in zip(grads, eager_grads):
-            _assert_close(g, eg, F32, "compiled gradient")
+    assert_compiled_matches(_compile_fn, compiled, device)
 
 
 def test_ppm_eval_uses_the_fused_op(device, monkeypatch):
     """pspnet.PPM in eval: one pyramid_pooling call, equal to the two-op path."""
-    ppm = pspnet.PPM(6, 3, (1, 2, 3, 6)).to(device)
-    with torch.no_grad():
-        for m in ppm.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+    ppm = randomize_batchnorm(pspnet.PPM(6, 3, (1, 2, 3, 6))).to(device)
     ppm.eval()
     calls = []
     real = psp_kernels.pyramid_pooling
@@ -366,3 +325,31 @@ def test_ppm_eval_uses_the_fused_op(device, monkeypatch):
     with torch.no_grad():
         ppm(x)
     assert len(calls) == 1, "training keeps the two-op path"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="float16/bfloat16 kernels are checked on a GPU only "
+    "(Triton's interpreter computes bfloat16 wrongly)",
+)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_low_precision_parity_cuda(dtype, layout):
+    """The fused PPM forward and backward in low precision against a float64 reference."""
+    bins = (1, 2, 3, 6)
+    x = make_x(2, 64, 30, 30, dtype, layout, "cuda")
+    ws, sc, sh = make_params(64, bins, dtype, "cuda", reductions=lambda i: 16)
+    leaves = [x, *ws, *sc, *sh]
+    for t in leaves:
+        t.requires_grad_(True)
+    out = psp_kernels.pyramid_pooling(x, ws, bins, scale=sc, shift=sh, relu=True)
+    leaves64 = [t.detach().double().requires_grad_(True) for t in leaves]
+    x64, rest = leaves64[0], leaves64[1:]
+    ref = _reference(x64, rest[:4], bins, rest[4:8], rest[8:], True, True)
+    _assert_close(out.double(), ref, dtype, "output")
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, leaves, g.to(dtype))
+    ref_grads = torch.autograd.grad(ref, leaves64, g)
+    for i, (a, b) in enumerate(zip(grads, ref_grads)):
+        _assert_close(a.double(), b, dtype, f"grad {i}")

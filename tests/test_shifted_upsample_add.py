@@ -3,11 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import assert_close_to_reference, skip_unless_kernels_take
 
 from psp_kernels import reference, shifted_upsample_add
+from psp_kernels.ops.shifted_upsample_add import configs
 from psp_kernels.ops.shifted_upsample_add.op import _bwd_op, _fwd_op
 from psp_kernels.ops.shifted_upsample_add.separable import separable_shifted_upsample_add
+from tests.helpers import assert_close_to_reference, skip_unless_kernels_take
 
 PSP_SIZES = [(1, 1), (2, 2), (3, 3), (6, 6)]
 CASES = [
@@ -54,14 +55,50 @@ def test_matches_reference(case, dtype, path, device):
     _check(out, grads, ref, ref_grads, dtype)
 
 
+def _distinct(table, **extra):
+    return sorted({tuple(sorted(t.items())) for t in table.values()} | extra.get("more", set()))
+
+
+_FWD_TILES = _distinct(configs.FWD)
+_BWD_TILES = _distinct(
+    configs.BWD,
+    more={tuple(sorted(dict(t, BLOCK_O=o).items())) for t in configs.BWD.values() for o in (2, 4)},
+)
+
+
+@pytest.mark.parametrize(
+    "table, tiles",
+    [("FWD", dict(t)) for t in _FWD_TILES] + [("BWD", dict(t)) for t in _BWD_TILES],
+    ids=str,
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_every_tile_config(table, tiles, channels_last, device, monkeypatch):
+    """Each configuration the launchers can pick (backward: 2 or 4 channels per program),
+    forced on float64: a ragged channel block (5 channels) and maps wider than one column
+    chunk and taller than one row step."""
+    skip_unless_kernels_take(torch.float64, device)
+    for layout in ("nchw", "nhwc"):
+        monkeypatch.setitem(getattr(configs, table), ("fp32", layout), tiles)
+    base, maps = _inputs(1, 5, 37, 61, PSP_SIZES, torch.float64, device, channels_last)
+    out = shifted_upsample_add(base, maps, align_corners=False, backend="triton")
+    ref = reference.shifted_upsample_add(base, maps, align_corners=False)
+    grad = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [base, *maps], grad)
+    ref_grads = torch.autograd.grad(ref, [base, *maps], grad)
+    _check(out, grads, ref, ref_grads, torch.float64)
+
+
 def test_equals_head_conv_over_concat(device):
-    """The op reproduces the pyramid half of a 3x3 conv over the concat, zero padding included."""
+    """The op reproduces the pyramid half of a 3x3 conv over the concat, zero padding included.
+
+    float64 on CPU (the interpreter); float32 on CUDA against the same computed in float64."""
     n, c, r, o, h, w = 2, 4, 3, 5, 13, 11
-    x = torch.randn(n, c, h, w, dtype=torch.float64, device=device)
-    ys = [torch.randn(n, r, b, b, dtype=torch.float64, device=device) for b in (1, 2, 3, 6)]
-    weight = torch.randn(o, c + 4 * r, 3, 3, dtype=torch.float64, device=device)
-    cat = reference.upsample_concat(x, ys, align_corners=True)
-    expected = F.conv2d(cat, weight, padding=1)
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    x = torch.randn(n, c, h, w, dtype=dtype, device=device)
+    ys = [torch.randn(n, r, b, b, dtype=dtype, device=device) for b in (1, 2, 3, 6)]
+    weight = torch.randn(o, c + 4 * r, 3, 3, dtype=dtype, device=device)
+    cat = reference.upsample_concat(x.double(), [y.double() for y in ys], align_corners=True)
+    expected = F.conv2d(cat, weight.double(), padding=1)
     maps = []
     for i, y in enumerate(ys):
         wb = weight[:, c + i * r : c + (i + 1) * r]  # (O, R, 3, 3)
@@ -70,16 +107,23 @@ def test_equals_head_conv_over_concat(device):
     base = F.conv2d(x, weight[:, :c], padding=1)
     for backend in ("auto", "triton"):
         got = shifted_upsample_add(base, maps, align_corners=True, backend=backend)
-        assert (got - expected).abs().max().item() < 1e-10
+        if dtype == torch.float64:
+            assert (got - expected).abs().max().item() < 1e-10
+        else:
+            assert_close_to_reference(got.double(), expected, dtype, f"backend {backend}")
 
 
 def test_non_contiguous_base(device):
-    base_full = torch.randn(2, 6, 9, 14, dtype=torch.float64, device=device)
+    dtype = torch.float64 if device == "cpu" else torch.float32  # float64: the interpreter only
+    base_full = torch.randn(2, 6, 9, 14, dtype=dtype, device=device)
     base = base_full[:, ::2, :, ::2]  # strided view
-    maps = [torch.randn(2, 9, 3, 2, 2, dtype=torch.float64, device=device)]
+    maps = [torch.randn(2, 9, 3, 2, 2, dtype=dtype, device=device)]
     out = shifted_upsample_add(base, maps, align_corners=False, backend="triton")
     ref = reference.shifted_upsample_add(base, maps, align_corners=False)
-    assert (out - ref).abs().max().item() < 1e-10
+    if dtype == torch.float64:
+        assert (out - ref).abs().max().item() < 1e-10
+    else:
+        assert_close_to_reference(out, ref, dtype, "output")
 
 
 def test_gradcheck(device):

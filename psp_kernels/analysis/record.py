@@ -63,6 +63,35 @@ class TensorArg:
         """Elements of the longest unit-stride dimension (1 when no dimension has stride 1)."""
         return max([s for s, st in zip(self.shape, self.stride) if st == 1] or [1])
 
+    def widest_vector(self) -> int:
+        """Bytes of the widest aligned vector access (a power of two, at most 16) a kernel could
+        make along the unit-stride run of one (sample, channel) plane or one pixel's channels.
+
+        Spatial dimensions that continue the run (an NCHW plane: ``h`` after ``w``; channels
+        last: ``w`` after ``c``) merge into it; the batch dimension, and the channels of a
+        planar layout, never do. Every other dimension's stride and the storage offset must
+        keep each run's start aligned.
+        """
+        ndim = len(self.shape)
+        mergeable = set(range(2, ndim)) if ndim >= 3 else {ndim - 1}
+        if ndim >= 3 and self.stride[1] == 1:
+            mergeable.add(1)
+        dims = sorted((st, d) for d, (size, st) in enumerate(zip(self.shape, self.stride))
+                      if size > 1)  # fmt: skip
+        run, steps = 1, []
+        for st, d in dims:
+            if st == run and d in mergeable and not steps:
+                run *= self.shape[d]
+            else:
+                steps.append(st)
+        width = 16
+        while width > self.itemsize and (
+            run * self.itemsize < width
+            or any((st * self.itemsize) % width for st in steps + [self.storage_offset])
+        ):
+            width //= 2
+        return width
+
 
 class _Pointer:
     """What Triton's JIT specialization sees of a tensor: its dtype and data address."""

@@ -7,8 +7,11 @@ GPUs of its architecture (:mod:`.cost`: sm_80 -> A100, sm_90 -> H100 and H200) a
 A finding is any of:
 
 * a compile error, a register spill, or shared memory over the architecture's limit;
-* a global access of 4 bytes or fewer to a big tensor (1 MiB or more) that is contiguous along
-  some dimension (a 16-byte access would fit), traced to that tensor through the PTX;
+* a global access of 4 bytes or fewer to a big tensor (1 MiB or more, and 10% or more of the
+  bytes its launch moves: not a tiny branch or table) that is contiguous along
+  some dimension with every row 16-byte aligned (a 16-byte access would fit; rows of an odd
+  multiple of 4 bytes, as NCHW 90x90 16-bit, admit no aligned 16-byte vector), traced to that
+  tensor through the PTX;
 * a kernel with ``tl.dot`` whose SASS has no tensor-core instruction (HGMMA / HMMA);
 * a heavy launch (10% or more of the workload's bytes) under one wave at batch 8 or more, or at
   any batch where its launcher sizes the grid to fill the GPU (row splits);
@@ -28,6 +31,7 @@ from .workloads import Shape, ideal_bytes, record_workload
 #: The architectures compiled, and the GPUs modelled on each.
 ARCH_GPUS = {80: ("A100",), 90: ("H100", "H200")}
 BIG_TENSOR = 1 << 20
+BIG_SHARE = 0.10  # ... and 10% or more of the bytes its launch moves
 HEAVY_SHARE = 0.10
 _OPS = ("pyramid_pool_conv", "upsample_concat", "shifted_upsample_add")
 
@@ -71,13 +75,16 @@ def _uses_dot(kernel) -> bool:
     return "tl.dot(" in inspect.getsource(kernel.fn)
 
 
-def _access_findings(launch, m: dict) -> list[str]:
+def _access_findings(launch, m: dict, moved: int) -> list[str]:
     found = []
     for name, arg in launch.args.items():
-        if not hasattr(arg, "contiguous_run") or arg.nbytes < BIG_TENSOR:
+        if not hasattr(arg, "contiguous_run"):
             continue
-        if arg.contiguous_run() * arg.itemsize < 16:
-            continue  # no dimension holds a 16-byte run: scalar access is all there is
+        if arg.nbytes < BIG_TENSOR or arg.nbytes < BIG_SHARE * moved:
+            continue  # small, or a small part of what the launch moves (a tiny branch, a table)
+        widest = arg.widest_vector()
+        if widest < 16:
+            continue  # no aligned 16-byte vector fits (short or misaligned rows)
         narrow = sorted({a["width"] for a in machine.accesses_of(m, name) if a["width"] <= 4})
         if narrow:
             widths = "/".join(f"{w}" for w in narrow)
@@ -93,7 +100,7 @@ def _check(launch, m: dict, traffic, model: dict, shape: Shape, heavy: bool) -> 
         found.append(f"spills ({m['spill_stores']} B stores / {m['spill_loads']} B loads)")
     if m["shared"] > machine.SHARED_LIMIT[m["arch"]]:
         found.append(f"shared memory {m['shared']} B over the limit")
-    found += _access_findings(launch, m)
+    found += _access_findings(launch, m, traffic.moved)
     sass = m["sass"]
     if _uses_dot(launch.kernel) and not (sass.get("HGMMA") or sass.get("HMMA")):
         found.append(f"tl.dot without tensor-core instructions ({sass.get('FFMA', 0)} FFMA)")

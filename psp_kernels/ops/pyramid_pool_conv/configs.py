@@ -32,8 +32,8 @@ POOL_CONFIGS = {
 # Stage 2: BLOCK_R output channels x BLOCK_M (sample, cell) columns, BLOCK_K input channels per
 # step (weights 64 x 128 x 2 B), all bins of a group in one launch.
 CONV_CONFIGS = {
-    "16bit": dict(BLOCK_R=64, BLOCK_M=32, BLOCK_K=128, num_warps=4, num_stages=3),
-    "fp32": dict(BLOCK_R=64, BLOCK_M=32, BLOCK_K=64, num_warps=4, num_stages=3),
+    "16bit": dict(BLOCK_R=64, BLOCK_M=32, BLOCK_K=128, num_warps=8, num_stages=3),
+    "fp32": dict(BLOCK_R=64, BLOCK_M=32, BLOCK_K=32, num_warps=4, num_stages=3),
 }
 # The dx gather: BLOCK_C channels x BLOCK_P pixels of dx per step.
 DX_CONFIGS = {

@@ -205,10 +205,23 @@ def _cells_conv_kernel(
         )
         p_mask = mask_c[:, None] & mask_m[None, :]
         p = tl.load(ws_ptr + ws_row[None, :] + offs_c[:, None], mask=p_mask, other=0.0)
-        for s in tl.static_range(1, SPLITS):  # fixed order: deterministic
-            p += tl.load(
-                ws_ptr + ws_row[None, :] + s * TOTAL * C + offs_c[:, None], mask=p_mask, other=0.0
-            )
+        # the splits summed in a fixed order (deterministic): unrolled for a few (their loads
+        # pipelined with the rest), a loop for many (one pipelined buffer each would overflow
+        # shared memory at batch 1, where stage 1 splits rows the most)
+        if SPLITS <= 4:
+            for s in tl.static_range(1, SPLITS):
+                p += tl.load(
+                    ws_ptr + ws_row[None, :] + s * TOTAL * C + offs_c[:, None],
+                    mask=p_mask,
+                    other=0.0,
+                )
+        else:
+            for s in range(1, SPLITS):
+                p += tl.load(
+                    ws_ptr + ws_row[None, :] + s * TOTAL * C + offs_c[:, None],
+                    mask=p_mask,
+                    other=0.0,
+                )
         if WRITE_POOLED:
             if r0 == 0:  # one R block stores the summed means, saved for backward
                 pooled_row = (n.to(tl.int64) * TOTAL + cell_off + cell) * C

@@ -14,18 +14,36 @@ from .kernels import _shifted_upsample_add_bwd_kernel, _shifted_upsample_add_fwd
 #: width for every pyramid that fits (PSPNet's 1, 2, 3, 6 has K = J = 36): a single compiled
 #: configuration per dtype; the zero columns cost nothing measurable.
 MAX_K = 64
-BLOCK_H = 32
-BLOCK_W = 32  # columns per program, times the 4 channels a program owns
-NUM_WARPS = 8
+#: Tiles and warps per direction, dtype class ("16bit", "fp32") and layout ("nchw", "nhwc"):
+#: ``BLOCK_O`` channels per program (the forward always takes 4), ``BLOCK_H`` rows per step,
+#: ``BLOCK_W`` columns per program (forward) or per step (backward), warps. Chosen from the
+#: workload report (``python -m psp_kernels.compile_check --workload head --ci``): the largest
+#: tiles that compile without spills on sm_80 and sm_90. The backward's accumulators are
+#: ``BLOCK_O`` float32 (MAX_K x MAX_K) tiles, so it takes 2 channels where that keeps 8-byte
+#: or wider accesses (NCHW rows; float32 channels_last) and 4 otherwise. 64-row forward tiles
+#: do not compile for sm_90 channels_last (a Triton layout pass fails), hence 32 there.
+FWD = {
+    ("16bit", "nchw"): dict(BLOCK_H=64, BLOCK_W=32, num_warps=8),
+    ("16bit", "nhwc"): dict(BLOCK_H=32, BLOCK_W=32, num_warps=8),
+    ("fp32", "nchw"): dict(BLOCK_H=32, BLOCK_W=16, num_warps=8),
+    ("fp32", "nhwc"): dict(BLOCK_H=32, BLOCK_W=32, num_warps=8),
+}
+BWD = {
+    ("16bit", "nchw"): dict(BLOCK_O=2, BLOCK_H=64, BLOCK_W=32, num_warps=8),
+    ("16bit", "nhwc"): dict(BLOCK_O=4, BLOCK_H=32, BLOCK_W=16, num_warps=8),
+    ("fp32", "nchw"): dict(BLOCK_O=2, BLOCK_H=16, BLOCK_W=16, num_warps=4),
+    ("fp32", "nhwc"): dict(BLOCK_O=2, BLOCK_H=16, BLOCK_W=16, num_warps=4),
+}
 
 
-def meta(dtype: torch.dtype, total: int) -> dict:
-    """Constexprs and launch options of both kernels for inputs of ``dtype``, ``total`` packed
-    values per channel."""
+def meta(dtype: torch.dtype, total: int, direction: str = "fwd", layout: str = "nchw") -> dict:
+    """Constexprs and launch options of the ``direction`` ("fwd" / "bwd") kernel for inputs of
+    ``dtype`` in ``layout`` ("nchw" / "nhwc"), ``total`` packed values per channel."""
+    table = FWD if direction == "fwd" else BWD
+    tiles = table["fp32" if dtype in (torch.float32, torch.float64) else "16bit", layout]
     return dict(
-        BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, K_PAD=MAX_K, J_PAD=MAX_K,
-        T_PAD=next_power_of_2(total + 1), PRECISION=dot_precision(dtype), ACC=tl_acc_dtype(dtype),
-        num_warps=NUM_WARPS,
+        tiles, K_PAD=MAX_K, J_PAD=MAX_K, T_PAD=next_power_of_2(total + 1),
+        PRECISION=dot_precision(dtype), ACC=tl_acc_dtype(dtype),
     )  # fmt: skip
 
 
@@ -35,23 +53,24 @@ def aot_specs() -> list[AotSpec]:
     specs = []
     for dtype in GPU_DTYPES:
         ty = TRITON_DTYPE[dtype]
-        consts = meta(dtype, 450)
-        num_warps = consts.pop("num_warps")
         i32 = "i32"
         common = {"ahat_ptr": "*fp32", "bhat_ptr": "*fp32", "O": i32, "H": i32, "W": i32,
                   "WIDTH": i32, "NUM_O_BLOCKS": i32, "stride_ah": i32, "stride_bw_": i32}  # fmt: skip
-        divs = dict(V_DIV=1, W_DIV=1, CHANNELS_FAST=False)
         fwd = dict(common, base_ptr=f"*{ty}", v_ptr=f"*{ty}", out_ptr=f"*{ty}", gidx_ptr="*i32",
                    NUM_W_BLOCKS=i32, **{f"stride_{k}": i32 for k in
                    ("bn", "bo", "bh", "bw", "vn", "vo", "on", "oo", "oh", "ow")})  # fmt: skip
         bwd = dict(common, grad_ptr=f"*{ty}", dv_ptr=f"*{ty}", cidx_ptr="*i32",
                    **{f"stride_{k}": i32 for k in ("gn", "go", "gh", "gw", "dvn", "dvo")})  # fmt: skip
-        fwd_c = dict(consts, BN_DIV=1, BH_DIV=1, ON_DIV=1, OH_DIV=1, **divs)
-        bwd_c = dict(consts, GN_DIV=1, GH_DIV=1, **divs)
-        for label, kernel, sig, c in (("fwd", _shifted_upsample_add_fwd_kernel, fwd, fwd_c),
-                                      ("bwd", _shifted_upsample_add_bwd_kernel, bwd, bwd_c)):  # fmt: skip
-            specs.append(AotSpec(f"shifted_upsample_add_{label}[{ty}]", kernel, sig, c,
-                                 num_warps=num_warps))  # fmt: skip
+        for layout in ("nchw", "nhwc"):
+            divs = dict(V_DIV=1, W_DIV=1, CHANNELS_FAST=layout == "nhwc")
+            fwd_c = dict(meta(dtype, 450, "fwd", layout), BN_DIV=1, BO_DIV=1, BH_DIV=1,
+                         ON_DIV=1, OO_DIV=1, OH_DIV=1, **divs)  # fmt: skip
+            bwd_c = dict(meta(dtype, 450, "bwd", layout), GN_DIV=1, GO_DIV=1, GH_DIV=1, **divs)
+            for label, kernel, sig, c in (("fwd", _shifted_upsample_add_fwd_kernel, fwd, fwd_c),
+                                          ("bwd", _shifted_upsample_add_bwd_kernel, bwd, bwd_c)):  # fmt: skip
+                num_warps = c.pop("num_warps")
+                specs.append(AotSpec(f"shifted_upsample_add_{label}[{ty},{layout}]", kernel, sig,
+                                     c, num_warps=num_warps))  # fmt: skip
     return specs
 
 
@@ -83,7 +102,7 @@ def _bwd_traffic(launch) -> Traffic:
     grad = a["grad_ptr"]
     w_steps = triton.cdiv(a["W"], a["BLOCK_W"])
     steps = w_steps * triton.cdiv(a["H"], a["BLOCK_H"])
-    k, j, bh, bw, bo = a["K_PAD"], a["J_PAD"], a["BLOCK_H"], a["BLOCK_W"], 4
+    k, j, bh, bw, bo = a["K_PAD"], a["J_PAD"], a["BLOCK_H"], a["BLOCK_W"], a["BLOCK_O"]
     moved = grad.nbytes + a["dv_ptr"].nbytes
     flops = launch.programs * bo * (steps * 2.0 * k * bh * bw + w_steps * 2.0 * k * bw * j)
     return Traffic(

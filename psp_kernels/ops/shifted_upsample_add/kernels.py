@@ -51,23 +51,41 @@ def _four_channels(m0, m1, m2, m3, CHANNELS_FAST: tl.constexpr):
 
 @triton.jit
 def _column_offsets(
-    o0, offs_cw, W, stride_o, stride_w, BLOCK_W: tl.constexpr, CHANNELS_FAST: tl.constexpr
+    o0,
+    offs_cw,
+    W,
+    stride_o,
+    stride_w,
+    BLOCK_W: tl.constexpr,
+    CHANNELS_FAST: tl.constexpr,
+    O_DIV: tl.constexpr,
+    BLOCK_O: tl.constexpr = 4,
 ):
-    """Channel and column of each column of a :func:`_four_channels` tile, and their offset."""
+    """Channel and column of each column of a :func:`_four_channels` tile (``BLOCK_O``
+    channels side by side), and their offset."""
     if CHANNELS_FAST:
-        o = o0 + offs_cw % 4
-        w = offs_cw // 4
+        o = o0 + offs_cw % BLOCK_O
+        w = offs_cw // BLOCK_O
     else:
         o = o0 + offs_cw // BLOCK_W
         w = offs_cw % BLOCK_W
-    return o, w, o * stride_o + w * stride_w
+    return o, w, tl.multiple_of(o * stride_o, O_DIV) + w * stride_w
 
 
 @triton.jit
-def _packed_rows(v_n, o0, O, stride_vo, width, V_DIV: tl.constexpr, T_PAD: tl.constexpr):
-    """Offsets and mask of the packed rows of channels ``o0 .. o0 + 3``: a (4, T_PAD) tile, read
-    and written in 16-byte vectors."""
-    offs_o = o0 + tl.arange(0, 4)
+def _packed_rows(
+    v_n,
+    o0,
+    O,
+    stride_vo,
+    width,
+    V_DIV: tl.constexpr,
+    T_PAD: tl.constexpr,
+    BLOCK_O: tl.constexpr = 4,
+):
+    """Offsets and mask of the packed rows of channels ``o0 .. o0 + BLOCK_O - 1``: a
+    (BLOCK_O, T_PAD) tile, read and written in 16-byte vectors."""
+    offs_o = o0 + tl.arange(0, BLOCK_O)
     offs_t = tl.arange(0, T_PAD)
     rows = v_n + tl.multiple_of(offs_o * stride_vo, V_DIV)
     return rows[:, None] + offs_t[None, :], (offs_o < O)[:, None] & (offs_t < width)[None, :]
@@ -81,13 +99,6 @@ def _split_channels(t4, K_PAD: tl.constexpr, J_PAD: tl.constexpr):
     t0, t1 = tl.split(t01)
     t2, t3 = tl.split(t23)
     return t0, t1, t2, t3
-
-
-@triton.jit
-def _join_channels(t0, t1, t2, t3, K_PAD: tl.constexpr, J_PAD: tl.constexpr):
-    """The inverse of :func:`_split_channels`."""
-    t = tl.join(tl.join(t0, t1), tl.join(t2, t3))  # (K, J, c % 2, c // 2)
-    return tl.reshape(tl.permute(t, (3, 2, 0, 1)), (4, K_PAD * J_PAD))
 
 
 @triton.jit
@@ -117,8 +128,10 @@ def _shifted_upsample_add_fwd_kernel(
     stride_ah,
     stride_bw_,
     BN_DIV: tl.constexpr,
+    BO_DIV: tl.constexpr,
     BH_DIV: tl.constexpr,
     ON_DIV: tl.constexpr,
+    OO_DIV: tl.constexpr,
     OH_DIV: tl.constexpr,
     V_DIV: tl.constexpr,
     W_DIV: tl.constexpr,
@@ -171,8 +184,12 @@ def _shifted_upsample_add_fwd_kernel(
     )
 
     offs_cw = tl.arange(0, 4 * BLOCK_W)
-    o, w, b_cw = _column_offsets(o0, offs_cw, W, stride_bo, stride_bw, BLOCK_W, CHANNELS_FAST)
-    _, _, o_cw = _column_offsets(o0, offs_cw, W, stride_oo, stride_ow, BLOCK_W, CHANNELS_FAST)
+    o, w, b_cw = _column_offsets(
+        o0, offs_cw, W, stride_bo, stride_bw, BLOCK_W, CHANNELS_FAST, BO_DIV
+    )
+    _, _, o_cw = _column_offsets(
+        o0, offs_cw, W, stride_oo, stride_ow, BLOCK_W, CHANNELS_FAST, OO_DIV
+    )
     w = pid_w * BLOCK_W + w
     mask_cw = (o < O) & (w < tl.multiple_of(tl.minimum(W, pid_w * BLOCK_W + BLOCK_W), W_DIV))
     b_n = (
@@ -215,10 +232,12 @@ def _shifted_upsample_add_bwd_kernel(
     stride_ah,
     stride_bw_,
     GN_DIV: tl.constexpr,
+    GO_DIV: tl.constexpr,
     GH_DIV: tl.constexpr,
     V_DIV: tl.constexpr,
     W_DIV: tl.constexpr,
     CHANNELS_FAST: tl.constexpr,
+    BLOCK_O: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
     K_PAD: tl.constexpr,
@@ -228,16 +247,19 @@ def _shifted_upsample_add_bwd_kernel(
     ACC: tl.constexpr,
 ):
     """dV[n, o] = ahat^T @ grad[n, o] @ bhat, gathered back into the packed order."""
-    # program id 0 -> (sample n, block of 4 channels): it reads their grad once, as one
-    # (rows, 4 * columns) tile per step (see the forward), and gathers every low-res value of
-    # every tap of every map (no atomics: deterministic).
+    # program id 0 -> (sample n, block of BLOCK_O (2 or 4) channels): it reads their grad once,
+    # as one (rows, BLOCK_O * columns) tile per step (see the forward), and gathers every
+    # low-res value of every tap of every map (no atomics: deterministic). Two channels halve
+    # the (K_PAD, J_PAD) accumulators, for float32's three-pass dots.
     pid = tl.program_id(0)
-    o0 = (pid % NUM_O_BLOCKS) * 4
+    o0 = (pid % NUM_O_BLOCKS) * BLOCK_O
     n = pid // NUM_O_BLOCKS
     offs_k = tl.arange(0, K_PAD)
     offs_j = tl.arange(0, J_PAD)
-    offs_cw = tl.arange(0, 4 * BLOCK_W)
-    o, w_in, g_cw = _column_offsets(o0, offs_cw, W, stride_go, stride_gw, BLOCK_W, CHANNELS_FAST)
+    offs_cw = tl.arange(0, BLOCK_O * BLOCK_W)
+    o, w_in, g_cw = _column_offsets(
+        o0, offs_cw, W, stride_go, stride_gw, BLOCK_W, CHANNELS_FAST, GO_DIV, BLOCK_O
+    )
     g_n = grad_ptr + tl.multiple_of(n.to(tl.int64) * stride_gn, GN_DIV)
 
     dv0 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
@@ -246,7 +268,7 @@ def _shifted_upsample_add_bwd_kernel(
     dv3 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
     for w0 in range(0, W, BLOCK_W):
         mask_cw = (o < O) & (w0 + w_in < tl.multiple_of(tl.minimum(W, w0 + BLOCK_W), W_DIV))
-        g = tl.zeros((K_PAD, 4 * BLOCK_W), dtype=ACC)
+        g = tl.zeros((K_PAD, BLOCK_O * BLOCK_W), dtype=ACC)
         for h0 in range(0, H, BLOCK_H):
             offs_h = h0 + tl.arange(0, BLOCK_H)
             at = tl.load(
@@ -264,25 +286,43 @@ def _shifted_upsample_add_bwd_kernel(
             mask=(offs_w < W)[:, None],
             other=0.0,
         ).to(ACC)
-        # the four channels' (K_PAD, BLOCK_W) parts of g, in the order _four_channels put them
-        if CHANNELS_FAST:
-            g4 = tl.permute(tl.reshape(g, (K_PAD, BLOCK_W, 2, 2)), (0, 1, 3, 2))
+        # the channels' (K_PAD, BLOCK_W) parts of g, in the order _column_offsets put them
+        if BLOCK_O == 4:
+            if CHANNELS_FAST:
+                g4 = tl.permute(tl.reshape(g, (K_PAD, BLOCK_W, 2, 2)), (0, 1, 3, 2))
+            else:
+                g4 = tl.permute(tl.reshape(g, (K_PAD, 2, 2, BLOCK_W)), (0, 3, 2, 1))
+            g01, g23 = tl.split(g4)
+            g0, g1 = tl.split(g01)
+            g2, g3 = tl.split(g23)
+            dv2 = tl.dot(g2, b, dv2, input_precision=PRECISION, out_dtype=ACC)
+            dv3 = tl.dot(g3, b, dv3, input_precision=PRECISION, out_dtype=ACC)
         else:
-            g4 = tl.permute(tl.reshape(g, (K_PAD, 2, 2, BLOCK_W)), (0, 3, 2, 1))
-        g01, g23 = tl.split(g4)
-        g0, g1 = tl.split(g01)
-        g2, g3 = tl.split(g23)
+            if CHANNELS_FAST:
+                g2 = tl.reshape(g, (K_PAD, BLOCK_W, 2))
+            else:
+                g2 = tl.permute(tl.reshape(g, (K_PAD, 2, BLOCK_W)), (0, 2, 1))
+            g0, g1 = tl.split(g2)
         dv0 = tl.dot(g0, b, dv0, input_precision=PRECISION, out_dtype=ACC)
         dv1 = tl.dot(g1, b, dv1, input_precision=PRECISION, out_dtype=ACC)
-        dv2 = tl.dot(g2, b, dv2, input_precision=PRECISION, out_dtype=ACC)
-        dv3 = tl.dot(g3, b, dv3, input_precision=PRECISION, out_dtype=ACC)
 
-    # the four dense tiles gathered back into the packed order, stored in vectors
+    # the dense tiles gathered back into the packed order, stored in vectors
     cidx = tl.load(cidx_ptr + tl.arange(0, T_PAD))
-    dv4 = _join_channels(dv0, dv1, dv2, dv3, K_PAD, J_PAD)
-    packed = tl.gather(dv4, tl.broadcast_to(cidx[None, :], (4, T_PAD)), 1)
+    if BLOCK_O == 4:
+        # (the inverse of _split_channels, written out: the interpreter cannot look a helper up
+        # inside this constexpr branch)
+        dvs = tl.join(tl.join(dv0, dv1), tl.join(dv2, dv3))  # (K, J, c % 2, c // 2)
+        dvs = tl.reshape(tl.permute(dvs, (3, 2, 0, 1)), (4, K_PAD * J_PAD))
+    else:
+        dvs = tl.reshape(tl.permute(tl.join(dv0, dv1), (2, 0, 1)), (2, K_PAD * J_PAD))
+    # (a flat gather, as in the forward: a 2-D one along the 4096-wide axis becomes shuffles)
+    rows = tl.arange(0, BLOCK_O)[:, None] * (K_PAD * J_PAD) + cidx[None, :]
+    flat = tl.gather(
+        tl.reshape(dvs, (BLOCK_O * K_PAD * J_PAD,)), tl.reshape(rows, (BLOCK_O * T_PAD,)), 0
+    )
+    packed = tl.reshape(flat, (BLOCK_O, T_PAD))
     width = tl.multiple_of(tl.minimum(WIDTH, T_PAD), 8)  # the packed row: a 16-byte multiple
     dv_offs, dv_mask = _packed_rows(
-        dv_ptr + n.to(tl.int64) * stride_dvn, o0, O, stride_dvo, width, V_DIV, T_PAD
+        dv_ptr + n.to(tl.int64) * stride_dvn, o0, O, stride_dvo, width, V_DIV, T_PAD, BLOCK_O
     )
     tl.store(dv_offs, packed.to(dv_ptr.dtype.element_ty), mask=dv_mask)

@@ -87,13 +87,22 @@ def _pack(maps, total: int) -> torch.Tensor:
 
 
 def _hints(t: torch.Tensor, name: str) -> dict:
-    """Divisibility hints of the sample and row strides of an (N, O, H, W) tensor."""
-    return {f"{name}N_DIV": pow2_divisor(t.stride(0)), f"{name}H_DIV": pow2_divisor(t.stride(2))}
+    """Divisibility hints of the sample, channel and row strides of an (N, O, H, W) tensor."""
+    return {
+        f"{name}N_DIV": pow2_divisor(t.stride(0)),
+        f"{name}O_DIV": pow2_divisor(t.stride(1)),
+        f"{name}H_DIV": pow2_divisor(t.stride(2)),
+    }
 
 
 def _channels_fast(t: torch.Tensor) -> bool:
     """Whether the kernels' tiles run along channels (channels_last) rather than columns."""
     return t.stride(1) < t.stride(3)
+
+
+def _layout(t: torch.Tensor) -> str:
+    """The tile-config key of ``t``'s memory layout."""
+    return "nhwc" if _channels_fast(t) else "nchw"
 
 
 def launch_forward(base, maps, align_corners):
@@ -103,7 +112,7 @@ def launch_forward(base, maps, align_corners):
     )
     v = _pack(maps, total)
     out = torch.empty_like(base)
-    meta = configs.meta(base.dtype, total)
+    meta = configs.meta(base.dtype, total, "fwd", _layout(base))
     num_o_blocks = triton.cdiv(o, 4)
     num_w_blocks = triton.cdiv(width, meta["BLOCK_W"])
     hints = dict(_hints(base, "B"), **_hints(out, "O"), CHANNELS_FAST=_channels_fast(base))
@@ -124,8 +133,8 @@ def launch_backward(grad, sizes, align_corners):
         height, width, sizes, align_corners, acc_dtype(grad.dtype), grad.device
     )
     dv = torch.empty(n, o, _packed_width(total), dtype=grad.dtype, device=grad.device)
-    meta = configs.meta(grad.dtype, total)
-    num_o_blocks = triton.cdiv(o, 4)
+    meta = configs.meta(grad.dtype, total, "bwd", _layout(grad))
+    num_o_blocks = triton.cdiv(o, meta["BLOCK_O"])
     hints = dict(_hints(grad, "G"), CHANNELS_FAST=_channels_fast(grad))
     with device_guard(grad=grad):
         _shifted_upsample_add_bwd_kernel[(n * num_o_blocks,)](

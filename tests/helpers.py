@@ -1,0 +1,229 @@
+"""What the tests (and the benchmarks) share: input makers, one BatchNorm randomiser, one
+tolerance check, and the official PPM written out in plain PyTorch (the oracle).
+
+Imports nothing beyond torch at module level, so ``benchmarks`` and ``benchmarks.gpu_check``
+(which runs where pytest may be missing) import it too: ``from tests.helpers import ...``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "TOL",
+    "OfficialPPM",
+    "assert_close",
+    "assert_compiled_matches",
+    "assert_close_to_reference",
+    "make_params",
+    "make_x",
+    "max_rel_error",
+    "randomize_batchnorm",
+    "skip_unless_kernels_take",
+]
+
+# ----------------------------------------------------------------------------------------------
+# tolerances
+# ----------------------------------------------------------------------------------------------
+
+#: The contract's tolerances: max abs error relative to the reference's max abs (compare low
+#: precision against a float64 reference).
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def max_rel_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 1e-30) -> float:
+    """``max|actual - expected| / max(max|expected|, floor)``, computed in float64."""
+    scale = expected.detach().abs().max().item() if expected.numel() else 0.0
+    err = (actual.detach().double() - expected.detach().double()).abs().max().item()
+    return err / max(scale, floor) if err else 0.0
+
+
+def assert_close(
+    actual: torch.Tensor | None,
+    expected: torch.Tensor | None,
+    what: str = "",
+    *,
+    dtype: torch.dtype | None = None,
+    tol: float | None = None,
+    floor: float = 1e-30,
+    nonzero: bool = False,
+) -> None:
+    """The one tolerance check: ``max|actual - expected| <= tol * max(max|expected|, floor)``.
+
+    ``tol`` defaults to the contract's tolerance of ``dtype`` (default: ``expected``'s dtype);
+    pass ``dtype`` to judge a low-precision result upcast to float64 against a float64
+    reference. ``floor`` makes the bound absolute where ``expected`` is tiny; ``nonzero``
+    also requires ``expected`` not to be all zeros (so the comparison means something). Shapes
+    and dtypes must match; two ``None`` match (an unused gradient).
+    """
+    assert (actual is None) == (expected is None), f"{what}: one of the two is None"
+    if actual is None:
+        return
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} vs {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} vs {expected.dtype}"
+    if tol is None:
+        tol = TOL[dtype or expected.dtype]
+    scale = expected.detach().abs().max().item() if expected.numel() else 0.0
+    if nonzero:
+        assert scale > 0, f"{what}: the expected tensor is all zeros"
+    err = (actual.detach().double() - expected.detach().double()).abs().max().item()
+    assert err <= tol * max(scale, floor) or err == 0.0, (
+        f"{what}: max abs error {err:.3e} vs tolerance {tol} x {max(scale, floor):.3e}"
+    )
+
+
+def assert_close_to_reference(actual, expected, dtype, what):
+    """``actual`` within ``dtype``'s contract tolerance of the reference ``expected``."""
+    assert_close(actual, expected, what, dtype=dtype)
+
+
+def skip_unless_kernels_take(dtype, device):
+    """Skip a test that forces ``backend="triton"`` in ``dtype`` where the kernels cannot run it:
+    float64 runs on the reference and the interpreter only, never on CUDA (the contract)."""
+    import pytest
+
+    if dtype == torch.float64 and str(device).startswith("cuda"):
+        pytest.skip("the CUDA kernels do not take float64 (it runs through the interpreter in CI)")
+
+
+def assert_compiled_matches(fn, compiled, device, sizes=((7, 9), (10, 6))) -> None:
+    """``compiled`` (a ``torch.compile`` of ``fn(x, w0, w1, s0, b1)``: kernel 1's weights of two
+    bins, a scale and a shift, 5 channels in) equals ``fn`` in value and gradients at each of
+    ``sizes``, within float32's tolerance; a dynamic graph re-uses itself for the second size."""
+    for h, w in sizes:
+        x = torch.randn(2, 5, h, w, device=device, requires_grad=True)
+        params = [
+            torch.randn(4, 5, 1, 1, device=device),
+            torch.randn(3, 5, device=device),
+            torch.rand(4, device=device) + 0.5,
+            torch.randn(3, device=device),
+        ]
+        leaves = [x] + [p.requires_grad_(True) for p in params]
+        out = compiled(*leaves)
+        grads = torch.autograd.grad(out, leaves)
+        eager = fn(*leaves)
+        eager_grads = torch.autograd.grad(eager, leaves)
+        assert_close(out, eager, "compiled forward", dtype=torch.float32)
+        for g, eg in zip(grads, eager_grads):
+            assert_close(g, eg, "compiled gradient", dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def make_x(n, c, h, w, dtype=torch.float32, layout="contiguous", device="cpu") -> torch.Tensor:
+    """``x`` of shape ``(n, c, h, w)`` in the memory ``layout`` (values drawn independently of it):
+
+    ``contiguous``; ``channels_last``; ``channel_slice`` (every other channel of a bigger
+    tensor); ``spatial_slice`` (a crop: rows and columns strided by the full width);
+    ``transposed`` (H and W swapped by a view, stride_h == 1); ``strided`` (every other channel
+    of a crop: no dense memory format); ``sliced`` (every other channel, rows cropped).
+    """
+    kw = dict(dtype=dtype, device=device)
+    if layout == "contiguous":
+        x = torch.randn(n, c, h, w, **kw)
+    elif layout == "channels_last":
+        x = torch.randn(n, c, h, w, **kw).to(memory_format=torch.channels_last)
+        assert x.stride(1) == 1 or c == 1
+    elif layout == "channel_slice":
+        x = torch.randn(n, 2 * c, h, w, **kw)[:, ::2]
+    elif layout == "spatial_slice":
+        x = torch.randn(n, c, h + 3, w + 5, **kw)[:, :, 1 : h + 1, 2 : w + 2]
+    elif layout == "transposed":
+        x = torch.randn(n, c, w, h, **kw).transpose(2, 3)
+    elif layout == "strided":
+        x = torch.randn(n, 2 * c, h + 2, w + 3, **kw)[:, ::2, 1 : h + 1, 2 : w + 2]
+        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x = torch.randn(n, 2 * c, h + 2, w, **kw)[:, ::2, 1:-1]
+    else:
+        raise AssertionError(f"unknown layout {layout!r}")
+    assert x.shape == (n, c, h, w)
+    return x
+
+
+def make_params(
+    c: int,
+    bins: Sequence[int],
+    dtype=torch.float32,
+    device="cpu",
+    *,
+    scale: bool = True,
+    shift: bool = True,
+    weight_4d: bool = False,
+    reductions: Callable[[int], int] = lambda i: 3 + 2 * i,
+):
+    """Kernel 1's parameters ``(weights, scale, shift)``: ``reductions(i)`` output channels for
+    bin ``i``, weights ``(R, C)`` (or ``(R, C, 1, 1)``) of unit-variance outputs, scale in
+    ``[0.5, 1.5)``, shift around 0; ``scale`` / ``shift`` are ``None`` when not asked for."""
+    rs = [reductions(i) for i in range(len(bins))]
+    ws = [torch.randn(r, c, dtype=dtype, device=device) / c**0.5 for r in rs]
+    if weight_4d:
+        ws = [w[:, :, None, None].clone() for w in ws]
+    sc = [torch.rand(r, dtype=dtype, device=device) + 0.5 for r in rs] if scale else None
+    sh = [torch.randn(r, dtype=dtype, device=device) * 0.1 for r in rs] if shift else None
+    return ws, sc, sh
+
+
+def randomize_batchnorm(module: nn.Module, seed: int | None = None) -> nn.Module:
+    """Give every BatchNorm of ``module`` non-trivial affine parameters and running statistics
+    (so eval mode differs from the identity): weight and running_var in ``[0.5, 1.5)``, bias
+    and running_mean in ``[-0.1, 0.1)``. Drawn from a generator seeded with ``seed``, else from
+    the global RNG; returns ``module``."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+
+                def draw(lo, hi, _n=n):
+                    return torch.rand(_n, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+
+                if m.affine:
+                    m.weight.copy_(draw(0.5, 1.5))
+                    m.bias.copy_(draw(-0.1, 0.1))
+                if m.track_running_stats:
+                    m.running_mean.copy_(draw(-0.1, 0.1))
+                    m.running_var.copy_(draw(0.5, 1.5))
+    return module
+
+
+# ----------------------------------------------------------------------------------------------
+# the oracle
+# ----------------------------------------------------------------------------------------------
+
+
+def _interpolate(y: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(y, size, mode="bilinear", align_corners=True)
+
+
+class OfficialPPM(nn.Module):
+    """The hszhao/semseg ``PPM`` in plain PyTorch: same submodules and ``state_dict`` keys as
+    ``pspnet.PPM``, ``cat([x] + [interpolate(f(x), align_corners=True)])`` (the definition).
+
+    ``upsample(y, size)`` replaces the bilinear interpolation where a caller needs to (the
+    benchmarks' compiled CPU baseline: ``psp_kernels.reference.upsample``, the same values).
+    """
+
+    def __init__(self, in_dim: int, reduction_dim: int, bins, *, upsample=None):
+        super().__init__()
+        self.upsample = upsample or _interpolate
+        self.features = nn.ModuleList(
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(b),
+                nn.Conv2d(in_dim, reduction_dim, kernel_size=1, bias=False),
+                nn.BatchNorm2d(reduction_dim),
+                nn.ReLU(inplace=True),
+            )
+            for b in bins
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
+        return torch.cat([x] + [self.upsample(f(x), size) for f in self.features], 1)
