@@ -146,7 +146,10 @@ def _guarded_step(run: TrainRun, x, y, epoch: int, step: int) -> tuple:
             status = "amp_skip"
     else:
         optimizer.step()
-    run.scheduler.step()
+    if status == "amp_skip":
+        _advance_schedule(run)
+    else:
+        run.scheduler.step()
     return main_loss, aux_loss, status
 
 
