@@ -8,6 +8,7 @@ from psp_kernels import reference, shifted_upsample_add
 from psp_kernels.ops.shifted_upsample_add import configs
 from psp_kernels.ops.shifted_upsample_add.op import _bwd_op, _fwd_op
 from psp_kernels.ops.shifted_upsample_add.separable import separable_shifted_upsample_add
+from psp_kernels.ops.utils import tile_class
 from tests.helpers import assert_close_to_reference, skip_unless_kernels_take
 
 PSP_SIZES = [(1, 1), (2, 2), (3, 3), (6, 6)]
@@ -55,8 +56,8 @@ def test_matches_reference(case, dtype, path, device):
     _check(out, grads, ref, ref_grads, dtype)
 
 
-def _distinct(table, **extra):
-    return sorted({tuple(sorted(t.items())) for t in table.values()} | extra.get("more", set()))
+def _distinct(table, more=frozenset()):
+    return sorted({tuple(sorted(t.items())) for t in table.values()} | more)
 
 
 _FWD_TILES = _distinct(configs.FWD)
@@ -78,7 +79,7 @@ def test_every_tile_config(table, tiles, channels_last, device, monkeypatch):
     chunk and taller than one row step."""
     skip_unless_kernels_take(torch.float64, device)
     for layout in ("nchw", "nhwc"):
-        monkeypatch.setitem(getattr(configs, table), ("fp32", layout), tiles)
+        monkeypatch.setitem(getattr(configs, table), (tile_class(torch.float64), layout), tiles)
     base, maps = _inputs(1, 5, 37, 61, PSP_SIZES, torch.float64, device, channels_last)
     out = shifted_upsample_add(base, maps, align_corners=False, backend="triton")
     ref = reference.shifted_upsample_add(base, maps, align_corners=False)

@@ -70,6 +70,12 @@ def gpu_tiles() -> bool:
     return not INTERPRETER or GPU_TILES
 
 
+def tile_class(dtype: torch.dtype) -> str:
+    """Key of the launchers' tile tables for inputs of ``dtype``: ``"fp32"`` for float32, else
+    ``"16bit"`` (float16 / bfloat16; float64 runs only in the interpreter, on the 16-bit tiles)."""
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype of every kernel: float32, or float64 for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32

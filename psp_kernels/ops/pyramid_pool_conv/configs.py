@@ -15,7 +15,15 @@ import torch
 import triton
 
 from ..._aot import AotSpec, Traffic, dot_kind
-from ..utils import GPU_DTYPES, TRITON_DTYPE, clamp, dot_precision, gpu_tiles, next_power_of_2
+from ..utils import (
+    GPU_DTYPES,
+    TRITON_DTYPE,
+    clamp,
+    dot_precision,
+    gpu_tiles,
+    next_power_of_2,
+    tile_class,
+)
 from .kernels import _cells_conv_kernel, _cells_to_pixels_kernel, _pool_cells_kernel
 
 #: Cell blocks the tables come in (``ops.tables.cells_block``): one configuration per block.
@@ -49,10 +57,6 @@ FORCE_SPLITS: int | None = None
 FORCE_DX_PIXELS: int | None = None
 
 
-def _dtype_class(dtype: torch.dtype) -> str:
-    return "fp32" if dtype == torch.float32 else "16bit"
-
-
 def _with_cells(cfg: dict, block_k: int) -> dict:
     return dict(cfg, BLOCK_K=min(block_k, 128))
 
@@ -71,14 +75,14 @@ def pool_config(c: int, hw: int, block_k: int, dtype: torch.dtype) -> dict:
     """Stage 1's blocks for ``c`` channels, ``hw`` pixels, cell blocks of ``block_k``."""
     if not gpu_tiles():
         return _interpreter_tiles(c, hw, block_k)
-    return _with_cells(POOL_CONFIGS[_dtype_class(dtype)], block_k)
+    return _with_cells(POOL_CONFIGS[tile_class(dtype)], block_k)
 
 
 def dx_config(c: int, hw: int, block_k: int, dtype: torch.dtype) -> dict:
     """The dx gather's blocks."""
     if not gpu_tiles():
         return _interpreter_tiles(c, hw, block_k)
-    return _with_cells(DX_CONFIGS[_dtype_class(dtype)], block_k)
+    return _with_cells(DX_CONFIGS[tile_class(dtype)], block_k)
 
 
 def conv_config(m: int, r: int, c: int, dtype: torch.dtype) -> dict:
@@ -91,7 +95,7 @@ def conv_config(m: int, r: int, c: int, dtype: torch.dtype) -> dict:
             num_warps=4,
             num_stages=1,
         )
-    return dict(CONV_CONFIGS[_dtype_class(dtype)])
+    return dict(CONV_CONFIGS[tile_class(dtype)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ def aot_specs() -> list[AotSpec]:
     specs = []
     divs = dict(XN_DIV=1, XC_DIV=1, ON_DIV=1, OC_DIV=1, HW_DIV=1)
     for dtype in GPU_DTYPES:
-        t, cls, prec = TRITON_DTYPE[dtype], _dtype_class(dtype), dot_precision(dtype)
+        t, cls, prec = TRITON_DTYPE[dtype], tile_class(dtype), dot_precision(dtype)
         ptr = f"*{t}"
         for block_k in CELL_BLOCKS:
             for copy_x in (False, True):

@@ -6,7 +6,14 @@ import torch
 import triton
 
 from ..._aot import AotSpec, Traffic, dot_kind
-from ..utils import GPU_DTYPES, TRITON_DTYPE, dot_precision, next_power_of_2, tl_acc_dtype
+from ..utils import (
+    GPU_DTYPES,
+    TRITON_DTYPE,
+    dot_precision,
+    next_power_of_2,
+    tile_class,
+    tl_acc_dtype,
+)
 from .kernels import _shifted_upsample_add_bwd_kernel, _shifted_upsample_add_fwd_kernel
 
 #: Largest ``K = 3 * sum(h_b)`` (and ``J = 3 * sum(w_b)``) the kernels take in one tile (bins up
@@ -40,7 +47,7 @@ def meta(dtype: torch.dtype, total: int, direction: str = "fwd", layout: str = "
     """Constexprs and launch options of the ``direction`` ("fwd" / "bwd") kernel for inputs of
     ``dtype`` in ``layout`` ("nchw" / "nhwc"), ``total`` packed values per channel."""
     table = FWD if direction == "fwd" else BWD
-    tiles = table["fp32" if dtype in (torch.float32, torch.float64) else "16bit", layout]
+    tiles = table[tile_class(dtype), layout]
     return dict(
         tiles, K_PAD=MAX_K, J_PAD=MAX_K, T_PAD=next_power_of_2(total + 1),
         PRECISION=dot_precision(dtype), ACC=tl_acc_dtype(dtype),

@@ -8,7 +8,14 @@ import torch
 import triton
 
 from ..._aot import AotSpec, Traffic, dot_kind
-from ..utils import GPU_DTYPES, TRITON_DTYPE, dot_precision, gpu_tiles, split_launch_options
+from ..utils import (
+    GPU_DTYPES,
+    TRITON_DTYPE,
+    dot_precision,
+    gpu_tiles,
+    split_launch_options,
+    tile_class,
+)
 from .kernels import _upsample_concat_bwd_kernel, _upsample_concat_fwd_kernel
 
 #: Cell blocks of the bilinear tables (``ops.tables.cells_block``).
@@ -30,10 +37,6 @@ GROUP = 4
 FORCE_PIXELS: int | None = None
 
 
-def _cls(dtype: torch.dtype) -> str:
-    return "fp32" if dtype == torch.float32 else "16bit"
-
-
 def _interpreter(cells_pad: int, num_k: bool) -> dict:
     cfg = dict(BLOCK_C=64, BLOCK_P=1024, BLOCK_K=min(cells_pad, 128), num_warps=4, num_stages=1)
     if num_k:
@@ -45,7 +48,7 @@ def fwd_config(dtype: torch.dtype, cells_pad: int) -> tuple[dict, dict]:
     """``(constexprs, options)`` of the forward for tables of ``cells_pad`` cells per branch."""
     if not gpu_tiles():
         return split_launch_options(_interpreter(cells_pad, True))
-    cfg = dict(FWD_CONFIGS[_cls(dtype)], BLOCK_K=min(cells_pad, 128))
+    cfg = dict(FWD_CONFIGS[tile_class(dtype)], BLOCK_K=min(cells_pad, 128))
     cfg["NUM_K_BLOCKS"] = triton.cdiv(cells_pad, cfg["BLOCK_K"])
     return split_launch_options(cfg)
 
@@ -54,7 +57,7 @@ def bwd_config(dtype: torch.dtype, cells_pad: int) -> tuple[dict, dict]:
     """``(constexprs, options)`` of the backward."""
     if not gpu_tiles():
         return split_launch_options(_interpreter(cells_pad, False))
-    return split_launch_options(dict(BWD_CONFIGS[_cls(dtype)], BLOCK_K=min(cells_pad, 128)))
+    return split_launch_options(dict(BWD_CONFIGS[tile_class(dtype)], BLOCK_K=min(cells_pad, 128)))
 
 
 def _spec(name, kernel, constexprs, pointers, cfg) -> AotSpec:
@@ -69,7 +72,7 @@ def aot_specs() -> list[AotSpec]:
     """Every kernel configuration the launchers can pick on a GPU (fp32, fp16, bf16)."""
     specs = []
     for dtype in GPU_DTYPES:
-        t, cls, prec = TRITON_DTYPE[dtype], _cls(dtype), dot_precision(dtype)
+        t, cls, prec = TRITON_DTYPE[dtype], tile_class(dtype), dot_precision(dtype)
         ptr = f"*{t}"
         for block_k in CELL_BLOCKS:
             specs.append(_spec(
