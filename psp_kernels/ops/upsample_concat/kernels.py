@@ -194,7 +194,8 @@ def _upsample_concat_bwd_kernel(
     g_base = g_ptr + tl.multiple_of(n.to(tl.int64) * stride_gn, GN_DIV)
     g_c = tl.multiple_of((g_c0 + offs_c) * stride_gc, GC_DIV)
     t_k = (k0 + offs_k) * stride_tk
-    hw = tl.multiple_of(HW, HW_DIV)
+    # (HW // HW_DIV) * HW_DIV == HW: a hint on the argument itself would be dropped (it is no op)
+    hw = (HW // HW_DIV) * HW_DIV
     acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=acc_dtype)
     for p0 in range(0, hw, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
