@@ -48,6 +48,9 @@ class Traffic:
         step_bytes: bytes one program loads per such step.
         step_tensor: the pointer argument those loads read (its PTX accesses tell whether they
             are software-pipelined).
+        loop_steps: iterations of the software-pipelined (innermost) loop those steps run in,
+            when loops nest (0: ``steps``, one flat loop). A pipeline cannot run further ahead
+            than its loop's iterations: the model's depth is at most this.
         fills_gpu: the launcher sizes the grid to fill the GPU whatever the batch (row splits),
             so it must reach one wave at batch 1 too.
     """
@@ -59,6 +62,7 @@ class Traffic:
     steps: int = 1
     step_bytes: int = 0
     step_tensor: str = ""
+    loop_steps: int = 0
     fills_gpu: bool = False
 
 

@@ -84,6 +84,11 @@ def test_cost_model_terms():
     pipelined = _machine(accesses=[{"kind": "cp.async", "width": 16, "params": [0]}])
     t = cost.launch_time(lat, pipelined, programs=600, gpu=h100)  # 2 loads in flight
     assert t["us"] == pytest.approx(45.0) and t["depth"] == 2
+    # a pipelined loop of one iteration (here: the inner loop of a nest) has one load in flight
+    nested = Traffic(moved=0, ideal=0, steps=30, step_tensor="x_ptr", loop_steps=1)
+    assert cost.launch_time(nested, pipelined, programs=600, gpu=h100)["depth"] == 1
+    short = Traffic(moved=0, ideal=0, steps=1, step_tensor="x_ptr")
+    assert cost.launch_time(short, pipelined, programs=600, gpu=h100)["us"] == pytest.approx(3.0)
     dot = Traffic(moved=0, ideal=0, dot_flops=989e7, dot_kind="16bit")
     t = cost.launch_time(dot, _machine(), 132, h100)
     assert t["bound"] == "tensor cores" and t["us"] == pytest.approx(10.0)

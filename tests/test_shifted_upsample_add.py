@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from psp_kernels import reference, shifted_upsample_add
-from psp_kernels.ops.shifted_upsample_add import configs
+from psp_kernels.ops.shifted_upsample_add import configs, launch
 from psp_kernels.ops.shifted_upsample_add.op import _bwd_op, _fwd_op
 from psp_kernels.ops.shifted_upsample_add.separable import separable_shifted_upsample_add
 from psp_kernels.ops.utils import tile_class
@@ -78,9 +78,56 @@ def test_every_tile_config(table, tiles, channels_last, device, monkeypatch):
     forced on float64: a ragged channel block (5 channels) and maps wider than one column
     chunk and taller than one row step."""
     skip_unless_kernels_take(torch.float64, device)
+    monkeypatch.setattr(configs, "BWD_PLANE", {})  # the tiled backward, whatever the plane
     for layout in ("nchw", "nhwc"):
         monkeypatch.setitem(getattr(configs, table), (tile_class(torch.float64), layout), tiles)
     base, maps = _inputs(1, 5, 37, 61, PSP_SIZES, torch.float64, device, channels_last)
+    _check_against_reference(base, maps)
+
+
+_PLANE_TILES = _distinct(
+    configs.BWD_PLANE,
+    more={tuple(sorted(dict(t, BLOCK_O=o).items())) for t in configs.BWD_PLANE.values()
+          for o in (2, 4)},
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("tiles", [dict(t) for t in _PLANE_TILES], ids=str)
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_every_plane_config(tiles, groups, channels_last, device, monkeypatch):
+    """The one-tile-per-plane backward with each configuration (2 or 4 channels per block),
+    one or three blocks per program (13 channels: a ragged block, and a last program with
+    blocks past the last channel),
+    on a plane that fills neither tile dimension; it must really be the kernel that runs."""
+    skip_unless_kernels_take(torch.float64, device)
+    for layout in ("nchw", "nhwc"):
+        monkeypatch.setitem(configs.BWD_PLANE, (tile_class(torch.float64), layout), tiles)
+    monkeypatch.setattr(configs, "FORCE_GROUPS", groups)
+    launched = []
+    kernel = launch._shifted_upsample_add_bwd_plane_kernel
+    monkeypatch.setattr(
+        launch, "_shifted_upsample_add_bwd_plane_kernel",
+        _Spy(kernel, launched),
+    )  # fmt: skip
+    base, maps = _inputs(2, 13, 29, 45, PSP_SIZES, torch.float64, device, channels_last)
+    _check_against_reference(base, maps)
+    blocks = -(-13 // tiles["BLOCK_O"])
+    assert launched == [(2 * -(-blocks // groups),)]
+
+
+class _Spy:
+    """A kernel whose launches record their grids."""
+
+    def __init__(self, kernel, grids):
+        self.kernel, self.grids = kernel, grids
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
+def _check_against_reference(base, maps):
     out = shifted_upsample_add(base, maps, align_corners=False, backend="triton")
     ref = reference.shifted_upsample_add(base, maps, align_corners=False)
     grad = torch.randn_like(ref)

@@ -9,7 +9,8 @@ each wait for a global load of ``b`` bytes:
 * latency:       ``t_lat = ceil(P / (S * r)) * k * LATENCY / depth`` -- the waves, times the
   serial steps of one program, each a DRAM round trip; ``depth`` is how many steps' loads are
   in flight at once: ``num_stages - 1`` when the loads are software-pipelined (``cp.async``,
-  seen as ``LDGSTS`` in the SASS), else 1;
+  seen as ``LDGSTS`` in the SASS), else 1, and never more than the iterations of the
+  pipelined loop (a loop of two steps cannot have three in flight);
 * tensor cores:  ``t_tc  = F * (S * ceil(P / S) / P) / peak FLOP rate`` of the dots' precision:
   the busiest SM's share at 1/S of the rate (``tf32x3`` = three tf32 products; a dot that
   compiled to FMA runs at the FP32 CUDA-core rate);
@@ -75,6 +76,7 @@ def launch_time(traffic, machine: dict, programs: int, gpu: Gpu) -> dict:
     steps = accesses_of(machine, traffic.step_tensor)
     pipelined = any(a["kind"] == "cp.async" for a in steps)
     depth = max(machine.get("num_stages", 1) - 1, 1) if pipelined else 1
+    depth = max(min(depth, traffic.loop_steps or traffic.steps), 1)  # loads ahead <= iterations
     rounds = math.ceil(programs / (gpu.sms * resident))
     tensor_cores = sass.get("HGMMA", 0) + sass.get("HMMA", 0) > 0
     # the busiest SM runs ceil(P / S) programs' dots at 1/S of the GPU's rate

@@ -14,7 +14,11 @@ from ..utils import (
     tile_class,
     tl_acc_dtype,
 )
-from .kernels import _shifted_upsample_add_bwd_kernel, _shifted_upsample_add_fwd_kernel
+from .kernels import (
+    _shifted_upsample_add_bwd_kernel,
+    _shifted_upsample_add_bwd_plane_kernel,
+    _shifted_upsample_add_fwd_kernel,
+)
 
 #: Largest ``K = 3 * sum(h_b)`` (and ``J = 3 * sum(w_b)``) the kernels take in one tile (bins up
 #: to a sum of 21, e.g. 1, 2, 3, 6, 8); larger pyramids use the separable PyTorch path. One tile
@@ -42,11 +46,45 @@ BWD = {
     ("fp32", "nhwc"): dict(BLOCK_O=2, BLOCK_H=16, BLOCK_W=16, num_warps=4),
 }
 
+#: The backward for planes that fit one tile (``_shifted_upsample_add_bwd_plane_kernel``):
+#: BLOCK_H x BLOCK_W covers the whole plane (PSPNet's 60x60), a program loops over several
+#: blocks of BLOCK_O channels (``groups``). Keys as :data:`BWD`; a missing key, or a larger
+#: plane, takes :data:`BWD`'s tiled kernel. Only 16-bit NCHW: float32's three-pass dots spill
+#: at 64 x 64 on sm_80, and channels_last would need 8 channels per block for 16-byte loads
+#: (two give 4-byte ones), whose eight float32 (K_PAD, J_PAD) results do not fit.
+BWD_PLANE = {
+    ("16bit", "nchw"): dict(BLOCK_O=2, BLOCK_H=64, BLOCK_W=64, num_warps=8, num_stages=3),
+}
+#: Tests set this to force the channel blocks per program of the plane backward.
+FORCE_GROUPS: int | None = None
+
+
+def plane_groups(blocks: int, samples: int, sms: int) -> int:
+    """Channel blocks per program of the plane backward (1, 2, 4 or 8): the most whose busiest
+    SM has at most 10% more blocks than the best choice's (waves of programs are whole). Long
+    loops keep loads in flight; balance keeps every SM busy to the end."""
+    if FORCE_GROUPS is not None:
+        return FORCE_GROUPS
+
+    def busiest(groups):  # blocks of the SM that runs the most programs
+        return triton.cdiv(samples * triton.cdiv(blocks, groups), sms) * groups
+
+    best = min(busiest(g) for g in (1, 2, 4, 8))
+    return max(g for g in (1, 2, 4, 8) if busiest(g) <= 1.1 * best)
+
+
+def plane_tiles(dtype: torch.dtype, layout: str, height: int, width: int) -> dict | None:
+    """:data:`BWD_PLANE`'s tiles for a ``height x width`` plane, or ``None`` (tiled kernel)."""
+    tiles = BWD_PLANE.get((tile_class(dtype), layout))
+    if tiles is None or height > tiles["BLOCK_H"] or width > tiles["BLOCK_W"]:
+        return None
+    return tiles
+
 
 def meta(dtype: torch.dtype, total: int, direction: str = "fwd", layout: str = "nchw") -> dict:
-    """Constexprs and launch options of the ``direction`` ("fwd" / "bwd") kernel for inputs of
+    """Constexprs and launch options of the ``direction`` ("fwd" / "bwd" / "bwd_plane") kernel for inputs of
     ``dtype`` in ``layout`` ("nchw" / "nhwc"), ``total`` packed values per channel."""
-    table = FWD if direction == "fwd" else BWD
+    table = {"fwd": FWD, "bwd": BWD, "bwd_plane": BWD_PLANE}[direction]
     tiles = table[tile_class(dtype), layout]
     return dict(
         tiles, K_PAD=MAX_K, J_PAD=MAX_K, T_PAD=next_power_of_2(total + 1),
@@ -73,11 +111,17 @@ def aot_specs() -> list[AotSpec]:
             fwd_c = dict(meta(dtype, 450, "fwd", layout), BN_DIV=1, BO_DIV=1, BH_DIV=1,
                          ON_DIV=1, OO_DIV=1, OH_DIV=1, **divs)  # fmt: skip
             bwd_c = dict(meta(dtype, 450, "bwd", layout), GN_DIV=1, GO_DIV=1, GH_DIV=1, **divs)
-            for label, kernel, sig, c in (("fwd", _shifted_upsample_add_fwd_kernel, fwd, fwd_c),
-                                          ("bwd", _shifted_upsample_add_bwd_kernel, bwd, bwd_c)):  # fmt: skip
-                num_warps = c.pop("num_warps")
+            variants = [("fwd", _shifted_upsample_add_fwd_kernel, fwd, fwd_c),
+                        ("bwd", _shifted_upsample_add_bwd_kernel, bwd, bwd_c)]  # fmt: skip
+            if (tile_class(dtype), layout) in BWD_PLANE:
+                plane_c = dict(meta(dtype, 450, "bwd_plane", layout), GN_DIV=1, GO_DIV=1,
+                               GH_DIV=1, **divs)  # fmt: skip
+                variants.append(("bwd_plane", _shifted_upsample_add_bwd_plane_kernel,
+                                 dict(bwd, GROUPS=i32), plane_c))  # fmt: skip
+            for label, kernel, sig, c in variants:
+                num_warps, num_stages = c.pop("num_warps"), c.pop("num_stages", 3)
                 specs.append(AotSpec(f"shifted_upsample_add_{label}[{ty},{layout}]", kernel, sig,
-                                     c, num_warps=num_warps))  # fmt: skip
+                                     c, num_warps=num_warps, num_stages=num_stages))  # fmt: skip
     return specs
 
 
@@ -99,6 +143,7 @@ def _fwd_traffic(launch) -> Traffic:
         dot_flops=flops,
         dot_kind=dot_kind(a["PRECISION"], 4),
         steps=1 + h_steps,
+        loop_steps=h_steps,
         step_bytes=a["BLOCK_H"] * bw * base.itemsize,
         step_tensor="base_ptr",
     )
@@ -118,7 +163,25 @@ def _bwd_traffic(launch) -> Traffic:
         dot_flops=flops,
         dot_kind=dot_kind(a["PRECISION"], 4),
         steps=steps,
-        step_bytes=bh * bw * grad.itemsize,
+        step_bytes=bh * bw * bo * grad.itemsize,
+        step_tensor="grad_ptr",
+        loop_steps=triton.cdiv(a["H"], bh),  # the row loop, inside the column loop
+    )
+
+
+def _bwd_plane_traffic(launch) -> Traffic:
+    a = launch.args
+    grad = a["grad_ptr"]
+    k, j, bh, bw, bo = a["K_PAD"], a["J_PAD"], a["BLOCK_H"], a["BLOCK_W"], a["BLOCK_O"]
+    moved = grad.nbytes + a["dv_ptr"].nbytes
+    flops = launch.programs * a["GROUPS"] * bo * (2.0 * k * bh * bw + 2.0 * k * bw * j)
+    return Traffic(
+        moved=moved,
+        ideal=moved,
+        dot_flops=flops,
+        dot_kind=dot_kind(a["PRECISION"], 4),
+        steps=a["GROUPS"],
+        step_bytes=bh * bw * bo * grad.itemsize,
         step_tensor="grad_ptr",
     )
 
@@ -126,4 +189,5 @@ def _bwd_traffic(launch) -> Traffic:
 TRAFFIC = {
     "_shifted_upsample_add_fwd_kernel": _fwd_traffic,
     "_shifted_upsample_add_bwd_kernel": _bwd_traffic,
+    "_shifted_upsample_add_bwd_plane_kernel": _bwd_plane_traffic,
 }

@@ -18,7 +18,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["_shifted_upsample_add_fwd_kernel", "_shifted_upsample_add_bwd_kernel"]
+__all__ = [
+    "_shifted_upsample_add_fwd_kernel",
+    "_shifted_upsample_add_bwd_kernel",
+    "_shifted_upsample_add_bwd_plane_kernel",
+]
 
 # Pyramid rows k = (map b, row tap di, low-res row bi) and columns j = (map b, column tap dj,
 # low-res column bj). ``ahat`` is the dense (H, K_PAD) matrix [S_di A_b] and ``bhat`` the dense
@@ -99,6 +103,56 @@ def _split_channels(t4, K_PAD: tl.constexpr, J_PAD: tl.constexpr):
     t0, t1 = tl.split(t01)
     t2, t3 = tl.split(t23)
     return t0, t1, t2, t3
+
+
+@triton.jit
+def _channel_parts(g, K_PAD: tl.constexpr, BLOCK_W: tl.constexpr, CHANNELS_FAST: tl.constexpr,
+                   BLOCK_O: tl.constexpr):  # fmt: skip
+    """The ``BLOCK_O`` (2 or 4) channels' (K_PAD, BLOCK_W) parts of a (K_PAD, BLOCK_O *
+    BLOCK_W) tile, in the order :func:`_column_offsets` put them (2 channels: the last two
+    parts repeat the first two)."""
+    if BLOCK_O == 4:
+        if CHANNELS_FAST:
+            g4 = tl.permute(tl.reshape(g, (K_PAD, BLOCK_W, 2, 2)), (0, 1, 3, 2))
+        else:
+            g4 = tl.permute(tl.reshape(g, (K_PAD, 2, 2, BLOCK_W)), (0, 3, 2, 1))
+        g01, g23 = tl.split(g4)
+        g0, g1 = tl.split(g01)
+        g2, g3 = tl.split(g23)
+    else:
+        if CHANNELS_FAST:
+            g2 = tl.reshape(g, (K_PAD, BLOCK_W, 2))
+        else:
+            g2 = tl.permute(tl.reshape(g, (K_PAD, 2, BLOCK_W)), (0, 2, 1))
+        g0, g1 = tl.split(g2)
+        g2, g3 = g0, g1
+    return g0, g1, g2, g3
+
+
+@triton.jit
+def _store_packed(
+    dv0, dv1, dv2, dv3, cidx, dv_n, o0, O, stride_dvo, WIDTH,
+    V_DIV: tl.constexpr, K_PAD: tl.constexpr, J_PAD: tl.constexpr, T_PAD: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+):  # fmt: skip
+    """Store the dense (K_PAD, J_PAD) gradient tiles of channels ``o0 ..`` (``dv2``, ``dv3``
+    unused for 2 channels) in the packed order, gathered with ``cidx``, in vectors."""
+    if BLOCK_O == 4:
+        # (the inverse of _split_channels, written out: the interpreter cannot look a helper up
+        # inside this constexpr branch)
+        dvs = tl.join(tl.join(dv0, dv1), tl.join(dv2, dv3))  # (K, J, c % 2, c // 2)
+        dvs = tl.reshape(tl.permute(dvs, (3, 2, 0, 1)), (4, K_PAD * J_PAD))
+    else:
+        dvs = tl.reshape(tl.permute(tl.join(dv0, dv1), (2, 0, 1)), (2, K_PAD * J_PAD))
+    # (a flat gather, as in the forward: a 2-D one along the 4096-wide axis becomes shuffles)
+    rows = tl.arange(0, BLOCK_O)[:, None] * (K_PAD * J_PAD) + cidx[None, :]
+    flat = tl.gather(
+        tl.reshape(dvs, (BLOCK_O * K_PAD * J_PAD,)), tl.reshape(rows, (BLOCK_O * T_PAD,)), 0
+    )
+    packed = tl.reshape(flat, (BLOCK_O, T_PAD))
+    width = tl.multiple_of(tl.minimum(WIDTH, T_PAD), 8)  # the packed row: a 16-byte multiple
+    dv_offs, dv_mask = _packed_rows(dv_n, o0, O, stride_dvo, width, V_DIV, T_PAD, BLOCK_O)
+    tl.store(dv_offs, packed.to(dv_n.dtype.element_ty), mask=dv_mask)
 
 
 @triton.jit
@@ -286,43 +340,111 @@ def _shifted_upsample_add_bwd_kernel(
             mask=(offs_w < W)[:, None],
             other=0.0,
         ).to(ACC)
-        # the channels' (K_PAD, BLOCK_W) parts of g, in the order _column_offsets put them
+        g0, g1, g2, g3 = _channel_parts(g, K_PAD, BLOCK_W, CHANNELS_FAST, BLOCK_O)
         if BLOCK_O == 4:
-            if CHANNELS_FAST:
-                g4 = tl.permute(tl.reshape(g, (K_PAD, BLOCK_W, 2, 2)), (0, 1, 3, 2))
-            else:
-                g4 = tl.permute(tl.reshape(g, (K_PAD, 2, 2, BLOCK_W)), (0, 3, 2, 1))
-            g01, g23 = tl.split(g4)
-            g0, g1 = tl.split(g01)
-            g2, g3 = tl.split(g23)
             dv2 = tl.dot(g2, b, dv2, input_precision=PRECISION, out_dtype=ACC)
             dv3 = tl.dot(g3, b, dv3, input_precision=PRECISION, out_dtype=ACC)
-        else:
-            if CHANNELS_FAST:
-                g2 = tl.reshape(g, (K_PAD, BLOCK_W, 2))
-            else:
-                g2 = tl.permute(tl.reshape(g, (K_PAD, 2, BLOCK_W)), (0, 2, 1))
-            g0, g1 = tl.split(g2)
         dv0 = tl.dot(g0, b, dv0, input_precision=PRECISION, out_dtype=ACC)
         dv1 = tl.dot(g1, b, dv1, input_precision=PRECISION, out_dtype=ACC)
 
-    # the dense tiles gathered back into the packed order, stored in vectors
     cidx = tl.load(cidx_ptr + tl.arange(0, T_PAD))
-    if BLOCK_O == 4:
-        # (the inverse of _split_channels, written out: the interpreter cannot look a helper up
-        # inside this constexpr branch)
-        dvs = tl.join(tl.join(dv0, dv1), tl.join(dv2, dv3))  # (K, J, c % 2, c // 2)
-        dvs = tl.reshape(tl.permute(dvs, (3, 2, 0, 1)), (4, K_PAD * J_PAD))
-    else:
-        dvs = tl.reshape(tl.permute(tl.join(dv0, dv1), (2, 0, 1)), (2, K_PAD * J_PAD))
-    # (a flat gather, as in the forward: a 2-D one along the 4096-wide axis becomes shuffles)
-    rows = tl.arange(0, BLOCK_O)[:, None] * (K_PAD * J_PAD) + cidx[None, :]
-    flat = tl.gather(
-        tl.reshape(dvs, (BLOCK_O * K_PAD * J_PAD,)), tl.reshape(rows, (BLOCK_O * T_PAD,)), 0
-    )
-    packed = tl.reshape(flat, (BLOCK_O, T_PAD))
-    width = tl.multiple_of(tl.minimum(WIDTH, T_PAD), 8)  # the packed row: a 16-byte multiple
-    dv_offs, dv_mask = _packed_rows(
-        dv_ptr + n.to(tl.int64) * stride_dvn, o0, O, stride_dvo, width, V_DIV, T_PAD, BLOCK_O
-    )
-    tl.store(dv_offs, packed.to(dv_ptr.dtype.element_ty), mask=dv_mask)
+    _store_packed(
+        dv0, dv1, dv2, dv3, cidx, dv_ptr + n.to(tl.int64) * stride_dvn, o0, O, stride_dvo,
+        WIDTH, V_DIV, K_PAD, J_PAD, T_PAD, BLOCK_O,
+    )  # fmt: skip
+
+
+@triton.jit
+def _shifted_upsample_add_bwd_plane_kernel(
+    grad_ptr,
+    dv_ptr,
+    ahat_ptr,
+    bhat_ptr,
+    cidx_ptr,
+    O,
+    H,
+    W,
+    WIDTH,
+    NUM_O_BLOCKS,
+    GROUPS,
+    stride_gn,
+    stride_go,
+    stride_gh,
+    stride_gw,
+    stride_dvn,
+    stride_dvo,
+    stride_ah,
+    stride_bw_,
+    GN_DIV: tl.constexpr,
+    GO_DIV: tl.constexpr,
+    GH_DIV: tl.constexpr,
+    V_DIV: tl.constexpr,
+    W_DIV: tl.constexpr,
+    CHANNELS_FAST: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    K_PAD: tl.constexpr,
+    J_PAD: tl.constexpr,
+    T_PAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """The backward of :func:`_shifted_upsample_add_bwd_kernel` for planes that fit one tile
+    (``H <= BLOCK_H``, ``W <= BLOCK_W``: PSPNet's 60x60).
+
+    Every channel's whole grad plane is one (BLOCK_H, BLOCK_W) tile, so ``ahat`` and ``bhat``
+    load once per program and the program walks GROUPS blocks of BLOCK_O channels in one flat
+    loop: the pipeliner keeps the next blocks' grad tiles in flight while one block's dots and
+    gathers run (nested row / column loops could not be pipelined across channel blocks).
+    """
+    # program id 0 -> (sample n, GROUPS consecutive blocks of BLOCK_O channels)
+    pid = tl.program_id(0)
+    programs_per_n = (NUM_O_BLOCKS + GROUPS - 1) // GROUPS
+    n = pid // programs_per_n
+    block0 = (pid % programs_per_n) * GROUPS
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_k = tl.arange(0, K_PAD)
+    offs_j = tl.arange(0, J_PAD)
+    offs_w = tl.arange(0, BLOCK_W)
+    at = tl.load(
+        ahat_ptr + offs_h[None, :] * stride_ah + offs_k[:, None],
+        mask=(offs_h < H)[None, :],
+        other=0.0,
+    ).to(ACC)
+    b = tl.load(
+        bhat_ptr + offs_w[:, None] * stride_bw_ + offs_j[None, :],
+        mask=(offs_w < W)[:, None],
+        other=0.0,
+    ).to(ACC)
+    cidx = tl.load(cidx_ptr + tl.arange(0, T_PAD))
+    # the tile's offsets relative to the block's first channel (its channel offset is a
+    # multiple of GO_DIV, added per block)
+    o_in, w_in, g_cw = _column_offsets(
+        0, tl.arange(0, BLOCK_O * BLOCK_W), W, stride_go, stride_gw, BLOCK_W, CHANNELS_FAST,
+        GO_DIV, BLOCK_O,
+    )  # fmt: skip
+    # (W // W_DIV) * W_DIV == W: the JIT drops a hint on the argument itself
+    mask_hw = (offs_h < H)[:, None] & (w_in < (W // W_DIV) * W_DIV)[None, :]
+    g_off = tl.multiple_of(offs_h * stride_gh, GH_DIV)[:, None] + g_cw[None, :]
+    g_n = grad_ptr + tl.multiple_of(n.to(tl.int64) * stride_gn, GN_DIV)
+    dv_n = dv_ptr + n.to(tl.int64) * stride_dvn
+
+    for i in range(0, GROUPS):
+        o0 = (block0 + i) * BLOCK_O
+        g_o = g_n + tl.multiple_of(o0 * stride_go, GO_DIV)
+        mask = mask_hw & (o0 + o_in < O)[None, :]
+        gt = tl.load(g_o + g_off, mask=mask, other=0.0).to(ACC)
+        g = tl.dot(at, gt, input_precision=PRECISION, out_dtype=ACC)
+        g0, g1, g2, g3 = _channel_parts(g, K_PAD, BLOCK_W, CHANNELS_FAST, BLOCK_O)
+        dv0 = tl.dot(g0, b, input_precision=PRECISION, out_dtype=ACC)
+        dv1 = tl.dot(g1, b, input_precision=PRECISION, out_dtype=ACC)
+        dv2 = dv0
+        dv3 = dv1
+        if BLOCK_O == 4:
+            dv2 = tl.dot(g2, b, input_precision=PRECISION, out_dtype=ACC)
+            dv3 = tl.dot(g3, b, input_precision=PRECISION, out_dtype=ACC)
+        _store_packed(
+            dv0, dv1, dv2, dv3, cidx, dv_n, o0, O, stride_dvo, WIDTH, V_DIV, K_PAD, J_PAD, T_PAD,
+            BLOCK_O,
+        )  # fmt: skip

@@ -11,9 +11,13 @@ import functools
 import torch
 import triton
 
-from ..utils import acc_dtype, device_guard, next_power_of_2, pow2_divisor
+from ..utils import acc_dtype, device_guard, gpu_tiles, next_power_of_2, num_sms, pow2_divisor
 from . import configs
-from .kernels import _shifted_upsample_add_bwd_kernel, _shifted_upsample_add_fwd_kernel
+from .kernels import (
+    _shifted_upsample_add_bwd_kernel,
+    _shifted_upsample_add_bwd_plane_kernel,
+    _shifted_upsample_add_fwd_kernel,
+)
 from .separable import pyramid_matrices
 
 __all__ = ["map_sizes", "kernel_limit", "launch_forward", "launch_backward"]
@@ -133,16 +137,28 @@ def launch_backward(grad, sizes, align_corners):
         height, width, sizes, align_corners, acc_dtype(grad.dtype), grad.device
     )
     dv = torch.empty(n, o, _packed_width(total), dtype=grad.dtype, device=grad.device)
-    meta = configs.meta(grad.dtype, total, "bwd", _layout(grad))
+    layout = _layout(grad)
+    plane = configs.plane_tiles(grad.dtype, layout, height, width)
+    meta = configs.meta(grad.dtype, total, "bwd" if plane is None else "bwd_plane", layout)
     num_o_blocks = triton.cdiv(o, meta["BLOCK_O"])
     hints = dict(_hints(grad, "G"), CHANNELS_FAST=_channels_fast(grad))
+    args = (
+        o, height, width, dv.shape[2], num_o_blocks,
+        *grad.stride(), dv.stride(0), dv.stride(1), ahat.stride(0), bhat.stride(0),
+    )  # fmt: skip
+    consts = dict(V_DIV=pow2_divisor(dv.stride(1)), W_DIV=pow2_divisor(width), **hints, **meta)
     with device_guard(grad=grad):
-        _shifted_upsample_add_bwd_kernel[(n * num_o_blocks,)](
-            grad, dv, ahat, bhat, cidx,
-            o, height, width, dv.shape[2], num_o_blocks,
-            *grad.stride(), dv.stride(0), dv.stride(1), ahat.stride(0), bhat.stride(0),
-            V_DIV=pow2_divisor(dv.stride(1)), W_DIV=pow2_divisor(width), **hints, **meta,
-        )  # fmt: skip
+        if plane is None:
+            _shifted_upsample_add_bwd_kernel[(n * num_o_blocks,)](
+                grad, dv, ahat, bhat, cidx, *args, **consts
+            )
+        else:
+            sms = num_sms(grad.device) if gpu_tiles() else 1  # interpreter: few programs
+            groups = configs.plane_groups(num_o_blocks, n, sms)
+            grid = (n * triton.cdiv(num_o_blocks, groups),)
+            _shifted_upsample_add_bwd_plane_kernel[grid](
+                grad, dv, ahat, bhat, cidx, *args[:5], groups, *args[5:], **consts
+            )
     grads, start = [], 0
     for h, w in sizes:
         size = 9 * h * w
