@@ -140,6 +140,28 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("bins", [(1, 2, 3, 6), (4, 8)], ids=["50 cells", "80 cells"])
+def test_gpu_tiles_under_interpreter(bins, device, monkeypatch):
+    """The GPU tile sizes of every launch of the PPM, forward and backward, under the
+    interpreter: PSPNet's pyramid, and one of more than 64 cells (one 128-cell block: the
+    large dx gather tiles, and kernel 2's 64-cell blocks of the 8x8 branch)."""
+    if device == "cuda":
+        pytest.skip("the GPU configurations run natively on CUDA in the other tests")
+    from psp_kernels.ops import utils as ops_utils
+    from psp_kernels.ops.upsample_concat import configs as uc_configs
+
+    monkeypatch.setattr(ops_utils, "GPU_TILES", True)
+    # every launcher's grid-size hook forced: none asks for the SM count (a GPU)
+    monkeypatch.setattr(ppc_configs, "FORCE_SPLITS", 2)
+    monkeypatch.setattr(ppc_configs, "FORCE_DX_PIXELS", 96)
+    monkeypatch.setattr(uc_configs, "FORCE_PIXELS", 128)
+    assert (
+        ppc_configs.dx_config(3, 11 * 13, 128, F32)["BLOCK_P"]
+        == ppc_configs.DX_LARGE["fp32"]["BLOCK_P"]
+    )
+    _run_case(device, F32, 1, 67, 11, 13, bins, "contiguous")
+
+
 def _case_id(c):
     return f"{c[0]}-{c[1:5]}-{c[5]}-{c[6]}-{c[7]}-grad_{c[8]}-dxrows{c[9]}"
 

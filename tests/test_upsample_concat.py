@@ -117,7 +117,7 @@ def test_gpu_configs_under_interpreter(monkeypatch, device):
     monkeypatch.setattr(ops_utils, "GPU_TILES", True)
     monkeypatch.setattr(uc_configs, "FORCE_PIXELS", 256)  # two 128-pixel chunks per program
     # 19x17 = 323 pixels: two programs of pixels, ragged; 70 channels: two 64-channel blocks;
-    # 9x40 = 360 cells: three 128-cell blocks of a branch larger than BLOCK_K.
+    # 9x40 = 360 cells: six 64-cell blocks of a branch larger than BLOCK_K.
     x = torch.randn(1, 10, 19, 17)
     branches = [torch.randn(1, 70, 6, 6), torch.randn(1, 2, 9, 40), torch.randn(1, 3, 1, 1)]
     _check_against_reference(x, branches, False, torch.float32)

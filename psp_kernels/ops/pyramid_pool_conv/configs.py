@@ -43,10 +43,16 @@ CONV_CONFIGS = {
     "16bit": dict(BLOCK_R=64, BLOCK_M=32, BLOCK_K=128, num_warps=8, num_stages=3),
     "fp32": dict(BLOCK_R=64, BLOCK_M=32, BLOCK_K=32, num_warps=4, num_stages=3),
 }
-# The dx gather: BLOCK_C channels x BLOCK_P pixels of dx per step.
+# The dx gather: BLOCK_C channels x BLOCK_P pixels of dx per step. A 128-cell block (pyramids
+# of more than 64 cells) takes the DX_LARGE tiles: with the default ones its table tiles
+# overflowed shared memory (16-bit: 245760 B on sm_90) and its float32 dots spilled.
 DX_CONFIGS = {
     "16bit": dict(BLOCK_C=64, BLOCK_P=128, num_warps=8, num_stages=3),
     "fp32": dict(BLOCK_C=64, BLOCK_P=32, num_warps=8, num_stages=3),
+}
+DX_LARGE = {
+    "16bit": dict(BLOCK_C=64, BLOCK_P=64, num_warps=8, num_stages=3),
+    "fp32": dict(BLOCK_C=64, BLOCK_P=16, num_warps=8, num_stages=3),
 }
 #: Bins per stage-2 launch (the kernel takes that many weight / scale / shift / output pointers).
 GROUP = 4
@@ -82,7 +88,11 @@ def dx_config(c: int, hw: int, block_k: int, dtype: torch.dtype) -> dict:
     """The dx gather's blocks."""
     if not gpu_tiles():
         return _interpreter_tiles(c, hw, block_k)
-    return _with_cells(DX_CONFIGS[tile_class(dtype)], block_k)
+    return _with_cells(_dx_tiles(tile_class(dtype), block_k), block_k)
+
+
+def _dx_tiles(cls: str, block_k: int) -> dict:
+    return (DX_LARGE if block_k > 64 else DX_CONFIGS)[cls]
 
 
 def conv_config(m: int, r: int, c: int, dtype: torch.dtype) -> dict:
@@ -133,7 +143,7 @@ def aot_specs() -> list[AotSpec]:
                     dict(DN_DIV=1, DC_DIV=1, AN_DIV=1, AC_DIV=1, HW_DIV=1, HAS_ADDEND=add,
                          DOT_PRECISION=prec, NUM_K_BLOCKS=1),
                     dict(dp_ptr="*fp32", area_ptr="*fp32", t_ptr="*fp32", dx_ptr=ptr, add_ptr=ptr),
-                    _with_cells(DX_CONFIGS[cls], block_k),
+                    _with_cells(_dx_tiles(cls, block_k), block_k),
                 ))  # fmt: skip
         pointers = {f"{k}{i}_ptr": ptr for k in "wsby" for i in range(GROUP)}
         pointers.update(ws_ptr="*fp32", tiles_ptr="*i32", pooled_ptr="*fp32")

@@ -20,6 +20,10 @@ from .kernels import _upsample_concat_bwd_kernel, _upsample_concat_fwd_kernel
 
 #: Cell blocks of the bilinear tables (``ops.tables.cells_block``).
 CELL_BLOCKS = (16, 32, 64, 128)
+#: Most cells per tile on a GPU: a branch of more (bins of 9 and up) loops over 64-cell blocks
+#: (forward) or takes one work row per block (backward); 128-cell tiles spilled (the backward's
+#: by 1.6 KB, the float32 forward's on sm_80).
+MAX_CELLS = 64
 # Forward: a BLOCK_C x BLOCK_P output tile per step (64 x 64 x 2 B = 8 KB for 16-bit), the
 # table tile (fp32) as big: 128-pixel tiles took 131 KB of shared memory, one program per SM.
 FWD_CONFIGS = {
@@ -48,7 +52,7 @@ def fwd_config(dtype: torch.dtype, cells_pad: int) -> tuple[dict, dict]:
     """``(constexprs, options)`` of the forward for tables of ``cells_pad`` cells per branch."""
     if not gpu_tiles():
         return split_launch_options(_interpreter(cells_pad, True))
-    cfg = dict(FWD_CONFIGS[tile_class(dtype)], BLOCK_K=min(cells_pad, 128))
+    cfg = dict(FWD_CONFIGS[tile_class(dtype)], BLOCK_K=min(cells_pad, MAX_CELLS))
     cfg["NUM_K_BLOCKS"] = triton.cdiv(cells_pad, cfg["BLOCK_K"])
     return split_launch_options(cfg)
 
@@ -57,7 +61,9 @@ def bwd_config(dtype: torch.dtype, cells_pad: int) -> tuple[dict, dict]:
     """``(constexprs, options)`` of the backward."""
     if not gpu_tiles():
         return split_launch_options(_interpreter(cells_pad, False))
-    return split_launch_options(dict(BWD_CONFIGS[tile_class(dtype)], BLOCK_K=min(cells_pad, 128)))
+    return split_launch_options(
+        dict(BWD_CONFIGS[tile_class(dtype)], BLOCK_K=min(cells_pad, MAX_CELLS))
+    )
 
 
 def _spec(name, kernel, constexprs, pointers, cfg) -> AotSpec:
@@ -75,19 +81,20 @@ def aot_specs() -> list[AotSpec]:
         t, cls, prec = TRITON_DTYPE[dtype], tile_class(dtype), dot_precision(dtype)
         ptr = f"*{t}"
         for block_k in CELL_BLOCKS:
+            tile_k = min(block_k, MAX_CELLS)
             specs.append(_spec(
                 f"upsample_concat_fwd[{t},cells={block_k}]", _upsample_concat_fwd_kernel,
                 dict(X_FLAT=True, O_FLAT=True, XN_DIV=1, XC_DIV=1, ON_DIV=1, OC_DIV=1, HW_DIV=1,
-                     ROW_DIV=1, DOT_PRECISION=prec, NUM_K_BLOCKS=1),
+                     ROW_DIV=1, DOT_PRECISION=prec, NUM_K_BLOCKS=block_k // tile_k),
                 dict({f"y{i}_ptr": ptr for i in range(GROUP)}, x_ptr=ptr, out_ptr=ptr,
                      t_ptr="*fp32", work_ptr="*i32"),
-                dict(FWD_CONFIGS[cls], BLOCK_K=block_k),
+                dict(FWD_CONFIGS[cls], BLOCK_K=tile_k),
             ))  # fmt: skip
             specs.append(_spec(
                 f"upsample_concat_bwd[{t},cells={block_k}]", _upsample_concat_bwd_kernel,
                 dict(G_FLAT=True, GN_DIV=1, GC_DIV=1, HW_DIV=1, ROW_DIV=1, DOT_PRECISION=prec),
                 dict(g_ptr=ptr, dy_ptr=ptr, t_ptr="*fp32", work_ptr="*i32"),
-                dict(BWD_CONFIGS[cls], BLOCK_K=block_k),
+                dict(BWD_CONFIGS[cls], BLOCK_K=tile_k),
             ))  # fmt: skip
     return specs
 
