@@ -264,3 +264,24 @@ def test_low_precision_cuda(dtype):
     ref = reference.shifted_upsample_add(base, maps)
     out = shifted_upsample_add(base.to(dtype), [m.to(dtype) for m in maps], backend="triton")
     assert_close_to_reference(out.double(), ref, dtype, "output")
+
+
+def test_plane_kernel_choice():
+    """Which backward a plane takes: 16-bit planes up to one tile, channels_last only from
+    sm_90 on (its sm_80 build spills), float32 never; the tiled kernel otherwise."""
+    bf16 = torch.bfloat16
+    assert configs.plane_tiles(bf16, "nchw", 60, 60, 80) is not None
+    assert configs.plane_tiles(bf16, "nchw", 65, 60, 90) is None  # taller than the tile
+    assert configs.plane_tiles(bf16, "nhwc", 60, 60, 90) is not None
+    assert configs.plane_tiles(bf16, "nhwc", 60, 60, 80) is None
+    assert configs.plane_tiles(bf16, "nhwc", 60, 60) is not None  # the interpreter: any arch
+    assert configs.plane_tiles(torch.float32, "nchw", 60, 60, 90) is None
+
+
+def test_plane_groups():
+    """Channel blocks per program: long loops where the waves stay balanced, a program for
+    every SM, one block at batch 1."""
+    assert configs.plane_groups(256, 8, 132) == 8  # 256 programs: 2 per SM, all alike
+    assert configs.plane_groups(256, 8, 108) == 4  # 8 would leave the busiest SM 24 of 19
+    assert configs.plane_groups(128, 8, 132) == 4  # 8 would leave 4 SMs idle
+    assert configs.plane_groups(256, 1, 132) == 1

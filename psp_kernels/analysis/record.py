@@ -10,7 +10,7 @@ While recording:
 
 * ``psp_kernels`` decides the backend as for CUDA tensors (``_backend._why_not_triton``) and
   picks the GPU configurations (``ops.utils.INTERPRETER`` off), with the SM count of the GPU
-  being modelled (``ops.utils._num_sms``);
+  being modelled (``ops.utils._num_sms``) and its compute capability (``ops.utils._capability``);
 * every ``psp_kernels::`` custom op runs its real implementation (the launchers) also on meta
   tensors, where torch would otherwise run its fake implementation and launch nothing.
 """
@@ -198,10 +198,11 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def recording(num_sms: int) -> Iterator[Recorder]:
+def recording(num_sms: int, arch: int = 90) -> Iterator[Recorder]:
     """Record instead of run every Triton launch made inside; yields the :class:`Recorder`.
 
-    ``num_sms``: the SM count the launchers see (their grids fill that many SMs).
+    ``num_sms``: the SM count the launchers see (their grids fill that many SMs); ``arch``:
+    the compute capability they see (``ops.utils.compute_arch``: per-architecture tiles).
     """
     from .. import _backend
     from ..ops import utils
@@ -216,6 +217,7 @@ def recording(num_sms: int) -> Iterator[Recorder]:
         (_backend, "_why_not_triton", lambda x: None),
         (utils, "INTERPRETER", False),
         (utils, "_num_sms", lambda index: num_sms),
+        (utils, "_capability", lambda index: arch),
     ]
     old = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
     ops = [(o, o._abstract_fn) for o in _psp_custom_ops()]

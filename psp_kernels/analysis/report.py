@@ -131,7 +131,7 @@ def build(workloads, shapes, archs=(80, 90), jobs: int = 2) -> Report:
         for shape in shapes:
             for arch in archs:
                 sms = cost.GPUS[ARCH_GPUS[arch][0]].sms
-                for launch in record_workload(workload, shape, sms):
+                for launch in record_workload(workload, shape, sms, arch):
                     src = machine.jit_source(launch, arch)
                     key = machine.source_key(src)
                     sources.setdefault(key, src)

@@ -107,11 +107,12 @@ def _head(s: Shape, rec: Recorder) -> None:
         out.backward(torch.empty_like(out))
 
 
-def record_workload(workload: str, shape: Shape, num_sms: int):
-    """The launches of ``workload`` at ``shape`` on a GPU with ``num_sms`` SMs."""
+def record_workload(workload: str, shape: Shape, num_sms: int, arch: int = 90):
+    """The launches of ``workload`` at ``shape`` on a GPU with ``num_sms`` SMs of compute
+    capability ``arch``."""
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
-    with recording(num_sms) as rec:
+    with recording(num_sms, arch) as rec:
         if workload == "head":
             _head(shape, rec)
         else:

@@ -23,6 +23,7 @@ __all__ = [
     "tl_acc_dtype",
     "dot_precision",
     "num_sms",
+    "compute_arch",
     "fits_int32",
     "sample_fits_int32",
     "device_guard",
@@ -114,6 +115,19 @@ def num_sms(device: torch.device) -> int:
     if device.index is not None:
         return _num_sms(device.index)
     return _num_sms(torch.cuda.current_device() if device.type == "cuda" else 0)
+
+
+@functools.lru_cache(maxsize=16)
+def _capability(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
+def compute_arch(device: torch.device) -> int:
+    """Compute capability of a CUDA ``device`` as one number (80: A100, 90: H100 / H200)."""
+    if device.index is not None:
+        return _capability(device.index)
+    return _capability(torch.cuda.current_device() if device.type == "cuda" else 0)
 
 
 def fits_int32(t: torch.Tensor) -> bool:

@@ -35,9 +35,9 @@ MAX_K = 64
 #: do not compile for sm_90 channels_last (a Triton layout pass fails), hence 32 there.
 FWD = {
     ("16bit", "nchw"): dict(BLOCK_H=64, BLOCK_W=32, num_warps=8),
-    ("16bit", "nhwc"): dict(BLOCK_H=32, BLOCK_W=32, num_warps=8),
-    ("fp32", "nchw"): dict(BLOCK_H=32, BLOCK_W=16, num_warps=8),
-    ("fp32", "nhwc"): dict(BLOCK_H=32, BLOCK_W=32, num_warps=8),
+    ("16bit", "nhwc"): dict(BLOCK_H=32, BLOCK_W=32, num_warps=4),
+    ("fp32", "nchw"): dict(BLOCK_H=64, BLOCK_W=16, num_warps=4),
+    ("fp32", "nhwc"): dict(BLOCK_H=64, BLOCK_W=16, num_warps=4),
 }
 BWD = {
     ("16bit", "nchw"): dict(BLOCK_O=2, BLOCK_H=64, BLOCK_W=32, num_warps=8),
@@ -53,30 +53,50 @@ BWD = {
 #: at 64 x 64 on sm_80, and channels_last would need 8 channels per block for 16-byte loads
 #: (two give 4-byte ones), whose eight float32 (K_PAD, J_PAD) results do not fit.
 BWD_PLANE = {
-    ("16bit", "nchw"): dict(BLOCK_O=2, BLOCK_H=64, BLOCK_W=64, num_warps=8, num_stages=3),
+    ("16bit", "nchw"): dict(
+        BLOCK_O=2, BLOCK_H=64, BLOCK_W=64, W_TILES=1, num_warps=8, num_stages=3
+    ),
+    ("16bit", "nhwc"): dict(
+        BLOCK_O=4, BLOCK_H=64, BLOCK_W=16, W_TILES=4, num_warps=8, num_stages=2
+    ),
 }
+#: Oldest architecture (compute capability) each :data:`BWD_PLANE` entry is for (a missing key:
+#: every one): channels_last's four float32 (K_PAD, J_PAD) sums spill on sm_80 (240 B), not on
+#: sm_90, whose tensor-core accumulators live in fewer registers.
+PLANE_MIN_ARCH = {("16bit", "nhwc"): 90}
 #: Tests set this to force the channel blocks per program of the plane backward.
 FORCE_GROUPS: int | None = None
 
 
 def plane_groups(blocks: int, samples: int, sms: int) -> int:
-    """Channel blocks per program of the plane backward (1, 2, 4 or 8): the most whose busiest
-    SM has at most 10% more blocks than the best choice's (waves of programs are whole). Long
-    loops keep loads in flight; balance keeps every SM busy to the end."""
+    """Channel blocks per program of the plane backward (1, 2, 4 or 8): of the choices that
+    leave a program for every SM, the most whose busiest SM has at most 10% more blocks than
+    the best choice's (waves of programs are whole). Long loops keep loads in flight; balance
+    keeps every SM busy to the end."""
     if FORCE_GROUPS is not None:
         return FORCE_GROUPS
 
+    def programs(groups):
+        return samples * triton.cdiv(blocks, groups)
+
     def busiest(groups):  # blocks of the SM that runs the most programs
-        return triton.cdiv(samples * triton.cdiv(blocks, groups), sms) * groups
+        return triton.cdiv(programs(groups), sms) * groups
 
-    best = min(busiest(g) for g in (1, 2, 4, 8))
-    return max(g for g in (1, 2, 4, 8) if busiest(g) <= 1.1 * best)
+    choices = [g for g in (1, 2, 4, 8) if g == 1 or programs(g) >= sms]
+    best = min(busiest(g) for g in choices)
+    return max(g for g in choices if busiest(g) <= 1.1 * best)
 
 
-def plane_tiles(dtype: torch.dtype, layout: str, height: int, width: int) -> dict | None:
-    """:data:`BWD_PLANE`'s tiles for a ``height x width`` plane, or ``None`` (tiled kernel)."""
-    tiles = BWD_PLANE.get((tile_class(dtype), layout))
-    if tiles is None or height > tiles["BLOCK_H"] or width > tiles["BLOCK_W"]:
+def plane_tiles(
+    dtype: torch.dtype, layout: str, height: int, width: int, arch: int | None = None
+) -> dict | None:
+    """:data:`BWD_PLANE`'s tiles for a ``height x width`` plane on compute capability ``arch``
+    (``None``: the interpreter, any), or ``None`` (the tiled kernel)."""
+    key = (tile_class(dtype), layout)
+    tiles = BWD_PLANE.get(key)
+    if tiles is None or height > tiles["BLOCK_H"] or width > tiles["BLOCK_W"] * tiles["W_TILES"]:
+        return None
+    if arch is not None and arch < PLANE_MIN_ARCH.get(key, 0):
         return None
     return tiles
 

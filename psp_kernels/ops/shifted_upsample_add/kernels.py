@@ -384,6 +384,7 @@ def _shifted_upsample_add_bwd_plane_kernel(
     BLOCK_O: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    W_TILES: tl.constexpr,
     K_PAD: tl.constexpr,
     J_PAD: tl.constexpr,
     T_PAD: tl.constexpr,
@@ -391,12 +392,12 @@ def _shifted_upsample_add_bwd_plane_kernel(
     ACC: tl.constexpr,
 ):
     """The backward of :func:`_shifted_upsample_add_bwd_kernel` for planes that fit one tile
-    (``H <= BLOCK_H``, ``W <= BLOCK_W``: PSPNet's 60x60).
+    (``H <= BLOCK_H``, ``W <= W_TILES * BLOCK_W``: PSPNet's 60x60).
 
-    Every channel's whole grad plane is one (BLOCK_H, BLOCK_W) tile, so ``ahat`` and ``bhat``
-    load once per program and the program walks GROUPS blocks of BLOCK_O channels in one flat
-    loop: the pipeliner keeps the next blocks' grad tiles in flight while one block's dots and
-    gathers run (nested row / column loops could not be pipelined across channel blocks).
+    A channel's whole grad plane is W_TILES column tiles, unrolled, so ``ahat`` loads once per
+    program and the program walks GROUPS blocks of BLOCK_O channels in one flat loop: the
+    pipeliner keeps the next blocks' grad tiles in flight while one block's dots and gathers
+    run (nested row / column loops could not be pipelined across channel blocks).
     """
     # program id 0 -> (sample n, GROUPS consecutive blocks of BLOCK_O channels)
     pid = tl.program_id(0)
@@ -412,20 +413,14 @@ def _shifted_upsample_add_bwd_plane_kernel(
         mask=(offs_h < H)[None, :],
         other=0.0,
     ).to(ACC)
-    b = tl.load(
-        bhat_ptr + offs_w[:, None] * stride_bw_ + offs_j[None, :],
-        mask=(offs_w < W)[:, None],
-        other=0.0,
-    ).to(ACC)
     cidx = tl.load(cidx_ptr + tl.arange(0, T_PAD))
     # the tile's offsets relative to the block's first channel (its channel offset is a
-    # multiple of GO_DIV, added per block)
+    # multiple of GO_DIV, added per block) and to the column tile's first column
     o_in, w_in, g_cw = _column_offsets(
         0, tl.arange(0, BLOCK_O * BLOCK_W), W, stride_go, stride_gw, BLOCK_W, CHANNELS_FAST,
         GO_DIV, BLOCK_O,
     )  # fmt: skip
-    # (W // W_DIV) * W_DIV == W: the JIT drops a hint on the argument itself
-    mask_hw = (offs_h < H)[:, None] & (w_in < (W // W_DIV) * W_DIV)[None, :]
+    width = (W // W_DIV) * W_DIV  # == W: the JIT drops a hint on the argument itself
     g_off = tl.multiple_of(offs_h * stride_gh, GH_DIV)[:, None] + g_cw[None, :]
     g_n = grad_ptr + tl.multiple_of(n.to(tl.int64) * stride_gn, GN_DIV)
     dv_n = dv_ptr + n.to(tl.int64) * stride_dvn
@@ -433,17 +428,26 @@ def _shifted_upsample_add_bwd_plane_kernel(
     for i in range(0, GROUPS):
         o0 = (block0 + i) * BLOCK_O
         g_o = g_n + tl.multiple_of(o0 * stride_go, GO_DIV)
-        mask = mask_hw & (o0 + o_in < O)[None, :]
-        gt = tl.load(g_o + g_off, mask=mask, other=0.0).to(ACC)
-        g = tl.dot(at, gt, input_precision=PRECISION, out_dtype=ACC)
-        g0, g1, g2, g3 = _channel_parts(g, K_PAD, BLOCK_W, CHANNELS_FAST, BLOCK_O)
-        dv0 = tl.dot(g0, b, input_precision=PRECISION, out_dtype=ACC)
-        dv1 = tl.dot(g1, b, input_precision=PRECISION, out_dtype=ACC)
-        dv2 = dv0
-        dv3 = dv1
-        if BLOCK_O == 4:
-            dv2 = tl.dot(g2, b, input_precision=PRECISION, out_dtype=ACC)
-            dv3 = tl.dot(g3, b, input_precision=PRECISION, out_dtype=ACC)
+        mask_o = (offs_h < H)[:, None] & (o0 + o_in < O)[None, :]
+        dv0 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
+        dv1 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
+        dv2 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
+        dv3 = tl.zeros((K_PAD, J_PAD), dtype=ACC)
+        for t in tl.static_range(W_TILES):
+            mask = mask_o & (t * BLOCK_W + w_in < width)[None, :]
+            gt = tl.load(g_o + t * BLOCK_W * stride_gw + g_off, mask=mask, other=0.0).to(ACC)
+            g = tl.dot(at, gt, input_precision=PRECISION, out_dtype=ACC)
+            b = tl.load(
+                bhat_ptr + (t * BLOCK_W + offs_w)[:, None] * stride_bw_ + offs_j[None, :],
+                mask=(t * BLOCK_W + offs_w < W)[:, None],
+                other=0.0,
+            ).to(ACC)
+            g0, g1, g2, g3 = _channel_parts(g, K_PAD, BLOCK_W, CHANNELS_FAST, BLOCK_O)
+            dv0 = tl.dot(g0, b, dv0, input_precision=PRECISION, out_dtype=ACC)
+            dv1 = tl.dot(g1, b, dv1, input_precision=PRECISION, out_dtype=ACC)
+            if BLOCK_O == 4:
+                dv2 = tl.dot(g2, b, dv2, input_precision=PRECISION, out_dtype=ACC)
+                dv3 = tl.dot(g3, b, dv3, input_precision=PRECISION, out_dtype=ACC)
         _store_packed(
             dv0, dv1, dv2, dv3, cidx, dv_n, o0, O, stride_dvo, WIDTH, V_DIV, K_PAD, J_PAD, T_PAD,
             BLOCK_O,

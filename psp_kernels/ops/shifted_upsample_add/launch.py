@@ -11,7 +11,15 @@ import functools
 import torch
 import triton
 
-from ..utils import acc_dtype, device_guard, gpu_tiles, next_power_of_2, num_sms, pow2_divisor
+from ..utils import (
+    acc_dtype,
+    compute_arch,
+    device_guard,
+    gpu_tiles,
+    next_power_of_2,
+    num_sms,
+    pow2_divisor,
+)
 from . import configs
 from .kernels import (
     _shifted_upsample_add_bwd_kernel,
@@ -138,7 +146,9 @@ def launch_backward(grad, sizes, align_corners):
     )
     dv = torch.empty(n, o, _packed_width(total), dtype=grad.dtype, device=grad.device)
     layout = _layout(grad)
-    plane = configs.plane_tiles(grad.dtype, layout, height, width)
+    gpu = gpu_tiles()
+    arch = compute_arch(grad.device) if gpu else None
+    plane = configs.plane_tiles(grad.dtype, layout, height, width, arch)
     meta = configs.meta(grad.dtype, total, "bwd" if plane is None else "bwd_plane", layout)
     num_o_blocks = triton.cdiv(o, meta["BLOCK_O"])
     hints = dict(_hints(grad, "G"), CHANNELS_FAST=_channels_fast(grad))
@@ -153,7 +163,7 @@ def launch_backward(grad, sizes, align_corners):
                 grad, dv, ahat, bhat, cidx, *args, **consts
             )
         else:
-            sms = num_sms(grad.device) if gpu_tiles() else 1  # interpreter: few programs
+            sms = num_sms(grad.device) if gpu else 1  # interpreter: few programs
             groups = configs.plane_groups(num_o_blocks, n, sms)
             grid = (n * triton.cdiv(num_o_blocks, groups),)
             _shifted_upsample_add_bwd_plane_kernel[grid](
