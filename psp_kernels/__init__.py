@@ -3,6 +3,7 @@
 >>> import psp_kernels
 >>> ys = psp_kernels.pyramid_pool_conv(x, weights, bins=(1, 2, 3, 6))   # pool + 1x1 conv, all bins
 >>> out = psp_kernels.upsample_concat(x, ys, align_corners=True)        # upsample + concat
+>>> loss = psp_kernels.upsample_cross_entropy(logits, labels)           # upsample + cross-entropy
 
 ``psp_kernels.reference`` holds the same functions in plain PyTorch: the definition of correct.
 The implementations live in ``psp_kernels.ops`` (one package per op: kernels, configs, launch,
@@ -15,12 +16,14 @@ from .ops.pyramid_pool_conv.op import pyramid_pool_conv
 from .ops.pyramid_pooling.op import pyramid_pooling
 from .ops.shifted_upsample_add.op import shifted_upsample_add
 from .ops.upsample_concat.op import upsample_concat
+from .ops.upsample_cross_entropy.op import upsample_cross_entropy
 
 __all__ = [
     "pyramid_pool_conv",
     "upsample_concat",
     "pyramid_pooling",
     "shifted_upsample_add",
+    "upsample_cross_entropy",
     "reference",
     "geometry",
     "interpreting",

@@ -163,3 +163,50 @@ def check_shifted_upsample_add(base, maps):
                 f"{tuple(base.shape)}, got {tuple(m.shape)}"
             )
     return maps
+
+
+INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+REDUCTIONS = ("mean", "sum")
+
+
+def check_upsample_cross_entropy(logits, target, weight, ignore_index, reduction):
+    """Validate ``upsample_cross_entropy`` arguments (shapes, dtypes, devices, options)."""
+    _check_tensor(logits, "logits")
+    if logits.dim() != 4:
+        raise ValueError(
+            f"logits must have shape (N, K, h, w), got a {logits.dim()}-d tensor "
+            f"{tuple(logits.shape)}"
+        )
+    if logits.numel() == 0:
+        raise ValueError(f"logits must be non-empty, got shape {tuple(logits.shape)}")
+    n, k = logits.shape[:2]
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.dtype not in INDEX_DTYPES:
+        raise TypeError(
+            f"target must hold integer class indices (int64, int32, int16, int8 or uint8), "
+            f"got {target.dtype}"
+        )
+    if target.dim() != 3 or target.shape[0] != n or target.numel() == 0:
+        raise ValueError(
+            f"target must have shape ({n}, H, W) (non-empty) for logits of shape "
+            f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+        )
+    if target.device != logits.device:
+        raise ValueError(
+            f"target is on {target.device} but logits is on {logits.device}; move them to one device"
+        )
+    if weight is not None:
+        _check_tensor(weight, "weight")
+        if weight.dim() != 1 or weight.shape[0] != k:
+            raise ValueError(
+                f"weight must have shape ({k},), one value per class, got {tuple(weight.shape)}"
+            )
+        if weight.device != logits.device:
+            raise ValueError(
+                f"weight is on {weight.device} but logits is on {logits.device}; move them to one device"
+            )
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")

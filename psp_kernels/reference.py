@@ -1,8 +1,8 @@
-"""Plain-PyTorch definitions of the two fused operations: the definition of correct.
+"""Plain-PyTorch definitions of the fused operations: the definition of correct.
 
-Both functions validate their input exactly like the fused path and are built only from
-``F.adaptive_avg_pool2d``, ``F.conv2d``, ``F.interpolate`` and ``torch.cat``, so they are
-differentiable, run on any device and trace under ``torch.compile``.
+Every function validates its input exactly like the fused path and is built only from
+``F.adaptive_avg_pool2d``, ``F.conv2d``, ``F.interpolate``, ``torch.cat`` and ``F.cross_entropy``,
+so they are differentiable, run on any device and trace under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_pyramid_pool_conv, check_shifted_upsample_add, check_upsample_concat
+from ._validate import (
+    check_pyramid_pool_conv,
+    check_shifted_upsample_add,
+    check_upsample_concat,
+    check_upsample_cross_entropy,
+)
 from .geometry import CONV_TAPS
 
 __all__ = [
@@ -19,6 +24,7 @@ __all__ = [
     "upsample_concat",
     "upsample",
     "shifted_upsample_add",
+    "upsample_cross_entropy",
 ]
 
 
@@ -96,3 +102,34 @@ def shifted_upsample_add(base, maps, *, align_corners=True):
         for t, (di, dj) in enumerate(CONV_TAPS):
             out = out + up[:, t, :, 1 + di : 1 + di + height, 1 + dj : 1 + dj + width]
     return out
+
+
+def upsample_cross_entropy(
+    logits,
+    target,
+    *,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    align_corners=True,
+    return_prediction=False,
+):
+    """``F.cross_entropy`` of the logits bilinearly upsampled to the target's size.
+
+    ``logits``: ``(N, K, h, w)``; ``target``: ``(N, H, W)`` class indices. Returns
+    ``F.cross_entropy(F.interpolate(logits, (H, W), mode="bilinear",
+    align_corners=align_corners), target, weight=weight, ignore_index=ignore_index,
+    reduction=reduction)``, and with ``return_prediction`` also the upsampled logits' argmax
+    ``(N, H, W)``. Materialises the ``(N, K, H, W)`` upsampled logits (the fused op does not).
+    """
+    check_upsample_cross_entropy(logits, target, weight, ignore_index, reduction)
+    up = F.interpolate(logits, size=tuple(target.shape[-2:]), mode="bilinear",
+                       align_corners=align_corners)  # fmt: skip
+    if weight is not None:
+        weight = weight.to(up.dtype)
+    loss = F.cross_entropy(
+        up, target.long(), weight=weight, ignore_index=ignore_index, reduction=reduction
+    )
+    if return_prediction:
+        return loss, up.detach().argmax(1)
+    return loss

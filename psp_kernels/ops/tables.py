@@ -11,6 +11,9 @@ pixels, by a small table with one row per pixel and one column per *cell*:
   ``(i, j)`` of every branch in output pixel ``(h, w)`` (PyTorch's source coordinates, both
   ``align_corners``). ``y @ T^T`` is the upsampled branch (kernel 2's forward) and ``g @ T`` its
   gradient (kernel 2's backward).
+* :func:`axis_table`: one axis of a bilinear resize on its own: the dense ``(out, in)``
+  interpolation matrix and the two taps and weight of every output position. The fused loss
+  (kernel 3) takes its rows from the taps and its columns through the matrix, separably.
 
 Tables are built on the host in float64 from :mod:`psp_kernels.geometry` and stored in the
 operand dtype of the kernel that reads them, padded so that every row starts 128-byte aligned
@@ -32,7 +35,7 @@ import torch
 from .. import geometry
 from .utils import next_power_of_2
 
-__all__ = ["CellTable", "pool_table", "bilinear_table", "cells_block"]
+__all__ = ["CellTable", "AxisTable", "pool_table", "bilinear_table", "axis_table", "cells_block"]
 
 _ROW_ALIGN = 64  # elements: every row starts 128-byte aligned for 16-bit tables
 
@@ -132,3 +135,38 @@ def bilinear_table(
         block = torch.einsum("hi,wj->ijhw", a, c).reshape(h * w, out_h * out_w)
         dense[b * cells_pad : b * cells_pad + h * w] = block
     return CellTable(_store(dense, pixel_major, dtype, device), None, cells, cells_pad)
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisTable:
+    """One axis of a bilinear resize from ``in_size`` to ``out_size`` positions, on a device.
+
+    Attributes:
+        matrix: ``(out_size, in_pad)`` interpolation matrix ``A`` (``A @ v`` resizes ``v``), its
+            columns zero-padded to ``in_pad`` (a power of two, at least 16: a ``tl.dot`` size).
+        index: int32 ``(2, out_size)``: the source positions ``i0``, ``i1`` of every output.
+        lam: ``(out_size,)`` the weight of ``i1`` (``i0`` weighs ``1 - lam``).
+        in_size: the real number of source positions (columns of ``matrix`` before padding).
+    """
+
+    matrix: torch.Tensor
+    index: torch.Tensor
+    lam: torch.Tensor
+    in_size: int
+
+    @property
+    def in_pad(self) -> int:
+        return self.matrix.shape[1]
+
+
+@functools.lru_cache(maxsize=64)
+def axis_table(out_size: int, in_size: int, align_corners: bool, dtype, device) -> AxisTable:
+    """The :class:`AxisTable` of PyTorch's bilinear taps (:func:`geometry.interp_matrix`,
+    :func:`geometry.tap_table`), its weights in ``dtype`` (float32, or float64)."""
+    in_pad = max(16, next_power_of_2(in_size))
+    dense = torch.zeros(out_size, in_pad, dtype=torch.float64)
+    dense[:, :in_size] = geometry.interp_matrix(out_size, in_size, bool(align_corners))
+    index, lam = geometry.tap_table(out_size, in_size, bool(align_corners), dtype=torch.float64)
+    return AxisTable(
+        dense.to(dtype).to(device), index.to(device), lam.to(dtype).to(device), int(in_size)
+    )

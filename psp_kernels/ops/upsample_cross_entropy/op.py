@@ -1,0 +1,149 @@
+"""``torch.library`` registration of kernel 3 and the public ``upsample_cross_entropy``.
+
+One forward op and one backward op, each with two implementations chosen by ``use_triton``:
+the Triton kernels (CUDA, or CPU tensors through the interpreter) and the row-chunked PyTorch
+formulation of :mod:`.separable` (CPU, and CUDA sizes the kernels do not take). Neither builds a
+full-resolution tensor; the backward recomputes what it needs from the logits and the per-pixel
+logsumexp the forward saves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ... import reference
+from ..._backend import resolve_backend
+from ..._validate import check_backend, check_upsample_cross_entropy
+from ..utils import acc_dtype
+from . import separable
+from .launch import kernel_limit, launch_backward, launch_forward
+
+__all__ = ["upsample_cross_entropy"]
+
+
+@torch.library.custom_op("psp_kernels::upsample_cross_entropy_fwd", mutates_args=())
+def _fwd_op(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    align_corners: bool,
+    want_prediction: bool,
+    use_triton: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, lse, total_weight, prediction)``: the loss in the logits' dtype, the per-pixel
+    logsumexp ``(N, H, W)`` and the sum of the counted pixels' weights (accumulation dtype), the
+    argmax ``(N, H, W)`` int64 (an empty tensor unless ``want_prediction``)."""
+    impl = launch_forward if use_triton else separable.forward
+    return impl(logits, target, weight, ignore_index, reduction, align_corners, want_prediction)
+
+
+@_fwd_op.register_fake
+def _(logits, target, weight, ignore_index, reduction, align_corners, want_prediction, use_triton):
+    n, (height, width) = logits.shape[0], target.shape[-2:]
+    adt = acc_dtype(logits.dtype)
+    pred_shape = (n, height, width) if want_prediction else (0,)
+    return (
+        logits.new_empty(()),
+        logits.new_empty((n, height, width), dtype=adt),
+        logits.new_empty((), dtype=adt),
+        logits.new_empty(pred_shape, dtype=torch.long),
+    )
+
+
+@torch.library.custom_op("psp_kernels::upsample_cross_entropy_bwd", mutates_args=())
+def _bwd_op(
+    grad: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    lse: torch.Tensor,
+    total_weight: torch.Tensor,
+    ignore_index: int,
+    reduction: str,
+    align_corners: bool,
+    use_triton: bool,
+) -> torch.Tensor:
+    """The loss's gradient with respect to ``logits`` (``grad``: the loss's own gradient)."""
+    impl = launch_backward if use_triton else separable.backward
+    return impl(grad, logits, target, weight, lse, total_weight, ignore_index, reduction,
+                align_corners)  # fmt: skip
+
+
+@_bwd_op.register_fake
+def _(grad, logits, target, weight, lse, total_weight, ignore_index, reduction, align_corners,
+      use_triton):  # fmt: skip
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    logits, target, weight, ignore_index, reduction, align_corners, _, use_triton = inputs
+    _, lse, total_weight, pred = output
+    ctx.save_for_backward(logits, target, weight, lse, total_weight)
+    ctx.options = (ignore_index, reduction, align_corners, use_triton)
+    ctx.mark_non_differentiable(lse, total_weight, pred)
+
+
+def _backward(ctx, grad, *_):
+    logits, target, weight, lse, total_weight = ctx.saved_tensors
+    ignore_index, reduction, align_corners, use_triton = ctx.options
+    grad_logits = _bwd_op(grad, logits, target, weight, lse, total_weight, ignore_index,
+                          reduction, align_corners, use_triton)  # fmt: skip
+    return grad_logits, None, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def upsample_cross_entropy(
+    logits,
+    target,
+    *,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    align_corners=True,
+    return_prediction=False,
+    backend="auto",
+):
+    """The cross-entropy of bilinearly upsampled logits, without the upsampled logits.
+
+    Equal to ``F.cross_entropy(F.interpolate(logits, target.shape[-2:], mode="bilinear",
+    align_corners=align_corners), target, weight=weight, ignore_index=ignore_index,
+    reduction=reduction)``, computed without ever building the ``(N, K, H, W)`` upsampled
+    logits, their log-probabilities or their gradient.
+
+    Args:
+        logits: ``(N, K, h, w)`` class scores at low resolution, any strides; float16, bfloat16,
+            float32 (accumulated in float32) or float64.
+        target: ``(N, H, W)`` class indices in ``[0, K)`` (int64, int32, int16, int8 or uint8),
+            at the resolution the loss is taken at (any ``H, W``).
+        weight: optional ``(K,)`` per-class weights (any floating dtype).
+        ignore_index: pixels with this label count neither in the loss nor in the mean.
+        reduction: ``"mean"`` (the weighted mean over counted pixels: ``nan`` when none counts,
+            as PyTorch) or ``"sum"``.
+        align_corners: PyTorch's ``align_corners`` of the bilinear upsampling.
+        return_prediction: also return the upsampled logits' argmax ``(N, H, W)`` (int64, the
+            first maximum on ties, as ``torch.argmax``).
+        backend: ``"auto"`` (Triton on CUDA or under the interpreter, else the row-chunked
+            PyTorch path), ``"triton"`` or ``"reference"`` (the materialised definition).
+
+    Returns:
+        The loss (a 0-d tensor in the logits' dtype), or ``(loss, prediction)``. Differentiable
+        in ``logits``; deterministic. A counted label outside ``[0, K)`` raises ``ValueError`` on
+        the PyTorch path and gives a ``nan`` loss in the kernels (a check would synchronise the
+        GPU).
+    """
+    check_backend(backend)
+    check_upsample_cross_entropy(logits, target, weight, ignore_index, reduction)
+    if backend == "reference":
+        return reference.upsample_cross_entropy(
+            logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+            align_corners=align_corners, return_prediction=return_prediction,
+        )  # fmt: skip
+    limit = kernel_limit(logits, target)
+    use_triton = resolve_backend(backend, logits, kernel_limit=limit) == "triton"
+    loss, _, _, pred = _fwd_op(logits, target, weight, int(ignore_index), reduction,
+                               bool(align_corners), bool(return_prediction), use_triton)  # fmt: skip
+    return (loss, pred) if return_prediction else loss

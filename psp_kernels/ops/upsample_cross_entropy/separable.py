@@ -1,0 +1,204 @@
+"""The fused loss in plain PyTorch, a few output rows at a time (the CPU path).
+
+Bilinear upsampling is separable: the upsampled logits of output rows ``[a, b)`` are
+``A_H[a:b] @ z @ A_W^T`` per class, and ``A_H[a:b]`` touches only the few source rows
+``[lo, hi)`` between the taps of rows ``a`` and ``b - 1``. So the loss never needs the whole
+``(N, K, H, W)`` map: each *task* (one sample, a band of output rows) interpolates its source
+rows along the columns once, ``Y = A_W @ z[n, :, lo:hi]`` (pixel-major, ``(rows, W, K)``, a
+fraction of the full map), then walks its band in *chunks* of a few rows: ``v = A_H[chunk] @ Y``
+is the chunk's upsampled logits, of which it keeps the logsumexp, the target logit and the
+argmax. The backward recomputes ``v``, turns it into ``(softmax - onehot) * w(t) / norm`` in
+place and accumulates ``A_H[chunk]^T @ G`` into the task's rows, then ``A_W^T`` brings them back
+to the source columns.
+
+Memory: one task's ``Y`` and one chunk per worker (chunks of at most :data:`CHUNK_ELEMENTS`
+values, which stay in cache) instead of several full-resolution tensors. Tasks run on a pool of
+``torch.get_num_threads()`` worker threads, each single-threaded: hundreds of small
+multi-threaded ops would each wait at a barrier, which on a busy machine costs a scheduler time
+slice per op. Results are combined in task order, so the result does not depend on the threads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+
+import torch
+
+from .. import tables
+from ..utils import acc_dtype
+
+__all__ = ["forward", "backward", "CHUNK_ELEMENTS"]
+
+#: Values of one chunk of upsampled logits (``rows x W x K``): 2 MiB in float32.
+CHUNK_ELEMENTS = 1 << 19
+#: Output rows of one task, at most (a sample is split into bands of about this many rows).
+TASK_ROWS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+    """The two axes' tables on the CPU (or the logits' device) in the accumulation dtype."""
+
+    rows: tables.AxisTable  # H <- h
+    cols: tables.AxisTable  # W <- w
+    i0: list
+    i1: list
+
+    @classmethod
+    def of(cls, logits, size, align_corners):
+        dtype, device = acc_dtype(logits.dtype), logits.device
+        h, w = logits.shape[-2:]
+        rows = tables.axis_table(size[0], h, bool(align_corners), dtype, device)
+        cols = tables.axis_table(size[1], w, bool(align_corners), dtype, device)
+        i0, i1 = rows.index.tolist()
+        return cls(rows, cols, i0, i1)
+
+    def span(self, a: int, b: int) -> tuple[int, int]:
+        """The source rows ``[lo, hi)`` that output rows ``[a, b)`` read."""
+        return self.i0[a], self.i1[b - 1] + 1
+
+    def a_h(self, a: int, b: int, lo: int, hi: int) -> torch.Tensor:
+        return self.rows.matrix[a:b, lo:hi]
+
+    @property
+    def a_w(self) -> torch.Tensor:
+        return self.cols.matrix[:, : self.cols.in_size]
+
+
+def _tasks(n: int, height: int, width: int, classes: int):
+    """``[(sample, first row, end row)]`` and the rows per chunk."""
+    chunk = max(1, min(CHUNK_ELEMENTS // max(width * classes, 1), TASK_ROWS))
+    if n == 1:  # never a chunk of the whole map: it would be the full-resolution tensor
+        chunk = min(chunk, max(1, (height + 1) // 2))
+    bands = -(-height // TASK_ROWS)
+    rows = -(-height // bands)
+    return [(s, a, min(a + rows, height)) for s in range(n) for a in range(0, height, rows)], chunk
+
+
+def _run(fn, tasks, device):
+    """``[fn(task) for task in tasks]``, on worker threads for CPU tensors."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads <= 1 or len(tasks) <= 1:
+        return [fn(t) for t in tasks]
+    try:
+        workers = min(threads, len(tasks))
+        # each worker single-threaded (set in the worker: it is the worker's OpenMP setting);
+        # the process-wide default is restored below
+        with concurrent.futures.ThreadPoolExecutor(
+            workers, initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool:
+            return list(pool.map(fn, tasks))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pixel_major(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, h, w, K)`` in the accumulation dtype: class vectors contiguous."""
+    return logits.to(acc_dtype(logits.dtype)).permute(0, 2, 3, 1).contiguous()
+
+
+def _columns(geo: _Geometry, z: torch.Tensor, n: int, lo: int, hi: int) -> torch.Tensor:
+    """``Y = A_W @ z[n, lo:hi]``: source rows interpolated along the columns, ``(rows, W, K)``."""
+    return torch.matmul(geo.a_w, z[n, lo:hi])
+
+
+def _weights(target, weight, ignore_index, classes, dtype):
+    """Per pixel: the class to gather (0 where ignored), whether it counts, and its weight."""
+    valid = target != ignore_index
+    safe = torch.where(valid, target, 0).long()
+    if weight is None:
+        w = valid.to(dtype)
+    else:
+        w = torch.where(valid, weight.to(dtype)[safe], 0)
+    return safe, valid, w
+
+
+def check_targets(target, ignore_index, classes) -> None:
+    """``ValueError`` naming ``target`` when a counted label is outside ``[0, classes)``."""
+    valid = target != ignore_index
+    bad = valid & ((target < 0) | (target >= classes))
+    if bool(bad.any()):
+        value = int(target[bad][0])
+        raise ValueError(
+            f"target holds class {value}, outside [0, {classes}) for logits of {classes} "
+            f"classes (and not ignore_index={ignore_index})"
+        )
+
+
+def forward(logits, target, weight, ignore_index, reduction, align_corners, want_prediction):
+    """``(loss, lse, total_weight, prediction)``: see ``op.py``. ``prediction`` is empty unless
+    ``want_prediction``."""
+    n, k = logits.shape[:2]
+    height, width = target.shape[-2:]
+    dtype = acc_dtype(logits.dtype)
+    check_targets(target, ignore_index, k)
+    geo = _Geometry.of(logits, (height, width), align_corners)
+    z = _pixel_major(logits)
+    lse = torch.empty(n, height, width, dtype=dtype, device=logits.device)
+    pred_shape = (n, height, width) if want_prediction else (0,)
+    pred = torch.empty(pred_shape, dtype=torch.long, device=logits.device)
+    tasks, chunk = _tasks(n, height, width, k)
+
+    def task(item):
+        s, a, b = item
+        lo, hi = geo.span(a, b)
+        y = _columns(geo, z, s, lo, hi)
+        total = torch.zeros(2, dtype=torch.float64, device=logits.device)
+        for ca in range(a, b, chunk):
+            cb = min(ca + chunk, b)
+            clo, chi = geo.span(ca, cb)
+            v = torch.matmul(geo.a_h(ca, cb, clo, chi), y[clo - lo : chi - lo].flatten(1))
+            v = v.view(cb - ca, width, k)
+            if want_prediction:
+                m, pred[s, ca:cb] = v.max(-1)
+            else:
+                m = v.amax(-1)
+            safe, valid, w = _weights(target[s, ca:cb], weight, ignore_index, k, dtype)
+            picked = v.gather(-1, safe[..., None])[..., 0]
+            out = v.sub_(m[..., None]).exp_().sum(-1).log_().add_(m)
+            lse[s, ca:cb] = out
+            total[0] += torch.where(valid, (out - picked) * w, 0).sum(dtype=torch.float64)
+            total[1] += w.sum(dtype=torch.float64)
+        return total
+
+    total = torch.stack(_run(task, tasks, logits.device)).sum(0)
+    loss = total[0] / total[1] if reduction == "mean" else total[0].clone()
+    return loss.to(logits.dtype), lse, total[1].to(dtype).clone(), pred
+
+
+def backward(
+    grad, logits, target, weight, lse, total_weight, ignore_index, reduction, align_corners
+):
+    """The gradient of the loss with respect to ``logits`` (``grad``: the loss's gradient)."""
+    n, k, h, w = logits.shape
+    height, width = target.shape[-2:]
+    dtype = acc_dtype(logits.dtype)
+    geo = _Geometry.of(logits, (height, width), align_corners)
+    z = _pixel_major(logits)
+    scale = grad.to(dtype)
+    if reduction == "mean":
+        scale = scale / total_weight.to(dtype)
+    tasks, chunk = _tasks(n, height, width, k)
+
+    def task(item):
+        s, a, b = item
+        lo, hi = geo.span(a, b)
+        y = _columns(geo, z, s, lo, hi)
+        dy = torch.zeros_like(y)
+        for ca in range(a, b, chunk):
+            cb = min(ca + chunk, b)
+            clo, chi = geo.span(ca, cb)
+            a_h = geo.a_h(ca, cb, clo, chi)
+            v = torch.matmul(a_h, y[clo - lo : chi - lo].flatten(1)).view(cb - ca, width, k)
+            safe, valid, wt = _weights(target[s, ca:cb], weight, ignore_index, k, dtype)
+            coef = torch.where(valid, wt * scale, 0)[..., None]
+            v.sub_(lse[s, ca:cb, :, None]).exp_().mul_(coef)  # softmax * w(t) / norm
+            v.scatter_add_(-1, safe[..., None], -coef)  # - onehot * w(t) / norm
+            dy[clo - lo : chi - lo].flatten(1).addmm_(a_h.t(), v.view(cb - ca, -1))
+        return lo, torch.matmul(geo.a_w.t(), dy)  # (rows, w, K)
+
+    dz = torch.zeros(n, h, w, k, dtype=dtype, device=logits.device)
+    for (s, _, _), (lo, part) in zip(tasks, _run(task, tasks, logits.device)):
+        dz[s, lo : lo + part.shape[0]] += part
+    return dz.permute(0, 3, 1, 2).to(logits.dtype, memory_format=torch.contiguous_format)
