@@ -293,7 +293,7 @@ def _upsample_ce_bwd_kernel(
             tk, valid, inrange, wt = _labels(t_ptr, t_rows[:, None] + (j * stride_tw)[None, :],
                                              mask2, ignore_index, K, cw_ptr, HAS_WEIGHT,
                                              acc_dtype)  # fmt: skip
-            coef = tl.where(inrange, wt * scale, 0.0)
+            coef = tl.where(inrange, wt * tl.where(inrange, scale, 1.0), 0.0)  # no 0 * inf
             coef = tl.where(valid & ~inrange, float("nan"), coef)  # a label outside [0, K)
             lse = tl.load(lse_base + (rows * W)[:, None] + j[None, :], mask=mask2, other=0.0)
             p = tl.exp(v - lse[None, :, :])
