@@ -15,15 +15,35 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from psp_kernels import upsample_cross_entropy
+
 from . import export_ops
 from .heads import concat_free_conv3x3
 from .ppm import PPM
 from .resnet import _LAYERS, Bottleneck, ResNet, resnet50, resnet101, resnet152
 
-__all__ = ["PSPNet", "TinyPSPNet"]
+__all__ = ["PSPNet", "TinyPSPNet", "fused_loss_options"]
 
 _BACKBONES = {50: resnet50, 101: resnet101, 152: resnet152}
 _HEADS = ("concat", "concat_free")
+_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def fused_loss_options(criterion) -> dict | None:
+    """The options of :func:`psp_kernels.upsample_cross_entropy` that compute ``criterion``, or
+    ``None`` when it is not a plain ``nn.CrossEntropyLoss`` (a subclass with its own
+    ``forward``, hooks, label smoothing or ``reduction="none"`` keep the materialised path)."""
+    if not isinstance(criterion, nn.CrossEntropyLoss):
+        return None
+    if type(criterion).forward is not nn.CrossEntropyLoss.forward:
+        return None
+    if criterion._forward_hooks or criterion._forward_pre_hooks:
+        return None
+    if criterion.label_smoothing != 0.0 or criterion.reduction not in ("mean", "sum"):
+        return None
+    return dict(
+        weight=criterion.weight, ignore_index=criterion.ignore_index, reduction=criterion.reduction
+    )
 
 
 def _head(in_dim: int, mid_dim: int, classes: int, dropout: float) -> nn.Sequential:
@@ -161,6 +181,12 @@ class PSPNet(nn.Module):
         like the official model, with ``prediction = logits.argmax(1)``; combine the losses with
         :meth:`loss`. Otherwise (eval mode, or no labels) returns the logits
         ``(N, classes, H', W')``; ``H' x W'`` is the input size for ``zoom_factor=8``.
+
+        With an ``nn.CrossEntropyLoss`` criterion (any ``weight``, ``ignore_index``, ``"mean"``
+        or ``"sum"``; see :func:`fused_loss_options`) the losses and the prediction come from
+        :func:`psp_kernels.upsample_cross_entropy` on the stride-8 logits: the same values,
+        without the full-resolution logits, their log-probabilities or their gradient. Any other
+        criterion sees the upsampled logits, as in the official model.
         """
         if x.dim() != 4:
             raise ValueError(f"x must be (N, 3, H, W), got shape {tuple(x.shape)}")
@@ -170,15 +196,28 @@ class PSPNet(nn.Module):
         x = self.layer1(x)
         x = self.layer2(x)
         x_tmp = self.layer3(x)
-        x = self.layer4(x_tmp)
-        x = self._upsample(self._classify(x), size)
+        x = self._classify(self.layer4(x_tmp))
 
         if self.training and y is not None:
+            fused = fused_loss_options(self.criterion)
+            if fused is not None and y.dtype in _LABEL_DTYPES and tuple(y.shape[1:]) == size:
+                return self._fused_losses(x, self.aux(x_tmp), y, fused)
+            x = self._upsample(x, size)
             aux = self._upsample(self.aux(x_tmp), size)
             main_loss = self.criterion(x, y)
             aux_loss = self.criterion(aux, y)
             return x.max(1)[1], main_loss, aux_loss
-        return x
+        return self._upsample(x, size)
+
+    def _fused_losses(self, logits, aux_logits, y, options):
+        """``(prediction, main_loss, aux_loss)`` from the stride-8 logits: the cross-entropy of
+        their upsampling to the labels' size, which is never built
+        (:func:`psp_kernels.upsample_cross_entropy`; the same values as the criterion on
+        :meth:`_upsample`'s output)."""
+        main_loss, pred = upsample_cross_entropy(logits, y, align_corners=True,
+                                                 return_prediction=True, **options)  # fmt: skip
+        aux_loss = upsample_cross_entropy(aux_logits, y, align_corners=True, **options)
+        return pred, main_loss, aux_loss
 
     def _classify(self, x: torch.Tensor) -> torch.Tensor:
         """PPM + main head on the layer4 features."""
