@@ -4,7 +4,7 @@
 * the PSPNet-50 training step at N=8 on a GPU, faster than eager and compile;
 * the concat-free head (:data:`CMP_TARGETS`).
 
-The rows are :func:`benchmarks.report.speedups`'s (records plus speed-up ratios).
+The rows are :func:`benchmarks.summary.speedups`'s (records plus speed-up ratios).
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .target import simulated_gpu
+
 __all__ = [
     "INTERPRETER",
     "GPU_DTYPES",
@@ -24,7 +26,6 @@ __all__ = [
     "dot_precision",
     "num_sms",
     "compute_arch",
-    "fits_int32",
     "sample_fits_int32",
     "device_guard",
     "split_launch_options",
@@ -62,13 +63,14 @@ next_power_of_2 = triton.next_power_of_2
 
 
 def interpreting() -> bool:
-    """True when the kernels run through Triton's interpreter (on CPU tensors)."""
-    return INTERPRETER
+    """True when the kernels run through Triton's interpreter (on CPU tensors); never while a
+    GPU is simulated (:mod:`.target`)."""
+    return INTERPRETER and simulated_gpu() is None
 
 
 def gpu_tiles() -> bool:
     """Whether the launchers pick their GPU tile sizes (on a GPU, or forced by tests)."""
-    return not INTERPRETER or GPU_TILES
+    return not interpreting() or GPU_TILES
 
 
 def tile_class(dtype: torch.dtype) -> str:
@@ -111,7 +113,11 @@ def _num_sms(index: int) -> int:
 
 
 def num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA ``device`` (cached per device index)."""
+    """Streaming multiprocessors of a CUDA ``device`` (cached per device index), or of the GPU
+    being simulated (:mod:`.target`)."""
+    gpu = simulated_gpu()
+    if gpu is not None:
+        return gpu.num_sms
     if device.index is not None:
         return _num_sms(device.index)
     return _num_sms(torch.cuda.current_device() if device.type == "cuda" else 0)
@@ -124,15 +130,14 @@ def _capability(index: int) -> int:
 
 
 def compute_arch(device: torch.device) -> int:
-    """Compute capability of a CUDA ``device`` as one number (80: A100, 90: H100 / H200)."""
+    """Compute capability of a CUDA ``device`` as one number (80: A100, 90: H100 / H200), or of
+    the GPU being simulated (:mod:`.target`)."""
+    gpu = simulated_gpu()
+    if gpu is not None:
+        return gpu.arch
     if device.index is not None:
         return _capability(device.index)
     return _capability(torch.cuda.current_device() if device.type == "cuda" else 0)
-
-
-def fits_int32(t: torch.Tensor) -> bool:
-    """Whether every element offset of ``t`` (its largest offset from element 0) is below 2**31."""
-    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) < 2**31
 
 
 def sample_fits_int32(t: torch.Tensor) -> bool:
