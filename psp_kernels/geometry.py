@@ -14,7 +14,8 @@ This module is the one place they are defined. The Triton launchers' per-pixel c
 (:mod:`psp_kernels.ops.tables`) and the CPU paths (the ``separable`` modules of the ops) are built
 from these matrices; the tests check them against ``torch.nn.functional``; the export formulation
 of the model package builds them inside exported graphs. Every builder (:func:`pool_bounds`,
-:func:`stacked_pool_matrix`, :func:`interp_matrix`, :func:`shifted_interp_matrices`,
+:func:`stacked_pool_matrix`, :func:`bilinear_taps`, :func:`interp_matrix`,
+:func:`shifted_interp_matrices`,
 :func:`shifted_pyramid_matrix`) uses tensor operations only
 (``arange``, integer arithmetic, compares, one division), so their sizes may be symbolic
 (``torch.export`` dynamic shapes) and an exported graph computes them from the input's size
@@ -29,6 +30,7 @@ __all__ = [
     "pool_bounds",
     "pool_matrix",
     "stacked_pool_matrix",
+    "bilinear_taps",
     "interp_matrix",
     "shifted_interp_matrices",
     "shifted_pyramid_matrix",
@@ -101,6 +103,17 @@ def _taps_at(i, out_size, in_size, align_corners: bool):
     i0 = src.floor().long().clamp_max(in_size - 1)
     i1 = (i0 + 1).clamp_max(in_size - 1)
     return i0, i1, src - i0
+
+
+def bilinear_taps(out_size, in_size, align_corners: bool, device=None, *, taps_dtype=torch.float64):
+    """Return ``(i0, i1, lam)``: PyTorch's two bilinear taps along one axis, per output position.
+
+    Output ``i`` is ``(1 - lam[i]) * v[i0[i]] + lam[i] * v[i1[i]]`` (int64 indices, ``lam`` in
+    ``taps_dtype``): row ``i`` of :func:`interp_matrix` as two entries.
+    """
+    _check_sizes(out_size, in_size)
+    i = torch.arange(out_size, dtype=taps_dtype, device=device)
+    return _taps_at(i, out_size, in_size, align_corners)
 
 
 def _interp_rows(i, out_size, in_size, align_corners: bool, device):

@@ -160,11 +160,12 @@ class AxisTable:
 @functools.lru_cache(maxsize=64)
 def axis_table(out_size: int, in_size: int, align_corners: bool, dtype, device) -> AxisTable:
     """The :class:`AxisTable` of PyTorch's bilinear taps (:func:`geometry.interp_matrix`,
-    :func:`geometry.tap_table`), its weights in ``dtype`` (float32, or float64)."""
+    :func:`geometry.bilinear_taps`), its weights in ``dtype`` (float32, or float64)."""
     in_pad = max(16, next_power_of_2(in_size))
     dense = torch.zeros(out_size, in_pad, dtype=torch.float64)
     dense[:, :in_size] = geometry.interp_matrix(out_size, in_size, bool(align_corners))
-    index, lam = geometry.tap_table(out_size, in_size, bool(align_corners), dtype=torch.float64)
+    i0, i1, lam = geometry.bilinear_taps(out_size, in_size, bool(align_corners))
+    index = torch.stack([i0, i1]).to(torch.int32)
     return AxisTable(
         dense.to(dtype).to(device), index.to(device), lam.to(dtype).to(device), int(in_size)
     )

@@ -15,6 +15,7 @@ import torch
 import triton
 
 from .. import tables
+from ..target import launch
 from ..utils import (
     acc_dtype,
     clamp,
@@ -156,7 +157,8 @@ def launch_forward(logits, target, weight, ignore_index, reduction, align_corner
     parts = torch.empty(programs, 2, dtype=adt, device=logits.device)
     cw = _weight_table(weight, logits)
     with device_guard(logits=logits, target=target, weight=weight):
-        _upsample_ce_fwd_kernel[(programs,)](
+        launch(
+            _upsample_ce_fwd_kernel, (programs,),
             logits, target, cw if cw is not None else lse, p.cols.matrix, p.rows.lam, p.items,
             p.clo, lse, pred if want_prediction else lse, parts,
             k, height, width, logits.shape[3], int(ignore_index), p.num_items, p.num_wt,
@@ -208,7 +210,8 @@ def launch_backward(grad, logits, target, weight, lse, total_weight, ignore_inde
     dz = alloc(n, k, h, w, dtype=logits.dtype, device=logits.device)
     cw = _weight_table(weight, logits)
     with device_guard(logits=logits, target=target, weight=weight, lse=lse):
-        _upsample_ce_bwd_kernel[(n * num_groups * num_kb,)](
+        launch(
+            _upsample_ce_bwd_kernel, (n * num_groups * num_kb,),
             logits, target, cw if cw is not None else lse, p.cols.matrix, p.rows.lam, p.items,
             p.clo, groups, lse, scale.reshape(1), dz,
             k, height, width, w, int(ignore_index), num_kb, num_groups, p.num_wt,

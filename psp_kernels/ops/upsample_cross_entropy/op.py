@@ -14,6 +14,7 @@ import torch
 from ... import reference
 from ..._backend import resolve_backend
 from ..._validate import check_backend, check_upsample_cross_entropy
+from ..target import custom_op, register_fake
 from ..utils import acc_dtype
 from . import separable
 from .launch import kernel_limit, launch_backward, launch_forward
@@ -21,7 +22,7 @@ from .launch import kernel_limit, launch_backward, launch_forward
 __all__ = ["upsample_cross_entropy"]
 
 
-@torch.library.custom_op("psp_kernels::upsample_cross_entropy_fwd", mutates_args=())
+@custom_op("psp_kernels::upsample_cross_entropy_fwd")
 def _fwd_op(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -39,7 +40,7 @@ def _fwd_op(
     return impl(logits, target, weight, ignore_index, reduction, align_corners, want_prediction)
 
 
-@_fwd_op.register_fake
+@register_fake(_fwd_op)
 def _(logits, target, weight, ignore_index, reduction, align_corners, want_prediction, use_triton):
     n, (height, width) = logits.shape[0], target.shape[-2:]
     adt = acc_dtype(logits.dtype)
@@ -52,7 +53,7 @@ def _(logits, target, weight, ignore_index, reduction, align_corners, want_predi
     )
 
 
-@torch.library.custom_op("psp_kernels::upsample_cross_entropy_bwd", mutates_args=())
+@custom_op("psp_kernels::upsample_cross_entropy_bwd")
 def _bwd_op(
     grad: torch.Tensor,
     logits: torch.Tensor,
@@ -71,7 +72,7 @@ def _bwd_op(
                 align_corners)  # fmt: skip
 
 
-@_bwd_op.register_fake
+@register_fake(_bwd_op)
 def _(grad, logits, target, weight, lse, total_weight, ignore_index, reduction, align_corners,
       use_triton):  # fmt: skip
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
