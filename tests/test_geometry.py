@@ -57,6 +57,20 @@ def test_interp_matrix_is_bilinear_interpolate(out_size, in_size, align_corners)
 
 
 @pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("out_size, in_size", [(1, 1), (1, 6), (7, 1), (473, 60), (5, 9)])
+def test_bilinear_taps_are_the_matrix_rows(out_size, in_size, align_corners):
+    """Each row of the interpolation matrix is its two taps; ``i0`` never decreases and
+    ``i1 = min(i0 + 1, in - 1)`` (what kernel 3's row bands rely on)."""
+    i0, i1, lam = geometry.bilinear_taps(out_size, in_size, align_corners)
+    dense = torch.zeros(out_size, in_size, dtype=torch.float64)
+    rows = torch.arange(out_size)
+    dense.index_put_((rows, i0), 1 - lam, accumulate=True)
+    dense.index_put_((rows, i1), lam, accumulate=True)
+    assert torch.equal(dense, geometry.interp_matrix(out_size, in_size, align_corners))
+    assert (i0.diff() >= 0).all() and torch.equal(i1, (i0 + 1).clamp_max(in_size - 1))
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
 def test_shifted_matrices_are_shifted_interp_rows(align_corners):
     out_size, sizes = 9, (1, 2, 3, 6)
     big = geometry.shifted_pyramid_matrix(out_size, sizes, align_corners)

@@ -8,6 +8,7 @@ give its outputs.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import warnings
@@ -317,6 +318,46 @@ def test_train_matches_official(pair50):
     finally:
         ours.eval()
         ref.eval()
+
+
+@pytest.mark.parametrize("zoom", [8, 1])
+def test_train_step_float64_matches_official(pair50, zoom, monkeypatch):
+    """One float64 training step of ours (losses and prediction from the fused loss on the
+    stride-8 logits) against the official model (upsampled logits, nn.CrossEntropyLoss): the
+    losses, the prediction, every parameter's gradient and the parameters after an SGD step."""
+    import pspnet.model as model_mod
+
+    calls = []
+    fused = model_mod.upsample_cross_entropy
+    monkeypatch.setattr(model_mod, "upsample_cross_entropy",
+                        lambda *a, **k: calls.append(1) or fused(*a, **k))  # fmt: skip
+    ours, ref = (copy.deepcopy(m).double().train() for m in pair50)
+    ours.zoom_factor = ref.zoom_factor = zoom
+    x = torch.randn(2, 3, 17, 17, dtype=torch.float64)
+    size = 16 * zoom // 8 + 1
+    y = torch.randint(0, 5, (2, size, size))
+    y[:, : size // 3] = 255
+    steps = []
+    for m in (ours, ref):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        opt.zero_grad()
+        torch.manual_seed(7)  # the same dropout masks
+        pred, main, aux = m(x, y)
+        (main + 0.4 * aux).backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+        opt.step()
+        steps.append(
+            (pred, main, aux, grads, {n: p.detach().clone() for n, p in m.named_parameters()})
+        )
+    assert len(calls) == 2  # main and auxiliary loss: ours took the fused path
+    (pa, ma, aa, ga, wa), (pb, mb, ab, gb, wb) = steps
+    assert torch.equal(pa, pb)
+    assert_close(ma, mb, "main loss", tol=1e-10, nonzero=True)
+    assert_close(aa, ab, "aux loss", tol=1e-10, nonzero=True)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        assert_close(ga[name], gb[name], f"gradient of {name}", tol=1e-10, floor=1e-12)
+        assert_close(wa[name], wb[name], f"{name} after the SGD step", tol=1e-10)
 
 
 # ----------------------------------------------------------------------------------------------

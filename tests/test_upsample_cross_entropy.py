@@ -132,7 +132,7 @@ def test_chunks_tasks_and_threads(monkeypatch):
             assert torch.get_num_threads() == n  # restored after the pool
     finally:
         torch.set_num_threads(threads)
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
 
 
@@ -243,7 +243,7 @@ def test_deterministic(path, device):
     for _ in range(2):
         loss, pred = _fused(path, z, t, weight, 255)
         runs.append((loss, pred, *torch.autograd.grad(loss, z)))
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
 
 
