@@ -52,6 +52,8 @@ class Traffic:
             than its loop's iterations: the model's depth is at most this.
         fills_gpu: the launcher sizes the grid to fill the GPU whatever the batch (row splits),
             so it must reach one wave at batch 1 too.
+        sfu_ops: exponentials and logarithms it computes (special-function unit operations,
+            padded lanes included): a softmax over many classes is bound by these, not by bytes.
     """
 
     moved: int
@@ -62,6 +64,7 @@ class Traffic:
     step_tensor: str = ""
     loop_steps: int = 0
     fills_gpu: bool = False
+    sfu_ops: float = 0.0
 
 
 def dot_kind(precision: str, operand_itemsize: int) -> str:

@@ -114,6 +114,31 @@ def test_gpu_tiles_under_interpreter(path, monkeypatch, device):
         _check("triton", z, t, weight, 255, "mean", ac)
 
 
+def test_backward_column_groups_under_interpreter(monkeypatch, device):
+    """Logits wider than a backward program's columns: 37 columns in groups of 16 (three, the
+    last ragged), each walking the column tiles that reach it, with three row groups."""
+    if device == "cuda":
+        pytest.skip("the GPU tiles run natively on CUDA in the other tests")
+    monkeypatch.setattr(ops_utils, "GPU_TILES", True)
+    monkeypatch.setattr(configs, "FORCE_GROUPS", 3)
+    monkeypatch.setitem(configs.COLUMNS, "16bit", 16)  # float64 takes the 16-bit tiles
+    for ac in (True, False):
+        z, t, _ = _inputs((1, 3, 5, 37, 11, 131, ac, 255), torch.float64, device)
+        _check("triton", z, t, None, 255, "sum", ac)
+
+
+def test_labels_much_narrower_than_logits(device, monkeypatch):
+    """Targets under half the logits' width exceed the kernels: ``auto`` takes the PyTorch path
+    (equal to the reference), ``triton`` refuses."""
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    z, t, _ = _inputs((1, 4, 6, 20, 9, 7, False, 255), dtype, device)
+    kw = dict(ignore_index=255, align_corners=False)
+    loss = psp_kernels.upsample_cross_entropy(z, t, **kw)
+    assert_close(loss, reference.upsample_cross_entropy(z, t, **kw), "auto", dtype=dtype)
+    with pytest.raises(ValueError, match="at least half as wide"):
+        psp_kernels.upsample_cross_entropy(z, t, backend="triton", **kw)
+
+
 def test_chunks_tasks_and_threads(monkeypatch):
     """The PyTorch path with small chunks and tasks (chunk boundaries inside bands, several tasks
     per sample) equals the reference, bitwise the same on one thread and on a pool of two."""

@@ -14,9 +14,12 @@ each wait for a global load of ``b`` bytes:
 * tensor cores:  ``t_tc  = F * (S * ceil(P / S) / P) / peak FLOP rate`` of the dots' precision:
   the busiest SM's share at 1/S of the rate (``tf32x3`` = three tf32 products; a dot that
   compiled to FMA runs at the FP32 CUDA-core rate);
+* special functions: ``t_sfu = E * (S * ceil(P / S) / P) / (S * 16 * clock)`` for a launch
+  that computes ``E`` exponentials and logarithms (``MUFU``: 16 per SM per clock on sm_80 and
+  sm_90), the busiest SM's share;
 * launch:        ``t_launch = LAUNCH`` (the floor of any kernel);
 
-``time = max(t_bw, t_lat, t_tc, t_launch)``. A workload's time is the sum over its launches,
+``time = max(t_bw, t_lat, t_tc, t_sfu, t_launch)``. A workload's time is the sum over its launches,
 compared with its ideal bytes at the peak bandwidth (the roofline). These are estimates; the
 first GPU run (``python -m benchmarks.gpu_check``) checks them against measurements.
 """
@@ -32,6 +35,8 @@ LATENCY_US = 1.0
 COPY_EFFICIENCY = 0.9
 #: Floor of any launch (launch and ramp-up), in microseconds.
 LAUNCH_US = 2.0
+#: Special-function (MUFU: ex2, lg2, rcp...) results per SM per clock, sm_80 and sm_90.
+SFU_PER_CLOCK = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +48,13 @@ class Gpu:
     sms: int
     hbm_gbps: float
     tflops: dict  # by dot precision class: "16bit", "tf32", "fp32" (CUDA-core FMA)
+    clock_ghz: float  # boost clock (the FP32 peak is SMs x FP32 lanes x 2 x this)
 
 
 GPUS = {
-    "H100": Gpu("H100 SXM", 90, 132, 3350.0, {"16bit": 989.0, "tf32": 494.0, "fp32": 67.0}),
-    "H200": Gpu("H200 SXM", 90, 132, 4800.0, {"16bit": 989.0, "tf32": 494.0, "fp32": 67.0}),
-    "A100": Gpu("A100 SXM", 80, 108, 2039.0, {"16bit": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    "H100": Gpu("H100 SXM", 90, 132, 3350.0, {"16bit": 989.0, "tf32": 494.0, "fp32": 67.0}, 1.98),
+    "H200": Gpu("H200 SXM", 90, 132, 4800.0, {"16bit": 989.0, "tf32": 494.0, "fp32": 67.0}, 1.98),
+    "A100": Gpu("A100 SXM", 80, 108, 2039.0, {"16bit": 312.0, "tf32": 156.0, "fp32": 19.5}, 1.41),
 }
 
 
@@ -82,10 +88,12 @@ def launch_time(traffic, machine: dict, programs: int, gpu: Gpu) -> dict:
     # the busiest SM runs ceil(P / S) programs' dots at 1/S of the GPU's rate
     per_sm = math.ceil(programs / gpu.sms) / max(programs, 1) * gpu.sms
     dots = dot_seconds(traffic.dot_flops * per_sm, traffic.dot_kind, gpu, tensor_cores)
+    sfu_rate = gpu.sms * SFU_PER_CLOCK * gpu.clock_ghz * 1e9
     terms = {
         "bandwidth": traffic.moved / (COPY_EFFICIENCY * gpu.hbm_gbps * 1e3),
         "latency": rounds * traffic.steps * LATENCY_US / depth,
         "tensor cores": 1e6 * dots,
+        "special functions": 1e6 * traffic.sfu_ops * per_sm / sfu_rate,
         "launch": LAUNCH_US,
     }
     bound = max(terms, key=terms.get)

@@ -33,7 +33,7 @@ ARCH_GPUS = {80: ("A100",), 90: ("H100", "H200")}
 BIG_TENSOR = 1 << 20
 BIG_SHARE = 0.10  # ... and 10% or more of the bytes its launch moves
 HEAVY_SHARE = 0.10
-_OPS = ("pyramid_pool_conv", "upsample_concat", "shifted_upsample_add")
+_OPS = ("pyramid_pool_conv", "upsample_concat", "shifted_upsample_add", "upsample_cross_entropy")
 
 
 def _traffic_models() -> dict:

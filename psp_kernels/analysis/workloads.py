@@ -11,7 +11,10 @@ Each is written with ``psp_kernels``' own public ops, as ``pspnet`` calls them (
   ``upsample_concat`` and their backwards), as ``pspnet.PPM`` in training;
 * ``head``: the concat-free head conv (``psp_kernels.split_concat_conv`` +
   ``psp_kernels.shifted_upsample_add``, what ``psp_kernels.concat_free_conv`` runs for the default
-  model's classifier conv over the PPM), forward and backward.
+  model's classifier conv over the PPM), forward and backward;
+* ``loss``: the training loss of PSPNet's main head, ``psp_kernels.upsample_cross_entropy`` of
+  ``LOSS_CLASSES`` stride-8 logits of the map's size against int64 labels of the crop's size
+  ``(h - 1) * 8 + 1`` (60 -> 473, 90 -> 713), with the prediction, forward and backward.
 
 PSPNet-50's shapes: ``C = 2048`` backbone channels, ``R = C / len(bins)`` per branch, the head's
 ``O = 512`` outputs. The ideal bytes are what a perfect implementation must move: every input read
@@ -29,8 +32,10 @@ import psp_kernels
 
 from .record import Recorder, recording
 
-WORKLOADS = ("ppm", "ppm-train", "head")
+WORKLOADS = ("ppm", "ppm-train", "head", "loss")
 HEAD_OUT = 512
+#: ADE20K's classes: the loss workload's logits channels (the shape's ``c`` is the PPM's).
+LOSS_CLASSES = 150
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +127,25 @@ def _head(s: Shape, rec: Recorder) -> None:
         out.backward(torch.empty_like(out))
 
 
+def crop(s: Shape) -> tuple[int, int]:
+    """The label (crop) size whose stride-8 map is ``s.h x s.w``: ``(h - 1) * 8 + 1``."""
+    return (s.h - 1) * 8 + 1, (s.w - 1) * 8 + 1
+
+
+def _loss(s: Shape, rec: Recorder) -> None:
+    logits = torch.empty(s.n, LOSS_CLASSES, s.h, s.w, device="meta", dtype=s.dtype)
+    if s.layout == "nhwc":
+        logits = logits.to(memory_format=torch.channels_last)
+    logits.requires_grad_(True)
+    target = torch.empty(s.n, *crop(s), device="meta", dtype=torch.long)
+    with rec.step("loss forward"):
+        loss, _ = psp_kernels.upsample_cross_entropy(
+            logits, target, ignore_index=255, return_prediction=True
+        )
+    with rec.step("loss backward"):
+        loss.backward()
+
+
 def record_workload(workload: str, shape: Shape, num_sms: int, arch: int = 90):
     """The launches of ``workload`` at ``shape`` on a GPU with ``num_sms`` SMs of compute
     capability ``arch``."""
@@ -130,6 +154,8 @@ def record_workload(workload: str, shape: Shape, num_sms: int, arch: int = 90):
     with recording(num_sms, arch) as rec:
         if workload == "head":
             _head(shape, rec)
+        elif workload == "loss":
+            _loss(shape, rec)
         else:
             _ppm(shape, workload == "ppm-train", rec)
     return rec.launches
@@ -153,4 +179,11 @@ def ideal_bytes(workload: str, s: Shape) -> int:
         base = s.n * HEAD_OUT * hw * e
         maps = s.n * 9 * HEAD_OUT * s.cells * e
         return (base + maps + base) + (base + maps)  # forward; backward (d base is grad itself)
+    if workload == "loss":
+        logits = s.n * LOSS_CLASSES * hw * e
+        pixels = s.n * crop(s)[0] * crop(s)[1]
+        labels, lse, pred = 8 * pixels, 4 * pixels, 8 * pixels  # int64, float32, int64
+        # forward: read logits and labels, write the logsumexp (saved) and the prediction;
+        # backward: read logits, labels and the logsumexp, write the logits' gradient
+        return (logits + labels + lse + pred) + (logits + labels + lse + logits)
     raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")

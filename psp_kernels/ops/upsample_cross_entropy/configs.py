@@ -11,18 +11,26 @@ from ..._aot import AotSpec, Traffic, dot_kind
 from ..utils import GPU_DTYPES, TRITON_DTYPE, clamp, dot_precision, split_launch_options, tile_class
 from .kernels import _upsample_ce_bwd_kernel, _upsample_ce_fwd_kernel
 
-#: Widest logits the kernels take (columns): the backward holds a ``BLOCK_K x next_pow2(w)``
-#: gradient row per source row it owns (PSPNet: 60 at 473, 90 at 713).
-MAX_WIDTH = 128
-#: GPU tiles: BLOCK_R output rows (one band at zoom 8) x BLOCK_W columns x BLOCK_K classes.
-TILES = {
-    "16bit": dict(BLOCK_K=16, BLOCK_R=8, BLOCK_W=64),
-    "fp32": dict(BLOCK_K=16, BLOCK_R=8, BLOCK_W=64),
+#: Source columns a backward program owns (wider logits split into column groups): it holds two
+#: ``BLOCK_K x COLUMNS`` gradient rows.
+COLUMNS = {"16bit": 32, "fp32": 64}
+#: Backward programs resident per SM with its tiles (registers): the row groups fill this.
+BWD_RESIDENT = {"16bit": 2, "fp32": 1}
+#: GPU tiles shared by both kernels (the work items and column windows): BLOCK_R output rows
+#: (one band at zoom 8) x BLOCK_W output columns.
+TILES = {"16bit": dict(BLOCK_R=8, BLOCK_W=32), "fp32": dict(BLOCK_R=8, BLOCK_W=32)}
+#: Forward: BLOCK_K classes per step (a 32 x 16 logits tile: 4 values per thread, vector loads).
+FWD = {
+    "16bit": dict(BLOCK_K=32, num_warps=4, num_stages=3),
+    "fp32": dict(BLOCK_K=32, num_warps=4, num_stages=3),
 }
-FWD_OPTIONS = {"16bit": dict(num_warps=8, num_stages=2), "fp32": dict(num_warps=8, num_stages=2)}
+#: Backward: BLOCK_K classes per program.
+BWD = {
+    "16bit": dict(BLOCK_K=32, num_warps=4, num_stages=3),
+    "fp32": dict(BLOCK_K=32, num_warps=8, num_stages=3),
+}
 #: Tests set this to force the backward's source-row groups (several groups, on CPU tensors).
 FORCE_GROUPS: int | None = None
-BWD_OPTIONS = {"16bit": dict(num_warps=8, num_stages=2), "fp32": dict(num_warps=8, num_stages=2)}
 
 
 def _band_rows(row_index: torch.Tensor) -> int:
@@ -32,21 +40,21 @@ def _band_rows(row_index: torch.Tensor) -> int:
 
 
 def config(dtype: torch.dtype, classes: int, width: int, row_index, gpu: bool):
-    """``(tiles, forward options, backward options)`` for these sizes.
+    """``(shared tiles, forward config, backward config)`` for these sizes; the configs hold
+    ``BLOCK_K``, ``num_warps`` and ``num_stages``.
 
-    On a GPU the fixed :data:`TILES`; in the interpreter (``gpu`` false) few, large programs:
+    On a GPU the fixed tables above; in the interpreter (``gpu`` false) few, large programs:
     all classes up to 64, all columns up to 128 and a whole band of rows in one tile.
     """
     if gpu:
         cls = tile_class(dtype)
-        return dict(TILES[cls]), dict(FWD_OPTIONS[cls]), dict(BWD_OPTIONS[cls])
+        return dict(TILES[cls]), dict(FWD[cls]), dict(BWD[cls])
     tiles = dict(
-        BLOCK_K=clamp(triton.next_power_of_2(classes), 16, 64),
         BLOCK_R=clamp(triton.next_power_of_2(_band_rows(row_index)), 1, 16),
         BLOCK_W=clamp(triton.next_power_of_2(width), 16, 128),
     )
-    options = dict(num_warps=4, num_stages=1)
-    return tiles, options, dict(options)
+    cfg = dict(BLOCK_K=clamp(triton.next_power_of_2(classes), 16, 64), num_warps=4, num_stages=1)
+    return tiles, cfg, dict(cfg)
 
 
 def _spec(name, kernel, constexprs, pointers, cfg) -> AotSpec:
@@ -59,23 +67,24 @@ def _spec(name, kernel, constexprs, pointers, cfg) -> AotSpec:
 
 def aot_specs() -> list[AotSpec]:
     """Every kernel configuration the launchers pick on a GPU (fp32, fp16, bf16), at PSPNet's
-    geometry (a 16-column window, 60-wide logits padded to 64)."""
+    geometry (a 16-column window, 64-column groups in the backward)."""
     specs = []
     for dtype in GPU_DTYPES:
         t, cls, prec = TRITON_DTYPE[dtype], tile_class(dtype), dot_precision(dtype)
         common = dict(ZN_DIV=16, ZK_DIV=16, ZH_DIV=4, C_DIV=4, WS_DIV=4, TH_DIV=1,
                       DOT_PRECISION=prec, CW=16, **TILES[cls])  # fmt: skip
         ptrs = dict(z_ptr=f"*{t}", t_ptr="*i64", cw_ptr="*fp32", aw_ptr="*fp32", lam_ptr="*fp32",
-                    item_ptr="*i32", clo_ptr="*i32", group_ptr="*i32", lse_ptr="*fp32",
+                    item_ptr="*i32", clo_ptr="*i32", group_ptr="*i32", colgroup_ptr="*i32",
+                    lse_ptr="*fp32",
                     pred_ptr="*i64", part_ptr="*fp32", scale_ptr="*fp32", dz_ptr=f"*{t}")  # fmt: skip
         for pred in (False, True):
             specs.append(_spec(
                 f"upsample_ce_fwd[{t},pred={pred}]", _upsample_ce_fwd_kernel,
-                dict(common, HAS_WEIGHT=False, WANT_PRED=pred), ptrs, FWD_OPTIONS[cls],
+                dict(common, HAS_WEIGHT=False, WANT_PRED=pred), ptrs, FWD[cls],
             ))  # fmt: skip
         specs.append(_spec(
             f"upsample_ce_bwd[{t}]", _upsample_ce_bwd_kernel,
-            dict(common, HAS_WEIGHT=False, WP=64), ptrs, BWD_OPTIONS[cls],
+            dict(common, HAS_WEIGHT=False, DN_DIV=16, DK_DIV=16, DH_DIV=4, WP=COLUMNS[cls]), ptrs, BWD[cls],
         ))  # fmt: skip
     return specs
 
@@ -98,14 +107,16 @@ def _fwd_traffic(launch) -> Traffic:
     steps = triton.cdiv(a["K"], a["BLOCK_K"])
     per_step = 2 * 2.0 * a["BLOCK_K"] * a["CW"] * a["BLOCK_W"]  # two products per class block
     ideal = z_bytes + t_bytes + lse_bytes + pred_bytes
+    tile = a["BLOCK_R"] * a["BLOCK_W"]
+    exps = steps * (a["BLOCK_K"] + 1) * tile + tile  # the block's values, the rescale, the log
     return Traffic(
         moved=ideal + a["aw_ptr"].nbytes + a["part_ptr"].nbytes,  # logits re-reads hit L2
         ideal=ideal,
         dot_flops=launch.programs * steps * per_step,
         dot_kind=dot_kind(a["DOT_PRECISION"], 4),
         steps=steps,
-        step_bytes=2 * a["BLOCK_K"] * a["CW"] * a["z_ptr"].itemsize,
         step_tensor="z_ptr",
+        sfu_ops=float(launch.programs * exps),
     )
 
 
@@ -114,10 +125,13 @@ def _bwd_traffic(launch) -> Traffic:
     z_bytes, t_bytes, lse_bytes = _common(a)
     dz_bytes = a["dz_ptr"].nbytes
     items = a["item_ptr"].numel // 4
-    groups = a["NUM_GROUPS"]
-    # each group also walks the band before its first row (its rows reach that row too)
+    groups, colgroups = a["NUM_GROUPS"], a["NUM_COLGROUPS"]
+    tiles = a["clo_ptr"].numel
+    # each row group also walks the band before its first row, each column group the column
+    # tile across its boundary
     item_steps = triton.cdiv(items, groups) + 1
-    steps = item_steps * a["NUM_WT"]
+    tile_steps = triton.cdiv(tiles, colgroups) + (1 if colgroups > 1 else 0)
+    steps = item_steps * tile_steps
     per_step = 2 * 2.0 * a["BLOCK_K"] * a["BLOCK_W"] * (a["CW"] + a["WP"])
     repeat = min(1.0 + groups / max(items, 1), 2.0)  # rows read twice at group boundaries
     ideal = z_bytes + t_bytes + lse_bytes + dz_bytes
@@ -127,11 +141,10 @@ def _bwd_traffic(launch) -> Traffic:
         dot_flops=launch.programs * steps * per_step,
         dot_kind=dot_kind(a["DOT_PRECISION"], 4),
         steps=steps,
-        step_bytes=2 * a["BLOCK_K"] * a["CW"] * a["z_ptr"].itemsize
-        + a["BLOCK_R"] * a["BLOCK_W"] * (a["t_ptr"].itemsize + 4),
         step_tensor="z_ptr",
-        loop_steps=a["NUM_WT"],
+        loop_steps=tile_steps,
         fills_gpu=True,
+        sfu_ops=float(launch.programs) * steps * a["BLOCK_K"] * a["BLOCK_R"] * a["BLOCK_W"],
     )
 
 

@@ -20,12 +20,15 @@ ever written.
   weighted losses and of the weights: the launcher adds the partials in a fixed order (no atomics).
 * Backward, ``_upsample_ce_bwd_kernel``: ``dL/dv = (softmax - onehot(t)) * w(t) * scale`` per
   upsampled value, with the softmax recomputed from the saved logsumexp. The logits' gradient is a
-  gather: a program owns (sample, a group of source rows, a class block) and walks the items
-  touching its rows in order; per item it reduces the gradient over the item's rows with the
+  gather: a program owns (sample, a group of source rows, a group of at most ``WP`` source
+  columns, a class block) and walks the items touching its rows in order, over the column tiles
+  touching its columns; per item it reduces the gradient over the item's rows with the
   vertical weights (``1 - lam`` to ``i0``, ``lam`` to ``i1``) and over the columns with ``A_W``
-  (a product), carrying the contribution to the next source row to the next item. Each source
+  (a product accumulating into the two source rows' gradients), and carries the second row's to
+  the next item. Each source
   row is written once, by its owner: deterministic, no atomics. A group starts one band early
-  (that band's rows also reach the group's first row), which repeats a few rows' work.
+  (that band's rows also reach the group's first row), and a column group takes the column tile
+  across its boundary too, which repeats a little work.
 
 Accumulation is float32 (float64 for float64, in the interpreter); the products run in
 ``DOT_PRECISION`` (``ops.utils.dot_precision``) on float32 operands.
@@ -186,6 +189,7 @@ def _upsample_ce_bwd_kernel(
     item_ptr,
     clo_ptr,
     group_ptr,
+    colgroup_ptr,
     lse_ptr,
     scale_ptr,
     dz_ptr,
@@ -196,7 +200,7 @@ def _upsample_ce_bwd_kernel(
     ignore_index,
     NUM_KB,
     NUM_GROUPS,
-    NUM_WT,
+    NUM_COLGROUPS,
     stride_zn,
     stride_zk,
     stride_zh,
@@ -216,27 +220,36 @@ def _upsample_ce_bwd_kernel(
     C_DIV: tl.constexpr,
     WS_DIV: tl.constexpr,
     TH_DIV: tl.constexpr,
+    DN_DIV: tl.constexpr,
+    DK_DIV: tl.constexpr,
+    DH_DIV: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_W: tl.constexpr,
     CW: tl.constexpr,
     WP: tl.constexpr,
 ):
-    """dz[n, k, s, :] for the source rows s of one group and a block of classes.
+    """dz[n, k, s, c] for the source rows s and columns c of one group and a block of classes.
 
-    Groups (int32 rows): (first item, end item, first owned source row, end row): the items
-    whose taps reach the owned rows, in order of ``i0``.
+    Row groups (int32 rows): (first item, end item, first owned source row, end row): the items
+    whose taps reach the owned rows, in order of ``i0``. Column groups: (first column tile, end
+    tile, first owned source column): the tiles whose taps reach the ``WP`` owned columns.
     """
-    # program id 0 -> (sample n, group of source rows, class block), class blocks fastest.
+    # program id 0 -> (sample n, row group, column group, class block), class blocks fastest.
     pid = tl.program_id(0)
     kb = pid % NUM_KB
     rest = pid // NUM_KB
+    colgroup = colgroup_ptr + (rest % NUM_COLGROUPS) * 3
+    rest = rest // NUM_COLGROUPS
     group = group_ptr + (rest % NUM_GROUPS) * 4
     n = rest // NUM_GROUPS
     it_begin = tl.load(group)
     it_end = tl.load(group + 1)
     s_a = tl.load(group + 2)
     s_b = tl.load(group + 3)
+    wt_begin = tl.load(colgroup)
+    wt_end = tl.load(colgroup + 1)
+    c_a = tl.multiple_of(tl.load(colgroup + 2), WP)
     acc_dtype = aw_ptr.dtype.element_ty
     scale = tl.load(scale_ptr).to(acc_dtype)
 
@@ -244,9 +257,11 @@ def _upsample_ce_bwd_kernel(
     mask_k = k < K
     k3 = k[:, None, None]
     zk = tl.multiple_of(k * stride_zk, ZK_DIV)
-    offs_wp = tl.arange(0, WP)
-    mask_out = mask_k[:, None] & (offs_wp < w)[None, :]
-    dz = dz_ptr + n.to(tl.int64) * stride_dn + (k * stride_dk)[:, None] + offs_wp[None, :]
+    cols = c_a + tl.arange(0, WP)  # the owned source columns (masked past w)
+    mask_cols = cols < (w // WS_DIV) * WS_DIV
+    mask_out = mask_k[:, None] & mask_cols[None, :]
+    dz = dz_ptr + tl.multiple_of(n.to(tl.int64) * stride_dn, DN_DIV)
+    dz += tl.multiple_of(k * stride_dk, DK_DIV)[:, None] + cols[None, :]
     z_base = z_ptr + tl.multiple_of(n.to(tl.int64) * stride_zn, ZN_DIV)
     t_base = n.to(tl.int64) * stride_tn
     lse_base = lse_ptr + n.to(tl.int64) * H * W
@@ -263,9 +278,10 @@ def _upsample_ce_bwd_kernel(
         # a new source row: row `cur` is complete; `cur + 1` too unless it is this item's i0
         moved = i0 != cur
         shift = i0 == cur + 1
-        tl.store(dz + cur * stride_dh, acc_a.to(dz_ptr.dtype.element_ty),
+        tl.store(dz + tl.multiple_of(cur * stride_dh, DH_DIV), acc_a.to(dz_ptr.dtype.element_ty),
                  mask=mask_out & moved & (cur >= s_a) & (cur < s_b))  # fmt: skip
-        tl.store(dz + (cur + 1) * stride_dh, acc_b.to(dz_ptr.dtype.element_ty),
+        tl.store(dz + tl.multiple_of((cur + 1) * stride_dh, DH_DIV),
+                 acc_b.to(dz_ptr.dtype.element_ty),
                  mask=mask_out & moved & ~shift & (cur + 1 >= s_a) & (cur + 1 < s_b))  # fmt: skip
         acc_a = tl.where(moved, tl.where(shift, acc_b, 0.0), acc_a)
         acc_b = tl.where(moved, 0.0, acc_b)
@@ -278,9 +294,8 @@ def _upsample_ce_bwd_kernel(
         z0 = z_base + tl.multiple_of(i0 * stride_zh, ZH_DIV)
         z1 = z_base + tl.multiple_of(i1 * stride_zh, ZH_DIV)
         t_rows = t_base + tl.multiple_of(rows * stride_th, TH_DIV)
-        d0 = tl.zeros((BLOCK_K, WP), dtype=acc_dtype)
-        d1 = tl.zeros((BLOCK_K, WP), dtype=acc_dtype)
-        for wt_idx in range(0, NUM_WT):
+        same = i1 == i0  # the last source row: both taps on it
+        for wt_idx in range(wt_begin, wt_end):
             j = wt_idx * BLOCK_W + tl.arange(0, BLOCK_W)
             mask_j = j < W
             c = tl.multiple_of(tl.load(clo_ptr + wt_idx), C_DIV) + tl.arange(0, CW)
@@ -298,17 +313,17 @@ def _upsample_ce_bwd_kernel(
             lse = tl.load(lse_base + (rows * W)[:, None] + j[None, :], mask=mask2, other=0.0)
             p = tl.exp(v - lse[None, :, :])
             g = (p - tl.where(k3 == tk[None, :, :], 1.0, 0.0)) * coef[None, :, :]
-            g1 = tl.sum(g * lam3, 1)
-            g0 = tl.sum(g, 1) - g1
-            aw = tl.load(aw_ptr + j[:, None] * stride_aw + offs_wp[None, :], mask=mask_j[:, None],
-                         other=0.0)  # fmt: skip
-            d0 = tl.dot(g0, aw, d0, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
-            d1 = tl.dot(g1, aw, d1, input_precision=DOT_PRECISION, out_dtype=acc_dtype)
-        same = i1 == i0  # the last source row: both taps on it
-        acc_a += d0 + tl.where(same, d1, 0.0)
-        acc_b += tl.where(same, 0.0, d1)
+            g1 = tl.sum(g * lam3, 1)  # to source row i1
+            g0 = tl.sum(g, 1) - g1  # to source row i0
+            aw = tl.load(aw_ptr + j[:, None] * stride_aw + cols[None, :],
+                         mask=mask_j[:, None] & mask_cols[None, :], other=0.0)  # fmt: skip
+            acc_a = tl.dot(tl.where(same, g0 + g1, g0), aw, acc_a,
+                           input_precision=DOT_PRECISION, out_dtype=acc_dtype)  # fmt: skip
+            acc_b = tl.dot(tl.where(same, 0.0, g1), aw, acc_b,
+                           input_precision=DOT_PRECISION, out_dtype=acc_dtype)  # fmt: skip
 
-    tl.store(dz + cur * stride_dh, acc_a.to(dz_ptr.dtype.element_ty),
+    tl.store(dz + tl.multiple_of(cur * stride_dh, DH_DIV), acc_a.to(dz_ptr.dtype.element_ty),
              mask=mask_out & (cur >= s_a) & (cur < s_b))  # fmt: skip
-    tl.store(dz + (cur + 1) * stride_dh, acc_b.to(dz_ptr.dtype.element_ty),
+    tl.store(dz + tl.multiple_of((cur + 1) * stride_dh, DH_DIV),
+             acc_b.to(dz_ptr.dtype.element_ty),
              mask=mask_out & (cur + 1 >= s_a) & (cur + 1 < s_b))  # fmt: skip
