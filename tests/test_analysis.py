@@ -97,6 +97,10 @@ def test_cost_model_terms():
     few = cost.launch_time(dot, _machine(), 1, h100)  # one program: one SM's share of the rate
     assert few["terms"]["tensor cores"] == pytest.approx(1320.0)
     assert cost.launch_time(Traffic(0, 0), _machine(), 1, h100)["bound"] == "launch"
+    exps = Traffic(moved=0, ideal=0, sfu_ops=132 * 16 * 1.98e9 * 1e-5)  # 16 per SM per clock
+    t = cost.launch_time(exps, _machine(), 132, h100)
+    assert t["bound"] == "special functions" and t["us"] == pytest.approx(10.0)
+    assert cost.launch_time(exps, _machine(), 133, h100)["us"] == pytest.approx(20.0, rel=0.01)
 
 
 def test_sass_widths():
@@ -156,7 +160,8 @@ SAME_AS_PSPNET = textwrap.dedent(
     import pspnet
     from pspnet.heads import concat_free_conv3x3
     from psp_kernels.analysis.record import recording
-    from psp_kernels.analysis.workloads import HEAD_OUT, Shape, record_workload
+    from psp_kernels.analysis.workloads import HEAD_OUT, LOSS_CLASSES, Shape, crop, record_workload
+    from pspnet.model import fused_loss_options
 
     def key(launches):
         return [(l.name, l.grid, sorted((k, repr(v)) for k, v in l.args.items()), l.options)
@@ -182,11 +187,25 @@ SAME_AS_PSPNET = textwrap.dedent(
                 out.backward(torch.empty_like(out))
         return rec.launches
 
+    def pspnet_loss_launches(s):
+        # PSPNet's fused losses with its default criterion: the main head's forward (with the
+        # prediction) and backward, as the workload records them (the auxiliary forward dropped)
+        model = pspnet.TinyPSPNet(classes=LOSS_CLASSES, width=1)
+        logits = torch.empty(s.n, LOSS_CLASSES, s.h, s.w, device="meta", dtype=s.dtype,
+                             requires_grad=True)
+        aux = torch.empty_like(logits).requires_grad_()
+        y = torch.empty(s.n, *crop(s), device="meta", dtype=torch.long)
+        with recording(132, 90) as rec:
+            _, main, _ = model._fused_losses(logits, aux, y, fused_loss_options(model.criterion))
+            main.backward()
+        return [rec.launches[0], rec.launches[2]]
+
     same = {}
     for workload, layout in [("ppm", "nchw"), ("ppm", "nhwc"), ("ppm-train", "nchw"),
-                             ("ppm-train", "nhwc"), ("head", "nchw")]:
+                             ("ppm-train", "nhwc"), ("head", "nchw"), ("loss", "nchw")]:
         s = Shape(2, 64, 13, 17, torch.bfloat16, layout)
-        ours, theirs = record_workload(workload, s, 132, 90), pspnet_launches(workload, s)
+        ours = record_workload(workload, s, 132, 90)
+        theirs = pspnet_loss_launches(s) if workload == "loss" else pspnet_launches(workload, s)
         same[f"{workload} {layout}"] = [len(ours), len(theirs), key(ours) == key(theirs)]
     print(json.dumps(same))
     """
@@ -195,12 +214,13 @@ SAME_AS_PSPNET = textwrap.dedent(
 
 def test_workloads_launch_what_pspnet_launches():
     """The report's workloads, written with psp_kernels' own ops, launch exactly the kernels,
-    grids and arguments that pspnet's PPM (eval and training) and concat-free head launch."""
+    grids and arguments that pspnet's PPM (eval and training), concat-free head and fused
+    training loss launch."""
     proc = subprocess.run([sys.executable, "-c", SAME_AS_PSPNET], capture_output=True,
                           text=True, env=_env(), cwd=ROOT, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     same = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(same) == 5
+    assert len(same) == 6
     for case, (ours, theirs, equal) in same.items():
         assert ours > 0 and ours == theirs and equal, f"{case}: {ours} vs {theirs} launches"
 
