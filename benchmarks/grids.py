@@ -21,6 +21,14 @@ providers that differ in one thing only:
     ``head``     PPM + the PSPNet classifier (the model's own ``cls`` head: ``conv3x3(C + sum R ->
                  C/4), BN, ReLU, Dropout2d(0.1), conv1x1(-> 21 classes)``) over the concat, same
                  modes as ``ppm``. Compute-bound (the 3x3 conv), so no bandwidth is reported.
+    ``loss``     the training loss of PSPNet's main head at ADE20K's 150 classes: the stride-8
+                 logits ``(N, K, h, w)`` upsampled to labels of ``(h - 1) * 8 + 1`` (60 -> 473)
+                 and ``F.cross_entropy`` (ignore 255), with the upsampled logits' argmax (the
+                 prediction PSPNet returns); ``fwd+bwd`` adds the logits' gradient. ``eager``
+                 and ``compiled`` materialise the upsampled logits
+                 (``psp_kernels.reference.upsample_cross_entropy``); ``fused`` is
+                 ``psp_kernels.upsample_cross_entropy`` (``backend="auto"``: Triton on CUDA,
+                 the row-chunked PyTorch path on CPU, so it runs in the CPU smoke run too).
     ``train``    PSPNet-50 training step: ``zero_grad``, forward with labels,
                  ``main + 0.4 aux`` loss, backward, SGD (momentum 0.9, weight decay 1e-4).
                  ``bfloat16`` means ``torch.autocast`` with float32 parameters (mixed precision),
@@ -53,6 +61,7 @@ CLASSES = 21
 PROVIDERS = ("eager", "compiled", "compiled-max-autotune", "fused", "fused-compiled")
 COMPILED = {"compiled": None, "compiled-max-autotune": "max-autotune-no-cudagraphs"}
 CMP_CASES = ("headcmp", "modelcmp")
+LOSS_PROVIDERS = ("eager", "compiled", "fused")
 CMP_PROVIDERS = ("concat", "concat_free", "concat-compiled", "concat_free-compiled")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
@@ -112,12 +121,42 @@ class TrainShape:
 
 
 @dataclass(frozen=True)
+class LossShape:
+    """Input of the loss case: ``n`` maps of ``k`` class logits at ``h x w``, labels of
+    ``(h - 1) * 8 + 1`` squared (PSPNet's zoom 8: 60 -> 473)."""
+
+    n: int
+    k: int
+    h: int
+    w: int
+    dtype: str = "float32"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.h - 1) * 8 + 1, (self.w - 1) * 8 + 1
+
+    @property
+    def label(self) -> str:
+        height, width = self.size
+        return f"N{self.n} K{self.k} {self.h}x{self.w}->{height}x{width} {_SHORT[self.dtype]}"
+
+    @property
+    def input_bytes(self) -> int:
+        return self.n * self.k * self.h * self.w * DTYPES[self.dtype].itemsize
+
+    def as_info(self) -> dict:
+        height, width = self.size
+        return {"n": self.n, "k": self.k, "h": self.h, "w": self.w, "out_h": height,
+                "out_w": width, "dtype": self.dtype}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Bench:
     """One benchmark test: a case, a pass, a shape and a provider."""
 
     case: str
     pass_: str
-    shape: Shape | TrainShape
+    shape: Shape | TrainShape | LossShape
     provider: str
 
     @property
@@ -170,10 +209,20 @@ def gpu_grid(full: bool) -> list[Bench]:
             continue
         for pass_ in ("fwd", "fwd+bwd"):
             out += [Bench("ppm", pass_, shape, p) for p in few]
-    # ... and one training step.
+    # ... one training step ...
     train = TrainShape(8, 473, "bfloat16")
     out += [Bench("train", "step", train, p) for p in PROVIDERS if p != "compiled-max-autotune"]
-    return out
+    # ... and the loss at ADE20K's shapes.
+    return out + loss_grid((16,) if not full else (1, 8, 16), ("bfloat16", "float32"))
+
+
+def loss_grid(batches, dtypes, k: int = 150, h: int = 60) -> list[Bench]:
+    """The loss case: ``eager``, ``compiled`` and ``fused`` at these batches and dtypes."""
+    return [
+        Bench("loss", pass_, LossShape(n, k, h, h, dtype), p)
+        for n in batches for dtype in dtypes for pass_ in ("fwd", "fwd+bwd")
+        for p in LOSS_PROVIDERS
+    ]  # fmt: skip
 
 
 def cpu_grid() -> list[Bench]:
@@ -187,7 +236,7 @@ def cpu_grid() -> list[Bench]:
     out += [Bench("ppm", "fwd", small, p) for p in _providers("ppm")]
     train = TrainShape(2, 25, "float32")
     out += [Bench("train", "step", train, p) for p in PROVIDERS]
-    return out
+    return out + loss_grid((2,), ("float32",), k=19, h=9)
 
 
 def cmp_gpu_grid(full: bool) -> list[Bench]:
@@ -262,6 +311,8 @@ def skip_reason(
     if b.case in ("ppm", "head") and b.pass_ == "fwd+bwd" and b.shape.n == 1:
         return "official PPM cannot train with N=1 (BatchNorm on the 1x1 bin)"
     if not cuda:
+        if b.case == "loss" and b.provider == "fused":
+            return None  # the fused loss has its own CPU path
         if b.provider == "fused" and not interp:
             return "fused kernels need CUDA (or TRITON_INTERPRET=1: the Triton interpreter)"
         if b.provider == "fused" and b.case == "train" and not full:

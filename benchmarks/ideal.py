@@ -11,18 +11,27 @@ terms such as BatchNorm vectors are left out. Every input read once, every outpu
     ``ppm fwd``      x + conv weights + output (N (C + nb R) H W).
     ``ppm bwd``      read grad_out (N (C + nb R) H W), weights and the saved pooled x; write grad_x
                      (N C H W) and the weight gradients.
+    ``loss fwd``     the logits (N K h w), the int64 labels and prediction (N H W, 8 bytes each),
+                     and the float32 per-pixel logsumexp a backward needs (N H W, 4 bytes).
+    ``loss bwd``     read the logits, labels and logsumexp; write the logits' gradient.
     ``fwd+bwd``      the sum of the two.
 """
 
 from __future__ import annotations
 
-from .grids import DTYPES, Shape
+from .grids import DTYPES, LossShape, Shape
 
 __all__ = ["ideal_bytes"]
 
 
-def ideal_bytes(case: str, pass_: str, s: Shape) -> int | None:
+def ideal_bytes(case: str, pass_: str, s: Shape | LossShape) -> int | None:
     """Bytes a perfect implementation moves for ``case``/``pass_`` (see the module docstring)."""
+    if case == "loss":
+        logits = s.n * s.k * s.h * s.w * DTYPES[s.dtype].itemsize
+        pixels = s.n * s.size[0] * s.size[1]
+        fwd = logits + 8 * pixels + 8 * pixels + 4 * pixels
+        bwd = logits + 8 * pixels + 4 * pixels + logits
+        return fwd if pass_ == "fwd" else fwd + bwd
     if case not in ("kernel1", "kernel2", "ppm"):
         return None
     e = DTYPES[s.dtype].itemsize

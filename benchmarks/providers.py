@@ -18,7 +18,8 @@ import psp_kernels
 import pspnet
 from psp_kernels import reference
 
-from .grids import BINS, CLASSES, CMP_CASES, COMPILED, DTYPES, Bench, Shape
+from . import loss_case
+from .grids import BINS, CLASSES, CMP_CASES, COMPILED, DTYPES, Bench, LossShape, Shape
 from .harness import Runnable, measure, saved_tensor_bytes
 from .ideal import ideal_bytes
 from .modules import HeadModule, PlainPPM, classifier, fused_ppm, randomize_batchnorm
@@ -117,6 +118,8 @@ class Case:
         self.module = randomize_batchnorm(HeadModule(ppm, cls, "concat"))
         self.x = self._rand(gen, s.n, s.c, s.h, s.w)
         self.grad = self._rand(gen, s.n, CLASSES, s.h, s.w)
+
+    _inputs_loss = loss_case.inputs
 
     def _inputs_modelcmp(self, gen):
         s = self.b.shape
@@ -274,6 +277,7 @@ class Case:
         return self._cmp_parts(provider)[1]
 
     _run_modelcmp = _run_headcmp
+    _run_loss = loss_case.runnable
 
     def counts(self, provider: str) -> dict:
         """``flops`` of one call (forward, or forward + backward) and, for ``fwd+bwd``,
@@ -327,7 +331,8 @@ def info(b: Bench) -> dict:
         "input_bytes": shape.input_bytes,
         **shape.as_info(),
     }
-    d["ideal_bytes"] = ideal_bytes(b.case, b.pass_, shape) if isinstance(shape, Shape) else None
+    measured = isinstance(shape, (Shape, LossShape))
+    d["ideal_bytes"] = ideal_bytes(b.case, b.pass_, shape) if measured else None
     return d
 
 

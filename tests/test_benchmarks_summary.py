@@ -163,11 +163,14 @@ def test_grids_and_skips():
     assert "ppm-fwd+bwd-N8-C2048-60x60-R512-bf16-compiled-max-autotune" in ids
     assert len(gpu_grid(full=True)) > 2 * len(gpu)
     cpu = cpu_grid()
-    assert {b.case for b in cpu} == {"kernel1", "kernel2", "ppm", "head", "train"}
+    assert {b.case for b in cpu} == {"kernel1", "kernel2", "ppm", "head", "train", "loss"}
     b = next(b for b in cpu if b.case == "ppm" and b.provider == "fused")
     kw = {"cuda": False, "gpu_shape": False, "full": False}
     assert "TRITON_INTERPRET" in skip_reason(b, interp=False, **kw)
     assert skip_reason(b, interp=True, **kw) is None
+    loss = next(b for b in cpu if b.case == "loss" and b.provider == "fused")
+    assert skip_reason(loss, interp=False, **kw) is None  # the fused loss's own CPU path
+    assert "loss-fwd+bwd-N16-K150-60x60->473x473-bf16-fused" in ids
     assert skip_reason(gpu[0], cuda=False, gpu_shape=True, full=False, interp=False)
     n1 = Bench("ppm", "fwd+bwd", Shape(1, 2048, 60, 60, 512, "bfloat16"), "eager")
     assert "N=1" in skip_reason(n1, cuda=True, gpu_shape=True, full=False, interp=False)

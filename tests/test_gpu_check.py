@@ -47,17 +47,19 @@ def test_dry_run_passes_and_writes_results(dry_run):
         assert r["max_rel_err"] <= r["tol"]
     n_out = {"pyramid_pool_conv": 4, "pyramid_pooling": 1, "upsample_concat": 1}
     for r in rows:  # outputs + one gradient per input
-        n_in = {"pyramid_pool_conv": 13, "pyramid_pooling": 13}.get(r["op"], 5)
+        n_in = {"pyramid_pool_conv": 13, "pyramid_pooling": 13, "upsample_cross_entropy": 1}.get(
+            r["op"], 5
+        )
         assert r["tensors"] == n_out.get(r["op"], 1) + n_in, r
     # timings: every entry of the plan, measured or skipped with a reason; checked against
     # the baseline where measured
     timings = result["timings"]
-    plan = [(c, p, prov) for c, p, provs in timing.PLAN for prov in provs]
+    plan = [(c, p, prov) for c, p, provs, *_ in timing.PLAN for prov in provs]
     assert [(r["case"], r["pass"], r["provider"]) for r in timings] == plan
     measured = [r for r in timings if "time_s" in r]
     assert {(r["case"], r["provider"]) for r in measured} >= {
         ("ppm", "fused"), ("kernel1", "fused"), ("kernel2", "fused"), ("head", "fused"),
-        ("headcmp", "concat_free"), ("train", "eager"),
+        ("headcmp", "concat_free"), ("train", "eager"), ("loss", "fused"),
     }  # fmt: skip
     for r in measured:
         assert r["time_s"] > 0 and "error" not in r, r
@@ -93,8 +95,8 @@ def test_parity_never_asks_float64_of_the_kernels(monkeypatch):
         row = parity.check_one(op, parity.DRY_SIZES[0], "fp32", torch.device("cpu"), seed=1)
         assert row["ok"], row
     assert len(seen) == len(parity.OPS)
-    for backend, dtypes in seen:
-        assert backend == "triton" and dtypes == {torch.float32}
+    for backend, dtypes in seen:  # (the loss's labels are int64)
+        assert backend == "triton" and dtypes - {torch.int64} == {torch.float32}
 
 
 def test_check_catches_an_unwritten_element():
@@ -120,14 +122,30 @@ def test_model_totals_beside_the_measurements():
     got = estimates.read_totals(report, "H200")
     assert got["findings"] == 2 and set(got["totals"]) == {"ppm", "ppm-train", "head"}
     rows = [
-        {"case": "ppm", "pass": "fwd", "provider": "fused", "time_s": 400e-6},
-        {"case": "ppm", "pass": "fwd", "provider": "eager", "time_s": 1e-3},
-        {"case": "headcmp", "pass": "fwd+bwd", "provider": "concat_free", "time_s": None},
+        {"case": "ppm", "pass": "fwd", "provider": "fused", "time_s": 400e-6, "config": "a"},
+        {"case": "ppm", "pass": "fwd", "provider": "eager", "time_s": 1e-3, "config": "a"},
+        {
+            "case": "headcmp",
+            "pass": "fwd+bwd",
+            "provider": "concat_free",
+            "time_s": None,
+            "config": "a",
+        },
     ]
     estimates.attach(rows, got)
     assert rows[0]["modelled_us"] == 200.0 and rows[0]["measured_over_modelled"] == 2.0
     assert "modelled_us" not in rows[1]
     assert rows[2]["modelled_us"] == 120.0 and "measured_over_modelled" not in rows[2]
+    # the loss, from its own run at its shape: beside the measurement of that shape only
+    loss = {"totals": [{"workload": "loss", "gpu": "H200", "modelled_us": 300.0, "ideal_us": 35}]}
+    both = estimates.merge(got, estimates.read_totals(loss, "H200", "N16 K150 bf16"))
+    assert set(both["totals"]) == {"ppm", "ppm-train", "head", "loss"}
+    rows = [{"case": "loss", "pass": "fwd+bwd", "provider": "fused", "config": c, "time_s": 6e-4}
+            for c in ("N16 K150 bf16", "N16 K150 fp32")]  # fmt: skip
+    estimates.attach(rows, both)
+    assert rows[0]["measured_over_modelled"] == 2.0 and "modelled_us" not in rows[1]
+    partial = estimates.merge({"note": "timed out"}, both)
+    assert partial["note"] == "timed out" and "loss" in partial["totals"]
     assert estimates.model_gpu("NVIDIA H200", (9, 0)) == ("H200", 90)
     assert estimates.model_gpu("NVIDIA H100 80GB HBM3", (9, 0)) == ("H100", 90)
     assert estimates.model_gpu("NVIDIA A100-SXM4-80GB", (8, 0)) == ("A100", 80)

@@ -89,11 +89,13 @@ def main(argv=None) -> int:
     elif args.dry_run:
         skipped_model = (
             "cost model skipped in --dry-run (it compiles for a GPU: python -m "
-            "psp_kernels.compile_check --workload ppm ppm-train head)"
+            "psp_kernels.compile_check --workload ppm ppm-train head loss)"
         )
     else:
         gpu, arch = estimates.model_gpu(env["gpu"], tuple(env["capability"]))
         modelled = estimates.ModelRun(shape, gpu, arch)
+        loss_shape = timing.GPU_LOSS["loss-bf16"]
+        modelled_loss = estimates.ModelRun(loss_shape, gpu, arch, workloads=("loss",))
 
     parity_rows = [] if args.skip_parity else parity.run(device, args.dry_run)
     if args.dry_run:
@@ -108,9 +110,13 @@ def main(argv=None) -> int:
     moved = copy["bytes"] / 2**30
     print(f"copy   {copy['gbps']:.0f} GB/s (device-to-device, {moved:.2f} GiB moved)", flush=True)
     rows = timing.run(device, args.dry_run, deadline, copy)
-    model_result = {"note": skipped_model} if modelled is None else modelled.result(
-        timeout=deadline + 60 - time.perf_counter()
-    )  # fmt: skip
+    if modelled is None:
+        model_result = {"note": skipped_model}
+    else:
+        model_result = estimates.merge(
+            modelled.result(timeout=deadline + 60 - time.perf_counter()),
+            modelled_loss.result(timeout=deadline + 60 - time.perf_counter()),
+        )
     estimates.attach(rows, model_result)
 
     result = {

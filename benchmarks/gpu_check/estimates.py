@@ -11,7 +11,9 @@ Which measurement each modelled workload stands beside:
 * ``ppm`` (the eval PPM forward): ``ppm fwd`` ``fused``;
 * ``ppm-train`` (training PPM forward + backward): ``ppm fwd+bwd`` ``fused``;
 * ``head`` (the concat-free head's Triton launches, ``shifted_upsample_add`` forward + backward;
-  its x-half 3x3 convolution is cuDNN's and not modelled): ``headcmp fwd+bwd`` ``concat_free``.
+  its x-half 3x3 convolution is cuDNN's and not modelled): ``headcmp fwd+bwd`` ``concat_free``;
+* ``loss`` (the fused loss forward with the prediction + backward, at the timed loss shape, in
+  a second report run): ``loss fwd+bwd`` ``fused`` of that shape.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import tempfile
 from pathlib import Path
 
 WORKLOADS = {"ppm": ("ppm", "fwd", "fused"), "ppm-train": ("ppm", "fwd+bwd", "fused"),
-             "head": ("headcmp", "fwd+bwd", "concat_free")}  # fmt: skip
+             "head": ("headcmp", "fwd+bwd", "concat_free"),
+             "loss": ("loss", "fwd+bwd", "fused")}  # fmt: skip
+#: The workloads modelled at the PPM's shape (the loss has its own shape and run).
+PPM_WORKLOADS = ("ppm", "ppm-train", "head")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,14 +46,17 @@ def model_gpu(device_name: str, capability: tuple[int, int]) -> tuple[str, int]:
 class ModelRun:
     """The workload report running in a subprocess; :meth:`result` waits for it."""
 
-    def __init__(self, shape, gpu: str, arch: int, jobs: int | None = None):
+    def __init__(self, shape, gpu: str, arch: int, jobs: int | None = None,
+                 workloads=PPM_WORKLOADS):  # fmt: skip
         self.gpu = gpu
+        self.config = shape.label
         self.dir = tempfile.mkdtemp(prefix="psp-gpu-check-model-")
         self.json = Path(self.dir) / "workloads.json"
         dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[shape.dtype]
         jobs = jobs or max(1, min(8, (os.cpu_count() or 2) // 2))
-        cmd = [sys.executable, "-m", "psp_kernels.compile_check", "--workload", *WORKLOADS,
-               "--n", str(shape.n), "--c", str(shape.c), "--hw", str(shape.h), str(shape.w),
+        cmd = [sys.executable, "-m", "psp_kernels.compile_check", "--workload", *workloads,
+               "--n", str(shape.n), "--c", str(getattr(shape, "c", 2048)),
+               "--hw", str(shape.h), str(shape.w),
                "--dtype", dtype, "--arch", str(arch), "--jobs", str(jobs), "--warn-only",
                "--json", str(self.json)]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -70,16 +78,32 @@ class ModelRun:
         if not self.json.is_file():
             return {"note": f"the workload report failed (rc {self.proc.returncode}; "
                             f"log: {self.log.name})"}  # fmt: skip
-        return read_totals(json.loads(self.json.read_text()), self.gpu)
+        return read_totals(json.loads(self.json.read_text()), self.gpu, self.config)
 
 
-def read_totals(report: dict, gpu: str) -> dict:
-    """The modelled and ideal microseconds per workload for ``gpu`` from the report's JSON."""
+def read_totals(report: dict, gpu: str, config: str | None = None) -> dict:
+    """The modelled and ideal microseconds per workload for ``gpu`` from the report's JSON
+    (``config``: the label of the timed shape they stand beside)."""
     totals = {}
     for t in report.get("totals", []):
         if t.get("gpu") == gpu and t.get("workload") in WORKLOADS:
-            totals[t["workload"]] = {"modelled_us": t["modelled_us"], "ideal_us": t["ideal_us"]}
+            totals[t["workload"]] = {"modelled_us": t["modelled_us"], "ideal_us": t["ideal_us"],
+                                     "config": config}  # fmt: skip
     return {"gpu": gpu, "totals": totals, "findings": len(report.get("findings", []))}
+
+
+def merge(a: dict, b: dict) -> dict:
+    """Two runs' :meth:`ModelRun.result` as one (their notes joined)."""
+    out = {}
+    notes = [r["note"] for r in (a, b) if "note" in r]
+    if notes:
+        out["note"] = "; ".join(notes)
+    done = [r for r in (a, b) if "totals" in r]
+    if done:
+        out["gpu"] = done[0]["gpu"]
+        out["totals"] = {k: v for r in done for k, v in r["totals"].items()}
+        out["findings"] = sum(r["findings"] for r in done)
+    return out
 
 
 def attach(rows: list[dict], model: dict) -> None:
@@ -89,6 +113,8 @@ def attach(rows: list[dict], model: dict) -> None:
         if total is None:
             continue
         for r in rows:
+            if total.get("config") not in (None, r["config"]):
+                continue
             if (r["case"], r["pass"], r["provider"]) == (case, pass_, provider):
                 r["modelled_us"] = total["modelled_us"]
                 r["model_workload"] = workload

@@ -76,7 +76,7 @@ def render(result: dict) -> str:
     lines += ["", "## Cost model", ""]
     if "note" in model:
         lines.append(model["note"])
-    else:
+    if "totals" in model:
         lines.append(f"Modelled on {model['gpu']} ({model['findings']} findings in the report):")
         lines += ["", "| workload | modelled (us) | ideal (us) |", "|---|---|---|"]
         for name, t in model["totals"].items():

@@ -26,7 +26,10 @@ from psp_kernels import reference
 from psp_kernels.testing import TOL, max_rel_error
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-OPS = ("pyramid_pool_conv", "pyramid_pooling", "upsample_concat", "shifted_upsample_add")
+OPS = ("pyramid_pool_conv", "pyramid_pooling", "upsample_concat", "shifted_upsample_add",
+       "upsample_cross_entropy")  # fmt: skip
+#: Classes of the loss's logits (ADE20K's), at most ``c`` of a size.
+LOSS_CLASSES = 150
 BINS = (1, 2, 3, 6)
 
 
@@ -140,6 +143,23 @@ def _case(op: str, s: Size, gen: torch.Generator):
 
         def ref(t):
             return [reference.shifted_upsample_add(t[0], t[1:], align_corners=ac)]
+
+        return leaves, ours, ref
+    if op == "upsample_cross_entropy":
+        # logits of min(c, 150) classes at h x w, labels of the zoom-8 size, a band ignored
+        k = min(s.c, LOSS_CLASSES)
+        size = ((s.h - 1) * 8 + 1, (s.w - 1) * 8 + 1)
+        labels = torch.randint(0, k, (s.n, *size), generator=gen)
+        labels[:, : size[0] // 8] = 255
+        leaves = [rand(s.n, k, s.h, s.w, scale=3.0)]
+        kw = dict(ignore_index=255, align_corners=ac)
+
+        def ours(t):
+            y = labels.to(t[0].device)
+            return [psp_kernels.upsample_cross_entropy(t[0], y, backend="triton", **kw)]
+
+        def ref(t):
+            return [reference.upsample_cross_entropy(t[0], labels, **kw)]
 
         return leaves, ours, ref
     raise ValueError(f"unknown op {op!r}")

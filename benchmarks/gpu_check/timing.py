@@ -1,5 +1,5 @@
-"""Timings: kernel 1, kernel 2, the PPM, the head and the PSPNet-50 training step; ours vs eager vs
-``torch.compile``, each provider checked against its baseline before it is timed.
+"""Timings: kernel 1, kernel 2, the PPM, the head, the loss and the PSPNet-50 training step; ours vs
+eager vs ``torch.compile``, each provider checked against its baseline before it is timed.
 
 The configurations and providers are the benchmarks' own (:mod:`benchmarks.providers`): the same
 inputs, the same modules, the same checks. On CUDA each time is the median of
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from ..grids import Bench, Shape, TrainShape
+from ..grids import Bench, LossShape, Shape, TrainShape
 from ..harness import CHECK_RTOL, do_bench_s, max_rel_error, peak_memory, synchronize
 from ..ideal import ideal_bytes
 from ..providers import Case, is_compiled
@@ -25,9 +25,15 @@ GPU_SHAPE = Shape(8, 2048, 60, 60, 512, "bfloat16")
 GPU_TRAIN = TrainShape(8, 473, "bfloat16")
 DRY_SHAPE = Shape(2, 16, 9, 9, 4, "float32")
 DRY_TRAIN = TrainShape(2, 17, "float32")  # N=2: the official PPM trains BatchNorm on 1x1
+#: The loss at ADE20K's shapes (N=16, 150 classes, 60x60 -> 473x473), bf16 and fp32.
+GPU_LOSS = {"loss-bf16": LossShape(16, 150, 60, 60, "bfloat16"),
+            "loss-fp32": LossShape(16, 150, 60, 60, "float32")}  # fmt: skip
+DRY_LOSS = {"loss-bf16": LossShape(2, 19, 9, 9, "float32"),
+            "loss-fp32": LossShape(1, 7, 5, 6, "float32")}  # fmt: skip
 
-# (case, pass, providers); the first provider is the baseline, against which the others are
-# checked. The work runs in tiers (:func:`_tier`): the budget drops compilations first.
+# (case, pass, providers[, shape]); the first provider is the baseline, against which the others
+# are checked; the shape is a key of GPU_LOSS (default: the case's). The work runs in tiers
+# (:func:`_tier`): the budget drops compilations first.
 PLAN = [
     ("ppm", "fwd", ("eager", "compiled", "fused", "fused-compiled")),
     ("ppm", "fwd+bwd", ("eager", "compiled", "fused", "fused-compiled")),
@@ -40,6 +46,10 @@ PLAN = [
     ("head", "fwd", ("eager", "compiled", "fused", "fused-compiled")),
     ("head", "fwd+bwd", ("eager", "compiled", "fused", "fused-compiled")),
     ("train", "step", ("eager", "fused", "compiled", "fused-compiled")),
+    ("loss", "fwd", ("eager", "compiled", "fused"), "loss-bf16"),
+    ("loss", "fwd+bwd", ("eager", "compiled", "fused"), "loss-bf16"),
+    ("loss", "fwd", ("eager", "compiled", "fused"), "loss-fp32"),
+    ("loss", "fwd+bwd", ("eager", "compiled", "fused"), "loss-fp32"),
 ]
 #: Rough cost of one entry (seconds, first call included) for the budget, on an H100/H200.
 COST_S = {"train": 15.0, "train-compiled": 150.0, "compiled": 40.0, "plain": 4.0}
@@ -132,16 +142,17 @@ def run(device: torch.device, dry_run: bool, deadline: float, copy: dict, log=pr
     The cost of an entry is estimated from :data:`COST_S`, replaced by what the last entry of
     the same kind took in this run."""
     shape, train = (DRY_SHAPE, DRY_TRAIN) if dry_run else (GPU_SHAPE, GPU_TRAIN)
+    losses = DRY_LOSS if dry_run else GPU_LOSS
     entries = []  # (tier, plan index, case, pass, provider, baseline, shape)
-    for case_name, pass_, providers in PLAN:
-        s = train if case_name == "train" else shape
+    for case_name, pass_, providers, *named in PLAN:
+        s = losses[named[0]] if named else train if case_name == "train" else shape
         for provider in providers:
             tier = _tier(case_name, provider, providers[0])
             entries.append((tier, len(entries), case_name, pass_, provider, providers[0], s))
     cases, refs, cost = {}, {}, dict(COST_S)
     rows = {}
     for _, order, case_name, pass_, provider, baseline, s in sorted(entries):
-        key = (case_name, pass_)
+        key = (case_name, pass_, s)
         b = Bench(case_name, pass_, s, provider)
         row = {"case": case_name, "pass": pass_, "provider": provider,
                "baseline": baseline, "config": s.label, "dtype": s.dtype}  # fmt: skip
@@ -173,7 +184,7 @@ def run(device: torch.device, dry_run: bool, deadline: float, copy: dict, log=pr
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         cost[kind] = time.perf_counter() - t0
-        ideal = ideal_bytes(case_name, pass_, s) if isinstance(s, Shape) else None
+        ideal = ideal_bytes(case_name, pass_, s) if isinstance(s, (Shape, LossShape)) else None
         if ideal and row.get("time_s"):
             row["ideal_bytes"] = ideal
             row["gbps"] = ideal / row["time_s"] / 1e9
@@ -196,10 +207,10 @@ def _summary(row: dict) -> str:
 
 def _ratios(rows: list[dict]) -> None:
     """``vs_baseline`` and ``vs_compiled`` (the compiled baseline's time over this one's)."""
-    times = {(r["case"], r["pass"], r["provider"]): r.get("time_s") for r in rows}
+    times = {(r["case"], r["pass"], r["config"], r["provider"]): r.get("time_s") for r in rows}
     for r in rows:
         t = r.get("time_s")
-        base = times.get((r["case"], r["pass"], r["baseline"]))
-        comp = times.get((r["case"], r["pass"], "compiled"))
+        base = times.get((r["case"], r["pass"], r["config"], r["baseline"]))
+        comp = times.get((r["case"], r["pass"], r["config"], "compiled"))
         r["vs_baseline"] = base / t if base and t else None
         r["vs_compiled"] = comp / t if comp and t else None
