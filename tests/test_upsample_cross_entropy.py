@@ -233,12 +233,13 @@ class _Allocations(TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("n", [2, 1])
 @pytest.mark.parametrize("path", PATHS + ["reference"])
-def test_no_full_resolution_tensor(path, device):
+def test_no_full_resolution_tensor(path, n, device):
     """No tensor of N x K x H x W values is ever made, forward or backward, by either
     implementation (one thread: a dispatch mode sees its own thread only); the reference, which
     materialises the upsampled logits, shows that the check can fail."""
-    n, k, h, w, hh, ww = 2, 6, 4, 5, 31, 37
+    k, h, w, hh, ww = 6, 4, 5, 31, 37
     z = torch.randn(n, k, h, w, dtype=torch.float64, device=device, requires_grad=True)
     t = torch.randint(0, k, (n, hh, ww), device=device)
     threads = torch.get_num_threads()
@@ -258,7 +259,7 @@ def test_no_full_resolution_tensor(path, device):
     if path == "reference":
         assert biggest >= full
     else:
-        assert biggest < full // 2, f"a tensor of {biggest} values (full resolution: {full})"
+        assert biggest < full * 0.6, f"a tensor of {biggest} values (full resolution: {full})"
 
 
 @pytest.mark.parametrize("path", PATHS)

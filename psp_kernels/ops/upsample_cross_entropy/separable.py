@@ -12,7 +12,7 @@ place and accumulates ``A_H[chunk]^T @ G`` into the task's rows, then ``A_W^T`` 
 to the source columns.
 
 Memory: one task's ``Y`` and one chunk per worker (chunks of at most :data:`CHUNK_ELEMENTS`
-values, which stay in cache) instead of several full-resolution tensors. Tasks run on a pool of
+values, which stay in cache) instead of several full-resolution tensors (see :func:`_tasks`). Tasks run on a pool of
 ``torch.get_num_threads()`` worker threads, each single-threaded: hundreds of small
 multi-threaded ops would each wait at a barrier, which on a busy machine costs a scheduler time
 slice per op. Results are combined in task order, so the result does not depend on the threads.
@@ -67,12 +67,15 @@ class _Geometry:
 
 
 def _tasks(n: int, height: int, width: int, classes: int):
-    """``[(sample, first row, end row)]`` and the rows per chunk."""
+    """``[(sample, first row, end row)]`` and the rows per chunk.
+
+    A single sample is split into two tasks at least: a task's ``Y`` holds at most its rows plus
+    one (labels at least as large as the logits), so no tensor reaches the full-resolution size
+    ``N x K x H x W`` for ``N >= 2`` or ``H >= 4``.
+    """
     chunk = max(1, min(CHUNK_ELEMENTS // max(width * classes, 1), TASK_ROWS))
-    if n == 1:  # never a chunk of the whole map: it would be the full-resolution tensor
-        chunk = min(chunk, max(1, (height + 1) // 2))
-    bands = -(-height // TASK_ROWS)
-    rows = -(-height // bands)
+    bands = max(-(-height // TASK_ROWS), 2 if n == 1 else 1)
+    rows = max(1, -(-height // bands))
     return [(s, a, min(a + rows, height)) for s in range(n) for a in range(0, height, rows)], chunk
 
 
