@@ -27,10 +27,6 @@ from .config import add_config_arguments, config_from_args
 __all__ = ["main", "build_parser"]
 
 
-class CLIError(Exception):
-    """An error reported as ``pspnet: error: ...`` with exit status 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pspnet",
@@ -186,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + e.signum
     # ImportError: an extra; OSError: a failed write (disk full...), reported with the file;
     # NonFiniteError: a NaN / inf loss or gradient, named with the epoch and step
-    except (OSError, ValueError, ImportError, NonFiniteError, CLIError) as e:
+    except (OSError, ValueError, ImportError, NonFiniteError) as e:
         print(f"pspnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # pragma: no cover

@@ -11,7 +11,7 @@ from .checkpoint import load_checkpoint, load_file
 from .config import Config
 from .model import PSPNet, TinyPSPNet
 
-__all__ = ["TinyPSPNet", "build_model", "saved_config", "model_from_checkpoint"]
+__all__ = ["build_model", "saved_config", "model_from_checkpoint"]
 
 
 def build_model(cfg: Config, classes: int | None = None) -> nn.Module:

@@ -234,7 +234,8 @@ def test_module_entry_point_runs():
 
 
 def test_official_style_checkpoint_needs_a_config(tmp_path):
-    from pspnet.train import TinyPSPNet, model_from_checkpoint
+    from pspnet.build import model_from_checkpoint
+    from pspnet.model import TinyPSPNet
 
     model = TinyPSPNet(classes=3, width=4)
     sd = {"module." + k: v for k, v in model.state_dict().items()}

@@ -12,7 +12,7 @@ import torch.nn as nn
 from pspnet.config import Config
 from pspnet.evaluate import evaluate, net_process, predict_probs, scaled_size, slide_inference
 from pspnet.metrics import ConfusionMeter, compute_metrics, confusion_matrix, format_table
-from pspnet.train import TinyPSPNet
+from pspnet.model import TinyPSPNet
 from tests.helpers import randomize_batchnorm
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)

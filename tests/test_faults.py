@@ -9,8 +9,9 @@ import zipfile
 import pytest
 import torch
 
-from pspnet.checkpoint import load_checkpoint
-from pspnet.train import TinyPSPNet, load_training_state, model_from_checkpoint
+from pspnet.build import model_from_checkpoint
+from pspnet.checkpoint import load_checkpoint, load_training_state
+from pspnet.model import TinyPSPNet
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
@@ -209,7 +210,8 @@ def _list_cfg(tmp_path, **kw):
 
 
 def test_list_dataset_validates_on_its_own_list(tmp_path):
-    from pspnet.train import build_datasets, train
+    from pspnet.data.loaders import build_datasets
+    from pspnet.train import train
 
     data = tmp_path / "data"
     train_list = _list_data(data, ["t0", "t1", "t2", "t3"])
@@ -231,7 +233,8 @@ def test_list_dataset_validates_on_its_own_list(tmp_path):
 
 
 def test_list_dataset_without_val_list_refuses_to_validate(tmp_path):
-    from pspnet.train import build_datasets, train
+    from pspnet.data.loaders import build_datasets
+    from pspnet.train import train
 
     train_list = _list_data(tmp_path / "data", ["t0", "t1"])
     for cfg in (
@@ -307,7 +310,7 @@ def test_synthetic_and_library_keep_the_warning(no_backbone):
 
     from pspnet import PSPNet
     from pspnet.config import Config
-    from pspnet.train import require_backbone
+    from pspnet.session import require_backbone
 
     assert require_backbone(Config(dataset="synthetic", arch="pspnet", pretrained=True)) is None
     assert require_backbone(Config(preset="ade20k", dataset="ade20k", pretrained=False)) is None
@@ -474,7 +477,7 @@ def _poison_forward(monkeypatch, calls, how):
     """Make training forward call number ``calls`` (1-based, a set) non-finite: ``how`` is
     ``"aux"`` (aux_loss = NaN), ``"input"`` (NaN pixels: BatchNorm statistics spoilt too) or
     ``"grad"`` (a NaN gradient on cls.4.weight, finite losses)."""
-    from pspnet.build import TinyPSPNet as Tiny
+    from pspnet.model import TinyPSPNet as Tiny
 
     real = Tiny.forward
     seen = {"n": 0, "ckpt": None}
@@ -578,7 +581,8 @@ def test_max_bad_steps_skips_and_counts(tmp_path, monkeypatch, capsys):
 
 
 def test_gradscaler_skips_are_counted_not_errors(tmp_path):
-    from pspnet.train import _guarded_step, setup
+    from pspnet.session import setup
+    from pspnet.steps import guarded_step
 
     # aux_weight 1e3 and scale 2**127: the scaled loss and its gradients overflow (inf)
     run = setup(tiny_cfg(tmp_path, aux_weight=1e3), log=_quiet)
@@ -586,18 +590,19 @@ def test_gradscaler_skips_are_counted_not_errors(tmp_path):
     x, y = torch.randn(2, 3, 33, 33), torch.randint(0, 3, (2, 33, 33))
     before = {k: v.clone() for k, v in run.model.named_parameters()}
     run.net.train()
-    _, _, status = _guarded_step(run, x, y, 0, 0)
+    _, _, status = guarded_step(run, x, y, 0, 0)
     assert status == "amp_skip" and run.bad_steps == 0  # normal under fp16: counted only
     assert all(torch.equal(before[k], v) for k, v in run.model.named_parameters())
     run.scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
-    _, _, status = _guarded_step(run, x, y, 0, 1)
+    _, _, status = guarded_step(run, x, y, 0, 1)
     assert status == "ok"
     assert not all(torch.equal(before[k], v) for k, v in run.model.named_parameters())
 
 
 def test_no_checkpoint_from_nonfinite_weights(tmp_path):
     from pspnet.guard import NonFiniteError
-    from pspnet.train import save_epoch, setup
+    from pspnet.session import setup
+    from pspnet.train import save_epoch
 
     run = setup(tiny_cfg(tmp_path), log=_quiet)
     save_epoch(run, 0, {"epoch": 1, "loss": 1.0, "aux_loss": 1.0, "lr": 0.1})
@@ -641,11 +646,12 @@ def uninterrupted(tmp_path_factory):
 def test_sigint_mid_epoch_saves_and_resumes_bit_identical(tmp_path, monkeypatch, uninterrupted):
     import signal
 
+    import pspnet.steps as S
     import pspnet.train as T
     from pspnet.guard import TrainingInterrupted
 
     cfg = tiny_cfg(tmp_path, **PREEMPT)
-    real = T._guarded_step
+    real = S.guarded_step
     calls = {"n": 0}
 
     def step(run, x, y, epoch, i):
@@ -654,7 +660,7 @@ def test_sigint_mid_epoch_saves_and_resumes_bit_identical(tmp_path, monkeypatch,
             os.kill(os.getpid(), signal.SIGINT)
         return real(run, x, y, epoch, i)
 
-    monkeypatch.setattr(T, "_guarded_step", step)
+    monkeypatch.setattr(S, "guarded_step", step)
     lines = []
     with pytest.raises(TrainingInterrupted) as info:
         T.train(cfg, log=lines.append)
@@ -679,9 +685,9 @@ import torch
 from psp_kernels.ops import utils
 utils.INTERPRETER = False  # the plain-torch paths, as the plain_torch_cpu fixture
 torch.set_num_threads(1)
-import pspnet.train as T
+import pspnet.steps as S
 from pspnet.__main__ import main
-real, n = T._guarded_step, [0]
+real, n = S.guarded_step, [0]
 def step(*args):
     out = real(*args)
     n[0] += 1
@@ -690,7 +696,7 @@ def step(*args):
     if n[0] >= 5:
         time.sleep(0.25)  # slow steps from here on, so that the signal lands mid-epoch
     return out
-T._guarded_step = step
+S.guarded_step = step
 sys.exit(main(["train", "--config", sys.argv[1], "--no-progress"]))
 """
 

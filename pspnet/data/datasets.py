@@ -210,6 +210,9 @@ class VOC(SegmentationDataset):
     VOC2012 folder), split ``train_aug`` uses it; ``split="train"`` uses it too when ``aug`` is
     None (auto) and it is present, as PSPNet trains on the 10582 train_aug images. ``aug=False``
     forces the plain 1464-image train set; ``aug=True`` requires SBD.
+
+    Attributes (besides :class:`SegmentationDataset`'s): ``uses_sbd`` (whether this split reads
+    the SBD augmented set) and ``list_file`` (the id list read).
     """
 
     def __init__(
