@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .checkpoint import load_checkpoint, load_file
 from .config import Config
+from .errors import UserError, user_input
 from .model import PSPNet, TinyPSPNet
 
 __all__ = ["build_model", "saved_config", "model_from_checkpoint"]
@@ -16,10 +17,16 @@ __all__ = ["build_model", "saved_config", "model_from_checkpoint"]
 
 def build_model(cfg: Config, classes: int | None = None) -> nn.Module:
     """The model described by ``cfg`` (``arch``: ``pspnet`` = :class:`pspnet.PSPNet`, ``tiny`` =
-    :class:`TinyPSPNet`), with ``CrossEntropyLoss(ignore_index=cfg.ignore_index)``."""
+    :class:`TinyPSPNet`), with ``CrossEntropyLoss(ignore_index=cfg.ignore_index)``; settings the
+    model refuses raise :class:`~pspnet.errors.UserError`."""
+    with user_input(f"the config describes no valid {cfg.arch} model"):
+        return _build_model(cfg, classes)
+
+
+def _build_model(cfg: Config, classes: int | None) -> nn.Module:
     classes = int(classes or cfg.classes)
     if classes < 2:
-        raise ValueError(f"classes must be >= 2 (set --classes), got {classes}")
+        raise UserError(f"classes must be >= 2 (set --classes), got {classes}")
     criterion = nn.CrossEntropyLoss(ignore_index=cfg.ignore_index)
     if cfg.arch == "tiny":
         return TinyPSPNet(
@@ -90,7 +97,7 @@ def model_from_checkpoint(path, cfg: Config | None = None, map_location="cpu"):
         cfg = saved if cfg is None else cfg.replace(**structural)
         class_names = obj.get("class_names")
     elif cfg is None:
-        raise ValueError(f"{path} holds no config: pass --preset/--classes/--layers for it")
+        raise UserError(f"{path} holds no config: pass --preset/--classes/--layers for it")
     del obj
     build_cfg = cfg.replace(pretrained=False, backbone_path=None)
     model = build_model(build_cfg)

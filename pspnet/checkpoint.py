@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .errors import UserError
 from .runtime import unwrap
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tenso
     ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes are removed.
     """
     if not isinstance(obj, Mapping):
-        raise ValueError(
+        raise UserError(
             f"{source} does not hold a state_dict: loaded a {type(obj).__name__}, expected a dict "
             "of tensors or a dict with a 'state_dict' or 'model' entry"
         )
@@ -74,14 +75,14 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tenso
     tensors = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
         keys = ", ".join(map(repr, list(obj.keys())[:8]))
-        raise ValueError(
+        raise UserError(
             f"{source} does not hold a state_dict: no tensors found (top-level keys: {keys})"
         )
     out: dict[str, torch.Tensor] = {}
     for k, v in tensors.items():
         nk = _strip(k)
         if nk in out:
-            raise ValueError(f"{source}: key {k!r} collides with another after prefix stripping")
+            raise UserError(f"{source}: key {k!r} collides with another after prefix stripping")
         out[nk] = v
     return out
 
@@ -231,7 +232,7 @@ def apply_state_dict(
             + "; ".join(mismatched[:n])
             + more
         )
-        raise ValueError(f"{arch} [{detail}]" if arch else f"{source}: {detail}")
+        raise UserError(f"{arch} [{detail}]" if arch else f"{source}: {detail}")
     if missing or unexpected:
         n = 3 if arch else 6
         keys = (
@@ -241,7 +242,7 @@ def apply_state_dict(
         msg = f"{arch} [{keys}]" if arch else f"{source} does not match the model: {keys}"
         if strict:
             hint = "" if arch else " (pass strict=False to load the matching keys only)"
-            raise ValueError(msg + hint)
+            raise UserError(msg + hint)
         warnings.warn(msg, UserWarning, stacklevel=3)
     skip = set(differ)  # only optional keys are left here
     target.load_state_dict(
@@ -319,7 +320,7 @@ def load_training_state(
         raise FileNotFoundError(f"resume checkpoint not found: {path}")
     state = load_file(path, map_location=map_location)  # clear errors for bad files
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
-        raise ValueError(f"{path} is not a training checkpoint of pspnet (no model/epoch entries)")
+        raise UserError(f"{path} is not a training checkpoint of pspnet (no model/epoch entries)")
     apply_state_dict(model, state["model"], source=repr(str(path)))
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .errors import UserError
+
 if TYPE_CHECKING:
     pass
 
@@ -68,7 +70,7 @@ def load_file(path: str | os.PathLike, map_location="cpu", weights_only: bool = 
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
     size = os.path.getsize(path)
     if size == 0:
-        raise ValueError(f"{path!r} is not a PyTorch checkpoint: the file is empty (0 bytes)")
+        raise UserError(f"{path!r} is not a PyTorch checkpoint: the file is empty (0 bytes)")
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_MAGIC))
     # torch.save writes a zip archive (PyTorch >= 1.6) or a legacy pickle stream
@@ -77,25 +79,25 @@ def load_file(path: str | os.PathLike, map_location="cpu", weights_only: bool = 
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
         except (zipfile.BadZipFile, OSError) as e:
-            raise ValueError(
+            raise UserError(
                 f"{path!r} is not a readable PyTorch checkpoint: truncated or corrupt "
                 f"({size} bytes, the zip archive is incomplete: {e}); it was probably not "
                 "fully written or copied"
             ) from None
         if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
             shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-            raise ValueError(
+            raise UserError(
                 f"{path!r} is not a PyTorch checkpoint: a zip archive without the data.pkl "
                 f"record torch.save writes (holds {shown or 'nothing'})"
             )
     elif head[:1] == b"\x80":
         if not head.startswith(_LEGACY_MAGIC):
-            raise ValueError(
+            raise UserError(
                 f"{path!r} is not a PyTorch checkpoint: a plain Python pickle, not a torch.save "
                 "file"
             )
     else:
-        raise ValueError(
+        raise UserError(
             f"{path!r} is not a PyTorch checkpoint (starts with {head[:4]!r}, "
             "expected a torch.save file)"
         )
@@ -104,23 +106,23 @@ def load_file(path: str | os.PathLike, map_location="cpu", weights_only: bool = 
     except pickle.UnpicklingError as e:
         m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if weights_only and m and _resolvable(m.group(1)):
-            raise ValueError(
+            raise UserError(
                 f"{path!r} holds Python objects besides tensors (the first: {m.group(1)}), "
                 "which torch.load(weights_only=True) refuses to run. Only if you trust the file "
                 "and where it came from, load it with weights_only=False: unpickling runs "
                 "arbitrary code"
             ) from None
         reason = f"a cut-off name {m.group(1)!r}" if m else _core_reason(e)
-        raise ValueError(
+        raise UserError(
             f"{path!r} is not a readable PyTorch checkpoint: truncated or corrupt "
             f"({size} bytes; {reason})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as e:
-        raise ValueError(
+        raise UserError(
             f"{path!r} is not a readable PyTorch checkpoint: truncated or corrupt "
             f"({size} bytes; {type(e).__name__}: {_core_reason(e)})"
         ) from None
     except ImportError as e:
-        raise ValueError(
+        raise UserError(
             f"{path!r} needs a Python module that is not installed to be read ({e})"
         ) from None

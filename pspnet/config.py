@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
+
 __all__ = [
     "Config",
     "CONFIG_DIR",
@@ -125,18 +127,18 @@ class Config:
             cs = (cs[0], cs[0])
         self.crop_size = cs
         if len(cs) != 2 or min(cs) < 1:
-            raise ValueError(f"crop_size must be one or two positive ints, got {self.crop_size}")
+            raise UserError(f"crop_size must be one or two positive ints, got {self.crop_size}")
         if self.amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
+            raise UserError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
         if self.eval_mode not in ("whole", "slide"):
-            raise ValueError(f"eval_mode must be whole or slide, got {self.eval_mode!r}")
+            raise UserError(f"eval_mode must be whole or slide, got {self.eval_mode!r}")
         if self.arch not in ("pspnet", "tiny"):
-            raise ValueError(f"arch must be pspnet or tiny, got {self.arch!r}")
+            raise UserError(f"arch must be pspnet or tiny, got {self.arch!r}")
         for name in ("epochs", "batch_size", "val_batch_size", "zoom_factor", "save_freq"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.zoom_factor not in (1, 2, 4, 8):
-            raise ValueError(f"zoom_factor must be 1, 2, 4 or 8, got {self.zoom_factor}")
+            raise UserError(f"zoom_factor must be 1, 2, 4 or 8, got {self.zoom_factor}")
         if (
             self.threads < 0
             or self.workers < 0
@@ -144,17 +146,17 @@ class Config:
             or self.eval_every < 0
             or self.max_bad_steps < 0
         ):
-            raise ValueError(
+            raise UserError(
                 "threads, workers, max_iters_per_epoch, eval_every and max_bad_steps must be >= 0"
             )
         if self.base_lr <= 0:
-            raise ValueError(f"base_lr must be > 0, got {self.base_lr}")
+            raise UserError(f"base_lr must be > 0, got {self.base_lr}")
         if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales must be positive, got {self.scales}")
+            raise UserError(f"scales must be positive, got {self.scales}")
         if not 0 < self.stride_rate <= 1:
-            raise ValueError(f"stride_rate must be in (0, 1], got {self.stride_rate}")
+            raise UserError(f"stride_rate must be in (0, 1], got {self.stride_rate}")
         if not isinstance(self.dataset_kwargs, dict):
-            raise ValueError("dataset_kwargs must be a mapping")
+            raise UserError("dataset_kwargs must be a mapping")
         return self
 
     @property
@@ -178,7 +180,7 @@ class Config:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+            raise UserError(f"unknown config keys: {', '.join(unknown)}")
         values = (base or cls()).to_dict()
         values.update(copy.deepcopy(d))
         return cls(**values)
@@ -200,7 +202,7 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     with open(p) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {p} must hold a mapping, got {type(data).__name__}")
+        raise UserError(f"config file {p} must hold a mapping, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -213,7 +215,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset_config(name: str) -> Config:
     """The Config of a preset (``synthetic``, ``ade20k``, ``cityscapes``, ``voc``)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return Config.from_dict(dict(PRESETS[name], preset=name))
 
 
@@ -388,7 +390,7 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
         for item in opts:
             key, sep, value = item.partition("=")
             if not sep or not key:
-                raise ValueError(f"--dataset-opt expects KEY=VALUE, got {item!r}")
+                raise UserError(f"--dataset-opt expects KEY=VALUE, got {item!r}")
             kw[key.strip()] = yaml.safe_load(value)
         cfg = cfg.replace(dataset_kwargs=kw)
     return cfg

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
+from .errors import UserError
 from .metrics import ConfusionMeter, format_table
 from .runtime import autocast_ctx, init_distributed, local_rank, resolve_device, unwrap
 
@@ -270,7 +271,7 @@ def run_eval(cfg: Config, checkpoint: str, log=print, onnx=None) -> dict:
         model.to(device)
     ds = build_datasets(cfg, splits=("val",))["val"]
     if getattr(ds, "num_classes", cfg.classes) != cfg.classes:
-        raise ValueError(
+        raise UserError(
             f"the checkpoint has {cfg.classes} classes but {cfg.dataset!r} has {ds.num_classes}"
         )
     val = AugmentedDataset(ds, eval_transform(), seed=cfg.seed, on_error="mark")

@@ -26,6 +26,8 @@ import torch
 import torch.fx.experimental._config  # noqa: F401 (torch.fx.experimental._config)
 import torch.nn as nn
 
+from .errors import MissingDependency
+
 __all__ = [
     "export_onnx",
     "export_program",
@@ -116,7 +118,7 @@ def _require_onnx() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise ImportError(
+        raise MissingDependency(
             f"ONNX export needs the package(s) {', '.join(missing)}, which are not installed: "
             f"{DEPLOY_PIP}"
         )

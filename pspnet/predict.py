@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .errors import UserError
 
 __all__ = ["load_image", "segment", "colorize", "overlay", "run_predict"]
 
@@ -33,7 +34,7 @@ def load_image(path) -> torch.Tensor:
             im.load()
             arr = np.array(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise UserError(f"cannot read image {path}: {e}") from e
     return torch.from_numpy(arr).permute(2, 0, 1).float().contiguous()
 
 
@@ -76,7 +77,7 @@ def colorize(mask: torch.Tensor, num_classes: int):
     from PIL import Image
 
     if num_classes > 256:
-        raise ValueError("palette PNGs hold at most 256 classes")
+        raise UserError("palette PNGs hold at most 256 classes")
     if mask.dim() != 2:
         raise ValueError(f"mask must be (H, W), got {tuple(mask.shape)}")
     arr = np.ascontiguousarray(mask.to(torch.uint8).numpy())
@@ -90,7 +91,7 @@ def overlay(image: torch.Tensor, mask_im, alpha: float = 0.5):
     from PIL import Image
 
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise UserError(f"alpha must be in [0, 1], got {alpha}")
     rgb = Image.fromarray(image.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
     blended = Image.blend(rgb, mask_im.convert("RGB"), alpha)
     out = Image.new("RGB", (rgb.width * 2, rgb.height))
@@ -119,7 +120,7 @@ def run_predict(
     from .runtime import resolve_device
 
     if not images:
-        raise ValueError("no images given")
+        raise UserError("no images given")
     loaded = [(Path(p), load_image(p)) for p in images]  # fail early on a bad file
     if onnx is not None:
         from .onnx_runtime import model_from_onnx

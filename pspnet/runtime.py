@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .errors import UserError
+
 if TYPE_CHECKING:
     from .config import Config
 
@@ -53,7 +55,7 @@ def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     dev = torch.device(spec)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} requested but CUDA is not available")
+            raise UserError(f"device {spec!r} requested but CUDA is not available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)

@@ -24,6 +24,7 @@ from .data.loaders import (
 )
 from .data.seeding import mix
 from .data.transforms import eval_transform
+from .errors import UserError
 from .guard import (
     StopSignals,
 )
@@ -111,7 +112,7 @@ def _setup_data(cfg: Config):
     ds = build_datasets(cfg, splits=("train", "val") if validates else ("train",))
     classes = int(cfg.classes or ds["train"].num_classes)
     if cfg.classes and getattr(ds["train"], "num_classes", classes) != classes:
-        raise ValueError(
+        raise UserError(
             f"classes={cfg.classes} but dataset {cfg.dataset!r} has {ds['train'].num_classes}"
         )
     cfg = cfg.replace(classes=classes)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import UserError
 from .cityscapes_labels import id_to_train_id_lut
 
 __all__ = [
@@ -41,7 +42,7 @@ def read_image(path) -> torch.Tensor:
         with Image.open(path) as im:
             arr = np.array(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise UserError(f"cannot read image {path}: {e}") from e
     return torch.from_numpy(arr).permute(2, 0, 1).float().contiguous()
 
 
@@ -53,15 +54,15 @@ def read_label(path) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             if im.mode not in _LABEL_MODES:
-                raise ValueError(
+                raise UserError(
                     f"label {path} has mode {im.mode!r}; labels must be single-channel images "
                     "of class indices (PNG mode 'L' or 'P')"
                 )
             arr = np.array(im.convert("L") if im.mode == "1" else im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read label {path}: {e}") from e
+        raise UserError(f"cannot read label {path}: {e}") from e
     if arr.ndim != 2:
-        raise ValueError(f"label {path} is not single-channel (array shape {arr.shape})")
+        raise UserError(f"label {path} is not single-channel (array shape {arr.shape})")
     return torch.from_numpy(arr.astype(np.int64))
 
 
@@ -81,7 +82,7 @@ def _resolve_label_map(label_map, ignore_index):
         return reduce_zero_label_lut(ignore_index)
     if label_map in ("cityscapes", "cityscapes_ids"):
         return id_to_train_id_lut(ignore_index)
-    raise ValueError(
+    raise UserError(
         "label_map must be None, a lookup tensor, a callable, 'reduce_zero_label' (ADE20K) or "
         f"'cityscapes' (labelIds -> trainIds), got {label_map!r}"
     )
@@ -117,14 +118,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         sources=None,
     ):
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise UserError(f"num_classes must be a positive int, got {num_classes!r}")
         self.files = [(str(i), None if lab is None else str(lab)) for i, lab in files]
         self.num_classes = num_classes
         self.ignore_index = int(ignore_index)
         if class_names is None:
             class_names = [f"class{i}" for i in range(num_classes)]
         if len(class_names) != num_classes:
-            raise ValueError(
+            raise UserError(
                 f"class_names has {len(class_names)} entries but num_classes is {num_classes}"
             )
         self.class_names = list(class_names)
@@ -153,7 +154,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if isinstance(lm, torch.Tensor):
             hi = int(label.max()) if label.numel() else 0
             if hi >= lm.numel() or (label.numel() and int(label.min()) < 0):
-                raise ValueError(
+                raise UserError(
                     f"label {self.files[index][1]}: value {hi} outside the label map's range "
                     f"[0, {lm.numel()}){self._where(index)}"
                 )
@@ -168,7 +169,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}{self._where(index)}") from None
         except ValueError as e:
-            raise ValueError(f"{e}{self._where(index)}") from None
+            raise UserError(f"{e}{self._where(index)}") from None
         h, w = image.shape[-2:]
         if lab_path is None:
             return image, torch.full((h, w), self.ignore_index, dtype=torch.int64)
@@ -177,9 +178,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}{self._where(index)}") from None
         except ValueError as e:
-            raise ValueError(f"{e}{self._where(index)}") from None
+            raise UserError(f"{e}{self._where(index)}") from None
         if tuple(label.shape) != (h, w):
-            raise ValueError(
+            raise UserError(
                 f"label {lab_path} is {label.shape[1]}x{label.shape[0]} (WxH) but image "
                 f"{img_path} is {w}x{h}{self._where(index)}"
             )
@@ -189,7 +190,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if bool(bad.any()):
                 vals = torch.unique(label[bad]).tolist()
                 shown = ", ".join(str(v) for v in vals[:10]) + (" ..." if len(vals) > 10 else "")
-                raise ValueError(
+                raise UserError(
                     f"label {lab_path}: values [{shown}] outside [0, {self.num_classes}) "
                     f"(ignore index {self.ignore_index}){self._where(index)}; "
                     "pass check_labels=False to skip this check"
@@ -234,7 +235,7 @@ class ListDataset(SegmentationDataset):
         if not os.path.isfile(list_file):
             raise FileNotFoundError(f"list file not found: {list_file}")
         if num_classes is None:
-            raise ValueError("ListDataset: num_classes is required")
+            raise UserError("ListDataset: num_classes is required")
         root = os.path.dirname(os.path.abspath(list_file)) if root is None else os.fspath(root)
         files, sources = [], []
         with open(list_file, encoding="utf-8") as f:
@@ -244,7 +245,7 @@ class ListDataset(SegmentationDataset):
                     continue
                 parts = line.split()
                 if len(parts) > 2:
-                    raise ValueError(
+                    raise UserError(
                         f"{list_file}, line {lineno}: expected 'image_path [label_path]', got "
                         f"{len(parts)} columns"
                     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import os
 
+from ..errors import UserError
 from .base import (
     ListDataset,
     SegmentationDataset,
@@ -92,7 +93,7 @@ def _normalise_split(split, allowed, dataset):
     aliases = {"training": "train", "validation": "val", "valid": "val"}
     s = aliases.get(split, split)
     if s not in allowed:
-        raise ValueError(f"{dataset}: split must be one of {allowed}, got {split!r}")
+        raise UserError(f"{dataset}: split must be one of {allowed}, got {split!r}")
     return s
 
 
@@ -305,13 +306,13 @@ def build_dataset(name, root=None, split="train", transform=None, **kwargs):
         return SyntheticShapes(split=split, transform=transform, **kwargs)
     if key == "list":
         if "list_file" not in kwargs:
-            raise ValueError("build_dataset('list', ...) needs list_file=...")
+            raise UserError("build_dataset('list', ...) needs list_file=...")
         if "classes" in kwargs:
             kwargs["num_classes"] = kwargs.pop("classes")
         preset = kwargs.pop("preset", None)
         if preset is not None:
             if preset not in DATASETS:
-                raise ValueError(f"preset must be one of {sorted(DATASETS)}, got {preset!r}")
+                raise UserError(f"preset must be one of {sorted(DATASETS)}, got {preset!r}")
             p = DATASETS[preset]
             kwargs.setdefault("num_classes", p["classes"])
             kwargs.setdefault("class_names", p["class_names"])
@@ -320,10 +321,10 @@ def build_dataset(name, root=None, split="train", transform=None, **kwargs):
         return ListDataset(kwargs.pop("list_file"), root=root, transform=transform, **kwargs)
     classes = {"ade20k": ADE20K, "cityscapes": Cityscapes, "voc": VOC}
     if key not in classes:
-        raise ValueError(
+        raise UserError(
             f"unknown dataset {name!r}; expected one of 'synthetic', 'ade20k', 'cityscapes', "
             "'voc', 'list'"
         )
     if root is None:
-        raise ValueError(f"build_dataset({name!r}): root (the data folder) is required")
+        raise UserError(f"build_dataset({name!r}): root (the data folder) is required")
     return classes[key](root, split=split, transform=transform, **kwargs)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..errors import UserError, user_input
 from .datasets import build_dataset
 from .faults import BadSample, collate_samples, load_or_mark
 from .seeding import mix
@@ -98,19 +99,25 @@ def build_datasets(cfg: Config, splits=("train", "val")):
             lst = lists.get(s, lists["val"])
             if not lst:
                 if s == "train":
-                    raise ValueError("--dataset list needs the training list: --list-file FILE")
-                raise ValueError(
+                    raise UserError("--dataset list needs the training list: --list-file FILE")
+                raise UserError(
                     "--dataset list: validation needs its own list, --val-list-file FILE (the "
                     "training list is never used for validation); to train without validating "
                     "pass --no-final-eval --eval-every 0"
                 )
             kw["list_file"] = lst
-        out[s] = build_dataset(cfg.dataset, root=cfg.data_root, split=names.get(s, s), **kw)
+        with user_input(f"dataset {cfg.dataset!r}"):
+            out[s] = build_dataset(cfg.dataset, root=cfg.data_root, split=names.get(s, s), **kw)
     return out
 
 
 def train_transform_for(cfg: Config):
     """The training augmentation ``cfg`` describes (crop, scale, rotate, blur, flip)."""
+    with user_input("the config's augmentation"):
+        return _train_transform(cfg)
+
+
+def _train_transform(cfg: Config):
     return train_transform(
         cfg.crop_size,
         scale=(cfg.scale_min, cfg.scale_max) if (cfg.scale_min, cfg.scale_max) != (1, 1) else None,
@@ -126,7 +133,7 @@ def train_transform_for(cfg: Config):
 def check_batch_fits(n: int, batch_size: int) -> None:
     """Refuse a training set smaller than one batch: with drop_last no step would run."""
     if n < batch_size:
-        raise ValueError(
+        raise UserError(
             f"the training set has {n} sample(s), fewer than one batch of --batch-size "
             f"{batch_size}: training drops an incomplete batch (drop_last, as the official "
             f"code), so no step would run; lower --batch-size to at most {n} or add data"
@@ -174,7 +181,7 @@ def build_train_loader(
     from torch.utils.data import DataLoader, DistributedSampler
 
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world size {world}")
+        raise UserError(f"batch_size {cfg.batch_size} must be divisible by world size {world}")
     per_rank = cfg.batch_size // world
     check_batch_fits(len(dataset), cfg.batch_size)
     sampler = DistributedSampler(

@@ -1,0 +1,49 @@
+"""Running ``python -m pspnet`` in a subprocess, as a user does: the exit status, what is printed
+and the files left behind are what the tests check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the plain-PyTorch paths on CPU and one thread, as the in-process tests (conftest.plain_torch_cpu)
+_PRELUDE = (
+    "import sys, torch; torch.set_num_threads(1); "
+    "from psp_kernels.ops import utils; utils.INTERPRETER = False; "
+    "from pspnet.__main__ import main; "
+)
+
+
+def run_cli(*args, cwd=None, timeout: float = 300, code: str = "", env: dict | None = None):
+    """``python -m pspnet ARGS`` in a subprocess; returns the ``CompletedProcess`` (text output).
+
+    ``code``: Python run first in the child (e.g. to inject a fault), after the prelude that
+    imports ``main``."""
+    words = [str(a) for a in args]
+    script = _PRELUDE + code + f"\nsys.exit(main({words!r}))"
+    full_env = dict(
+        os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_error_line(result, command: str) -> str:
+    """The single ``pspnet COMMAND: error: ...`` line of a run that failed on bad input (exit 2,
+    no traceback); returns the message."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith(f"pspnet {command}: error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
