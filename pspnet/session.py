@@ -127,16 +127,15 @@ def _setup_data(cfg: Config):
 
 def _resume(cfg, model, optimizer, scheduler, scaler, device, rank, world, max_iter, say):
     """Restore ``cfg.resume`` (if any) into the training objects; returns ``(epochs done,
-    checkpoint dict or {})``. A checkpoint written on SIGINT / SIGTERM holds the position in
+    the Checkpoint or None)``. A checkpoint written on SIGINT / SIGTERM holds the position in
     its epoch (``batches_done``) and that epoch's running sums (``partial``)."""
     resume = find_resume(cfg)
     if resume is None and cfg.resume == "auto":
         say(f"--resume auto: no {cfg.out_dir / 'last.pth'}, starting from scratch")
     if resume is None:
-        return 0, {}
+        return 0, None
     state = load_training_state(resume, model, optimizer, scheduler, scaler, map_location=device)
-    start_epoch = int(state["epoch"])
-    batches = int(state.get("batches_done", 0) or 0)
+    start_epoch, batches = state.epoch, state.batches_done
     # the schedule follows the current config (e.g. more epochs than the first run)
     scheduler.max_iter, scheduler.power = max_iter, cfg.power
     where = f", batch {batches} of epoch {start_epoch + 1}" if batches else ""
@@ -193,9 +192,9 @@ def setup(cfg: Config, log=print) -> TrainRun:
         wrap_model(model, cfg, device, world), optimizer, scheduler, scaler, steps_per_epoch,
         start_epoch,
     )  # fmt: skip
-    run.bad_steps = int(state.get("bad_steps", 0) or 0)
-    run.resume_batches = int(state.get("batches_done", 0) or 0)
-    run.resume_partial = state.get("partial") if run.resume_batches else None
+    if state is not None:
+        run.bad_steps = state.bad_steps
+        run.resume_batches, run.resume_partial = state.batches_done, state.partial
     run.bad_samples = BadSampleLog(cfg.skip_bad_samples, say)
     if run.main:
         run.out_dir.mkdir(parents=True, exist_ok=True)

@@ -151,9 +151,6 @@ def save_last(run: TrainRun, epochs_done: int, batches_done: int = 0, partial=No
             f"not writing {path}: the model's {bad} holds NaN or inf values; the previous "
             "checkpoint is kept"
         )
-    extra = {"class_names": run.class_names, "bad_steps": run.bad_steps}
-    if batches_done:
-        extra.update(batches_done=int(batches_done), partial=partial)
     save_checkpoint(
         path,
         run.model,
@@ -162,7 +159,10 @@ def save_last(run: TrainRun, epochs_done: int, batches_done: int = 0, partial=No
         run.scaler,
         epochs_done,
         run.cfg,
-        extra=extra,
+        class_names=run.class_names,
+        bad_steps=run.bad_steps,
+        batches_done=batches_done,
+        partial=partial,
     )
     return path
 
