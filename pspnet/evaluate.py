@@ -33,6 +33,7 @@ __all__ = [
     "slide_inference",
     "scaled_size",
     "predict_probs",
+    "predict_with_config",
     "evaluate",
     "run_eval",
 ]
@@ -158,6 +159,24 @@ def predict_probs(
     return total / len(scales)
 
 
+def predict_with_config(model: nn.Module, x: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """:func:`predict_probs` of ``x`` with ``cfg``'s inference settings (``classes``, ``scales``,
+    ``eval_flip``, ``eval_mode``, ``crop_size``, ``base_size``, ``stride_rate``) and its autocast
+    (``amp``): what ``eval`` and ``predict`` run."""
+    with autocast_ctx(cfg, x.device):
+        return predict_probs(
+            model,
+            x,
+            int(cfg.classes),
+            cfg.scales,
+            cfg.eval_flip,
+            cfg.eval_mode,
+            cfg.crop_size,
+            cfg.base_size,
+            cfg.stride_rate,
+        )
+
+
 class _Shard(torch.utils.data.Sampler):
     """Indices ``rank, rank + world, ...`` (no padding: every sample is evaluated once)."""
 
@@ -221,19 +240,7 @@ def evaluate(
                 continue
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            with autocast_ctx(cfg, device):
-                prob = predict_probs(
-                    model,
-                    x,
-                    classes,
-                    cfg.scales,
-                    cfg.eval_flip,
-                    cfg.eval_mode,
-                    cfg.crop_size,
-                    cfg.base_size,
-                    cfg.stride_rate,
-                )
-            meter.update(prob.argmax(1), y)
+            meter.update(predict_with_config(model, x, cfg).argmax(1), y)
     finally:
         model.train(was_training)
     meter.all_reduce()

@@ -9,7 +9,6 @@ For each input ``name.ext`` two PNG files are written to the output folder:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,23 +18,7 @@ import torch
 from .config import Config
 from .errors import UserError
 
-__all__ = ["load_image", "segment", "colorize", "overlay", "run_predict"]
-
-
-def load_image(path) -> torch.Tensor:
-    """Float32 ``(3, H, W)`` RGB 0..255; FileNotFoundError / ValueError naming a bad file."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.array(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"cannot read image {path}: {e}") from e
-    return torch.from_numpy(arr).permute(2, 0, 1).float().contiguous()
+__all__ = ["segment", "colorize", "overlay", "run_predict"]
 
 
 @torch.no_grad()
@@ -43,26 +26,13 @@ def segment(model, image: torch.Tensor, cfg: Config, device=None) -> torch.Tenso
     """Class ids ``(H, W)`` (int64, CPU) of one image ``(3, H, W)`` RGB 0..255, using
     ``cfg``'s scales / flip / mode / crop_size / base_size / stride_rate."""
     from .data import MEAN, STD
-    from .evaluate import predict_probs
-    from .runtime import autocast_ctx
+    from .evaluate import predict_with_config
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
     x = ((image.float() - mean) / std)[None].to(device)
-    with autocast_ctx(cfg, device):
-        prob = predict_probs(
-            model,
-            x,
-            int(cfg.classes),
-            cfg.scales,
-            cfg.eval_flip,
-            cfg.eval_mode,
-            cfg.crop_size,
-            cfg.base_size,
-            cfg.stride_rate,
-        )
-    return prob.argmax(1)[0].cpu()
+    return predict_with_config(model, x, cfg).argmax(1)[0].cpu()
 
 
 def _palette_bytes(num_classes: int) -> bytes:
@@ -117,11 +87,12 @@ def run_predict(
     """
     from .atomic import write_atomic
     from .build import model_from_checkpoint
+    from .data.base import read_image
     from .runtime import resolve_device
 
     if not images:
         raise UserError("no images given")
-    loaded = [(Path(p), load_image(p)) for p in images]  # fail early on a bad file
+    loaded = [(Path(p), read_image(p)) for p in images]  # fail early on a bad file
     if onnx is not None:
         from .onnx_runtime import model_from_onnx
 
