@@ -24,6 +24,7 @@ __all__ = [
     "ListDataset",
     "read_image",
     "read_label",
+    "read_list_file",
     "reduce_zero_label_lut",
 ]
 
@@ -64,6 +65,48 @@ def read_label(path) -> torch.Tensor:
     if arr.ndim != 2:
         raise UserError(f"label {path} is not single-channel (array shape {arr.shape})")
     return torch.from_numpy(arr.astype(np.int64))
+
+
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def read_list_file(list_file) -> list[tuple[int, list[str]]]:
+    """The entries of a list file: ``(line number, whitespace-separated fields)`` of every line
+    that is not blank or a ``#`` comment.
+
+    UTF-8, with or without a byte-order mark (as Windows Notepad saves it), or UTF-16 with its
+    mark; other bytes raise :class:`~pspnet.errors.UserError` naming the file and the line.
+    """
+    list_file = os.fspath(list_file)
+    if os.path.isdir(list_file):
+        raise IsADirectoryError(f"list file {list_file} is a directory")
+    if not os.path.isfile(list_file):
+        raise FileNotFoundError(f"list file not found: {list_file}")
+    with open(list_file, "rb") as f:
+        raw = f.read()
+    encoding = next((enc for bom, enc in _BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"list file {list_file}, line {line}: not {encoding.upper()} text ({e.reason} at byte "
+            f"{e.start}); save it as UTF-8"
+        ) from None
+    entries = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            entries.append((lineno, line.split()))
+    return entries
+
+
+def check_listed(where: str, img: str, lab: str | None) -> None:
+    """FileNotFoundError naming the list line ``where`` when a listed file does not exist."""
+    if not os.path.isfile(img):
+        raise FileNotFoundError(f"{where}: image not found: {img}")
+    if lab is not None and not os.path.isfile(lab):
+        raise FileNotFoundError(f"{where}: label not found: {lab}")
 
 
 def reduce_zero_label_lut(ignore_index: int = 255, size: int = 256) -> torch.Tensor:
@@ -232,33 +275,23 @@ class ListDataset(SegmentationDataset):
         check_files=True,
     ):
         list_file = os.fspath(list_file)
-        if not os.path.isfile(list_file):
-            raise FileNotFoundError(f"list file not found: {list_file}")
+        entries = read_list_file(list_file)
         if num_classes is None:
             raise UserError("ListDataset: num_classes is required")
         root = os.path.dirname(os.path.abspath(list_file)) if root is None else os.fspath(root)
         files, sources = [], []
-        with open(list_file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                parts = line.split()
-                if len(parts) > 2:
-                    raise UserError(
-                        f"{list_file}, line {lineno}: expected 'image_path [label_path]', got "
-                        f"{len(parts)} columns"
-                    )
-                img = os.path.join(root, parts[0])
-                lab = os.path.join(root, parts[1]) if len(parts) == 2 else None
-                where = f"{list_file}, line {lineno}"
-                if check_files:
-                    if not os.path.isfile(img):
-                        raise FileNotFoundError(f"{where}: image not found: {img}")
-                    if lab is not None and not os.path.isfile(lab):
-                        raise FileNotFoundError(f"{where}: label not found: {lab}")
-                files.append((img, lab))
-                sources.append(where)
+        for lineno, parts in entries:
+            where = f"{list_file}, line {lineno}"
+            if len(parts) > 2:
+                raise UserError(
+                    f"{where}: expected 'image_path [label_path]', got {len(parts)} columns"
+                )
+            img = os.path.join(root, parts[0])
+            lab = os.path.join(root, parts[1]) if len(parts) == 2 else None
+            if check_files:
+                check_listed(where, img, lab)
+            files.append((img, lab))
+            sources.append(where)
         self.list_file = list_file
         self.root = root
         super().__init__(

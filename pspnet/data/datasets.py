@@ -20,8 +20,10 @@ from ..errors import UserError
 from .base import (
     ListDataset,
     SegmentationDataset,
+    check_listed,
     read_image,
     read_label,
+    read_list_file,
     reduce_zero_label_lut,
 )
 from .cityscapes_labels import CITYSCAPES_CLASSES, id_to_train_id_lut
@@ -255,22 +257,15 @@ class VOC(SegmentationDataset):
             if not os.path.isfile(list_file):
                 raise FileNotFoundError(f"VOC: split list not found: {list_file}")
         files, sources = [], []
-        with open(list_file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                # an id per line; some train_aug lists hold "/JPEGImages/x.jpg /Seg.../x.png"
-                name = os.path.splitext(os.path.basename(parts[0]))[0]
-                img = os.path.join(img_dir, name + ".jpg")
-                lab = None if split == "test" else os.path.join(lab_dir, name + ".png")
-                where = f"{list_file}, line {lineno}"
-                if not os.path.isfile(img):
-                    raise FileNotFoundError(f"VOC: {where}: image not found: {img}")
-                if lab is not None and not os.path.isfile(lab):
-                    raise FileNotFoundError(f"VOC: {where}: label not found: {lab}")
-                files.append((img, lab))
-                sources.append(where)
+        for lineno, parts in read_list_file(list_file):
+            # an id per line; some train_aug lists hold "/JPEGImages/x.jpg /Seg.../x.png"
+            name = os.path.splitext(os.path.basename(parts[0]))[0]
+            img = os.path.join(img_dir, name + ".jpg")
+            lab = None if split == "test" else os.path.join(lab_dir, name + ".png")
+            where = f"{list_file}, line {lineno}"
+            check_listed(f"VOC: {where}", img, lab)
+            files.append((img, lab))
+            sources.append(where)
         self.root, self.split, self.uses_sbd = root, split, use_aug
         self.list_file = list_file
         super().__init__(
