@@ -214,6 +214,19 @@ def test_preset_yaml_files_equal_presets(name):
     assert Config.from_dict(yaml.safe_load(path.read_text())) == preset_config(name)
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_files_hold_only_what_differs_from_the_defaults(name):
+    data = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    assert data["preset"] == name
+    unknown = set(data) - {f.name for f in dataclasses.fields(Config)}
+    assert not unknown, f"{name}.yaml: unknown keys {sorted(unknown)}"
+    defaults = Config().to_dict()
+    same = [
+        k for k, v in data.items() if k != "preset" and Config(**{k: v}).to_dict()[k] == defaults[k]
+    ]
+    assert not same, f"{name}.yaml repeats the defaults of {same}: leave them out"
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="eval_mode"):
         Config(eval_mode="tiles")
