@@ -1,4 +1,6 @@
-"""Faults and bad input (issue 14): checkpoint files that are not, or not for this model."""
+"""Faults and bad input: checkpoint files that are not, or not for this model; list datasets,
+the pretrained backbone, the training plot, data faults, failed writes, non-finite losses,
+preemption, too little data."""
 
 from __future__ import annotations
 
@@ -109,7 +111,7 @@ def test_cli_eval_reports_bad_checkpoint(bad_files, capsys):
     assert "pickle.pth" in err and "plain Python pickle" in err and "weights_only" not in err
 
 
-# ---------------------------------------------------------------------- which mIoU (item 10)
+# ---------------------------------------------------------------------- which mIoU
 
 
 def _official_cal_acc(pairs, classes, ignore_index=255):
@@ -169,7 +171,7 @@ def test_miou_is_the_official_mean_over_all_classes():
     assert "absent from the ground truth: 2 of 6: c4 (4), c5 (5)" in table
 
 
-# ------------------------------------------------------------------ list dataset (item 2)
+# ------------------------------------------------------------------ list dataset
 
 
 def _list_data(root, names, size=33, classes=3, seed=0):
@@ -222,7 +224,7 @@ def test_list_dataset_validates_on_its_own_list(tmp_path):
     assert [os.path.basename(i) for i, _ in ds["val"].files] == ["v0.png", "v1.png"]
     out = train(cfg, log=lambda *a: None)
     assert out["metrics"]["pixels"] == 2 * 33 * 33  # evaluated on the 2 validation images
-    # the older spelling through dataset_kwargs works the same
+    # the same lists given through dataset_kwargs work too
     old = cfg.replace(
         list_file="",
         val_list_file="",
@@ -269,7 +271,7 @@ def test_list_file_flags_in_help_and_parsed(capsys):
     assert "--no-pretrained trains from scratch on purpose" in text
 
 
-# --------------------------------------------------------------- pretrained backbone (item 1)
+# --------------------------------------------------------------- pretrained backbone
 
 
 @pytest.fixture
@@ -323,7 +325,7 @@ def test_synthetic_and_library_keep_the_warning(no_backbone):
     assert any("resnet50_v2.pth" in str(w.message) for w in rec)
 
 
-# ------------------------------------------------------------------ training plot (item 9)
+# ------------------------------------------------------------------ training plot
 
 
 def tiny_cfg(tmp_path, **kw):
@@ -374,7 +376,7 @@ def test_plot_that_cannot_be_drawn_is_reported_once(tmp_path, monkeypatch):
     assert not list((tmp_path / "b" / "run").glob("*.tmp"))  # written atomically, no leftovers
 
 
-# ------------------------------------------------------------------ data faults (item 11)
+# ------------------------------------------------------------------ data faults
 
 
 def _corrupt(path, how):
@@ -403,7 +405,7 @@ def test_dataset_errors_name_file_and_index(tmp_path):
         build_dataset("list", list_file=str(lst), num_classes=3)
 
 
-# ------------------------------------------------------------------ failed writes (item 5)
+# ------------------------------------------------------------------ failed writes
 
 
 @pytest.fixture(scope="module")
@@ -466,7 +468,7 @@ def test_failed_prediction_write_keeps_previous_png(tiny_checkpoint, tmp_path, m
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # intact, no temp files
 
 
-# ------------------------------------------------------------ non-finite losses (item 3)
+# ------------------------------------------------------------ non-finite losses
 
 
 def _quiet(*a, **k):
@@ -614,7 +616,7 @@ def test_no_checkpoint_from_nonfinite_weights(tmp_path):
     assert (run.out_dir / "last.pth").read_bytes() == good
 
 
-# --------------------------------------------------------------------- preemption (item 4)
+# --------------------------------------------------------------------- preemption
 
 
 def _states_equal(a, b):
@@ -811,7 +813,7 @@ def test_eval_json_and_metrics_log_written_atomically(tmp_path, monkeypatch):
     assert not [p for p in cfg.out_dir.iterdir() if p.name.endswith(".tmp")]
 
 
-# -------------------------------------------------------------------- too little data (item 7)
+# -------------------------------------------------------------------- too little data
 
 
 def test_training_set_smaller_than_a_batch(tmp_path, capsys):
@@ -831,7 +833,7 @@ def test_training_set_smaller_than_a_batch(tmp_path, capsys):
     assert "3 sample(s)" in err and "--batch-size 8" in err
 
 
-# ------------------------------------------------------------- data faults mid-run (item 11)
+# ------------------------------------------------------------- data faults mid-run
 
 
 def test_bad_sample_in_training_stops_or_is_skipped(tmp_path):
