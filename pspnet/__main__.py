@@ -27,7 +27,7 @@ import sys
 import time
 import traceback
 
-from .config import add_config_arguments, config_from_args
+from .cli_options import add_config_arguments, config_from_args
 
 __all__ = ["main", "build_parser"]
 
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="whole-image or sliding-window inference (same as --eval-mode)",
     )
-    add_config_arguments(e, exclude={"flip"})
+    add_config_arguments(e, exclude={"flip", "overwrite"})
 
     pr = add("predict", help="write colour masks and overlays for images")
     pr.add_argument("images", nargs="+", help="image files")
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
             "use_ppm",
             "amp",
             "dataset",
+            "max_image_pixels",
         },
     )
 

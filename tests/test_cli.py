@@ -17,14 +17,8 @@ import yaml
 from PIL import Image
 
 from pspnet.__main__ import build_parser, main
-from pspnet.config import (
-    OPTIONS,
-    PRESETS,
-    Config,
-    config_from_args,
-    load_config,
-    preset_config,
-)
+from pspnet.cli_options import OPTIONS, config_from_args
+from pspnet.config import PRESETS, Config, load_config, preset_config
 from pspnet.evaluate import run_eval
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "pspnet" / "configs"
@@ -307,6 +301,7 @@ FLAG_VALUES = {
     "list_file": (["train.txt"], "train.txt"),
     "val_list_file": (["val.txt"], "val.txt"),
     "max_bad_steps": (["3"], 3),
+    "max_image_pixels": (["300000000"], 300000000),
     "eval_every": (["3"], 3),
     "val_batch_size": (["2"], 2),
     "scales": (["0.5", "1"], (0.5, 1.0)),
@@ -341,7 +336,10 @@ def test_every_config_field_has_an_option():
     assert [n for n, _, _ in OPTIONS] == [n for n in (f.name for f in dataclasses.fields(Config))
                                           if n in fields]  # fmt: skip
     assert set(FLAG_VALUES) | _BOOLS == fields
-    assert len(_config_flags()) == 57 + 56 + 16 + 6  # train, eval (no --flip), predict, export
+    assert (
+        len(_config_flags()) == 59 + 57 + 17 + 6
+    )  # train, eval (no --flip, --overwrite), predict,
+    # export
 
 
 @pytest.mark.parametrize("cmd, flag, dest", _config_flags())

@@ -256,7 +256,7 @@ def test_list_dataset_without_val_list_refuses_to_validate(tmp_path):
 
 def test_list_file_flags_in_help_and_parsed(capsys):
     from pspnet.__main__ import build_parser
-    from pspnet.config import config_from_args
+    from pspnet.cli_options import config_from_args
 
     args = build_parser().parse_args(
         ["train", "--dataset", "list", "--list-file", "a.txt", "--val-list-file", "b.txt"]
@@ -891,7 +891,7 @@ def test_eval_cli_bad_sample(tmp_path, capsys):
 
 def test_new_flags_in_help(capsys):
     from pspnet.__main__ import build_parser
-    from pspnet.config import config_from_args
+    from pspnet.cli_options import config_from_args
 
     args = build_parser().parse_args(["train", "--max-bad-steps", "3", "--skip-bad-samples"])
     cfg = config_from_args(args)

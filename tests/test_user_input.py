@@ -74,3 +74,54 @@ def test_a_list_file_in_another_encoding_names_the_file_and_line(tmp_path):
     line = one_error_line(r, "train")
     assert str(lst) in line and "line 2" in line and "UTF-8" in line
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------ config values
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('use_ppm: "false"\n', r"use_ppm: expected true or false, got 'false' \(a string\)"),
+        ('epochs: "three"\n', r"epochs: expected an integer, got 'three' \(a string\)"),
+        ('batch_size: "8"\n', r"batch_size: expected an integer, got '8' \(a string\)"),
+        ("epochs: 2.5\n", r"epochs: expected an integer, got 2.5 \(a float\)"),
+        ("seed: null\n", r"seed: expected an integer, got null"),
+        ("scales: [1.0, big]\n", r"scales\[1\]: expected a number, got 'big' \(a string\)"),
+        ("epochs: [3\n", r"line 2, column 1: not valid YAML"),
+    ],
+)
+def test_config_file_values_are_type_checked(tmp_path, text, expected):
+    import re
+
+    path = tmp_path / "my.yaml"
+    path.write_text(text)
+    r = run_cli("train", "--config", path, "--output-dir", tmp_path / "run")
+    line = one_error_line(r, "train")
+    assert f"config file {path}" in line and re.search(expected, line), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_scalars_where_lists_are_expected():
+    from pspnet.config import Config
+
+    cfg = Config.from_dict({"scales": 1.0, "bins": 3, "crop_size": 65})
+    assert (cfg.scales, cfg.bins, cfg.crop_size) == ((1.0,), (3,), (65, 65))
+    cfg = Config.from_dict({"weight_decay": 1, "use_ppm": False})
+    assert cfg.weight_decay == 1.0 and isinstance(cfg.weight_decay, float)
+    with pytest.raises(ValueError, match=r"weight_decay: .*'1e-4'.*write 1.0e-4"):
+        Config.from_dict({"weight_decay": "1e-4"})
+
+
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        (["--device", "tpu"], "device 'tpu' is not a device torch knows: use auto, cpu, cuda"),
+        (["--dataset-opt", "foo=1"], "dataset 'synthetic' takes no option 'foo'"),
+        (["--dataset-opt", "num_classes=["], "--dataset-opt 'num_classes=[': VALUE"),
+    ],
+)
+def test_bad_flags_give_one_line(tmp_path, words, expected):
+    r = run_cli(*train_words(tmp_path), *words)
+    assert expected in one_error_line(r, "train")
+    assert not (tmp_path / "run" / "last.pth").exists()

@@ -14,6 +14,7 @@ Attributes: ``num_classes``, ``ignore_index``, ``class_names``, ``files`` (list 
 from __future__ import annotations
 
 import glob
+import inspect
 import os
 
 from ..errors import UserError
@@ -294,6 +295,8 @@ def build_dataset(name, root=None, split="train", transform=None, **kwargs):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     key = name.lower().replace("-", "").replace("_", "")
     key = {"pascalvoc": "voc", "voc2012": "voc", "ade": "ade20k"}.get(key, key)
+    if key in _CLASSES:
+        _check_options(name, _CLASSES[key], kwargs, _ALIASES.get(key, ()))
     if key == "synthetic":
         split = _normalise_split(split, ("train", "val", "test"), "synthetic")
         if "classes" in kwargs:
@@ -314,12 +317,31 @@ def build_dataset(name, root=None, split="train", transform=None, **kwargs):
             if preset == "ade20k":
                 kwargs.setdefault("label_map", "reduce_zero_label")
         return ListDataset(kwargs.pop("list_file"), root=root, transform=transform, **kwargs)
-    classes = {"ade20k": ADE20K, "cityscapes": Cityscapes, "voc": VOC}
-    if key not in classes:
+    if key not in _CLASSES:
         raise UserError(
             f"unknown dataset {name!r}; expected one of 'synthetic', 'ade20k', 'cityscapes', "
             "'voc', 'list'"
         )
     if root is None:
         raise UserError(f"build_dataset({name!r}): root (the data folder) is required")
-    return classes[key](root, split=split, transform=transform, **kwargs)
+    return _CLASSES[key](root, split=split, transform=transform, **kwargs)
+
+
+_CLASSES = {
+    "synthetic": SyntheticShapes, "list": ListDataset, "ade20k": ADE20K, "cityscapes": Cityscapes,
+    "voc": VOC,
+}  # fmt: skip
+# options build_dataset takes besides the constructor's arguments
+_ALIASES = {"synthetic": ("classes",), "list": ("classes", "preset")}
+
+
+def _check_options(name: str, cls, kwargs: dict, aliases) -> None:
+    """Refuse keyword arguments the dataset does not take, naming the ones it does."""
+    params = inspect.signature(cls).parameters
+    known = [p for p in params if p not in ("self", "root", "split", "transform")]
+    unknown = [k for k in kwargs if k not in known and k not in aliases]
+    if unknown:
+        raise UserError(
+            f"dataset {name!r} takes no option {', '.join(map(repr, unknown))} (--dataset-opt / "
+            f"dataset_kwargs); its options: {', '.join([*known, *aliases])}"
+        )
