@@ -12,9 +12,17 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_atomic", "write_text_atomic", "append_line_atomic"]
+__all__ = [
+    "atomic_path",
+    "write_atomic",
+    "write_text_atomic",
+    "append_line_atomic",
+    "check_writable",
+    "remove_stale_temps",
+]
 
 
 @contextlib.contextmanager
@@ -81,3 +89,33 @@ def append_line_atomic(path: str | os.PathLike, line: str) -> Path:
     if old and not old.endswith("\n"):
         old += "\n"
     return write_text_atomic(path, old + line.rstrip("\n") + "\n")
+
+
+def check_writable(path: str | os.PathLike, what: str = "output", folder: bool = False) -> Path:
+    """Raise, before any work, if ``path`` (a file, or with ``folder`` a folder) could not be
+    written: a part of it is a file, the file is a folder, or the nearest existing folder is not
+    writable. Creates nothing; returns ``path``."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"cannot write {what} {path}: it is a folder")
+    probe = path if folder else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"cannot write {what} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {what} {path}: no permission to write in {probe}")
+    return path
+
+
+def remove_stale_temps(folder: str | os.PathLike, names) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` left for ``names`` in ``folder`` when
+    its process was killed mid-write (``.NAME.*.tmp``); returns them. Call it only where no other
+    process writes these files at the same time."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{glob_escape(name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .atomic import write_text_atomic
 from .build import build_model
 from .checkpoint import find_resume, load_training_state
 from .config import Config
@@ -29,6 +27,7 @@ from .guard import (
     StopSignals,
 )
 from .optim import PolyLR, build_optimizer
+from .run_folder import check_run_folder, prepare_run_folder
 from .runtime import (
     init_distributed,
     local_rank,
@@ -145,23 +144,11 @@ def _resume(cfg, model, optimizer, scheduler, scaler, device, rank, world, max_i
     return start_epoch, state
 
 
-def _trim_log(log_path: Path, epochs_done: int) -> None:
-    """Keep the rows of the epochs the resumed checkpoint holds (all gone when starting over):
-    a row written before a checkpoint that failed to save is dropped."""
-    if not log_path.exists():
-        return
-    if epochs_done == 0:
-        log_path.unlink()
-        return
-    rows = [r for r in log_path.read_text().splitlines() if r.strip()]
-    keep = [r for r in rows if json.loads(r).get("epoch", 0) <= epochs_done]
-    if keep != rows:
-        write_text_atomic(log_path, "".join(r + "\n" for r in keep))
-
-
 def setup(cfg: Config, log=print) -> TrainRun:
     """Device, process group, seeds, data, model, optimiser and schedule, resumed when asked;
-    on rank 0 the output directory with ``config.yaml``."""
+    on rank 0 the output directory with ``config.yaml``. The output folder is checked first
+    (:func:`pspnet.run_folder.check_run_folder`: one that holds another run is refused)."""
+    check_run_folder(cfg)
     device = resolve_device(cfg.device, local_rank())
     rank, world = init_distributed(device)
     say = log if rank == 0 else (lambda *a, **k: None)
@@ -197,9 +184,7 @@ def setup(cfg: Config, log=print) -> TrainRun:
         run.resume_batches, run.resume_partial = state.batches_done, state.partial
     run.bad_samples = BadSampleLog(cfg.skip_bad_samples, say)
     if run.main:
-        run.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run.out_dir / "config.yaml", cfg.to_yaml())
-        _trim_log(run.log_path, start_epoch)
+        prepare_run_folder(cfg, start_epoch, say)
     n_params = sum(p.numel() for p in model.parameters())
     say(
         f"training {type(model).__name__} ({n_params / 1e6:.2f}M params, {classes} classes) on "

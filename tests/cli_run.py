@@ -47,3 +47,22 @@ def one_error_line(result, command: str) -> str:
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith(f"pspnet {command}: error:")]
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+#: ``--dataset-opt`` flags of a small synthetic dataset: 4 images of 33x33, 3 classes
+SMALL_SYNTHETIC = [
+    "--dataset-opt", "size=33", "--dataset-opt", "length=4", "--dataset-opt", "num_classes=3",
+    "--dataset-opt", "max_shapes=2",
+]  # fmt: skip
+
+
+def train_words(out_dir, *extra) -> list[str]:
+    """``train`` flags of a seconds-long run into ``out_dir``: the width-4 tiny model, 33x33
+    crops, one step, a final evaluation; ``extra`` flags come last."""
+    return [
+        "train", "--arch", "tiny", "--tiny-width", "4", "--no-pretrained", "--crop-size", "33",
+        "--batch-size", "2", "--epochs", "1", "--max-iters-per-epoch", "1", "--workers", "0",
+        "--no-progress", "--no-plot", "--eval-every", "0", "--val-batch-size", "2",
+        "--scale-min", "1", "--scale-max", "1", "--no-blur", "--threads", "1",
+        "--output-dir", str(out_dir), *extra,
+    ]  # fmt: skip

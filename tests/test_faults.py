@@ -865,7 +865,10 @@ def test_bad_sample_in_training_stops_or_is_skipped(tmp_path):
     clean.write_text("img/t0.png lab/t0.png\nimg/t1.png lab/t1.png\n")
     lines.clear()
     with pytest.raises(ValueError, match=r"v1\.png.*sample 1 of 3.*--skip-bad-samples"):
-        train(cfg.replace(epochs=1, final_eval=True, list_file=str(clean)), log=lines.append)
+        train(
+            cfg.replace(epochs=1, final_eval=True, list_file=str(clean), overwrite=True),
+            log=lines.append,
+        )
     assert any(ln.startswith("epoch 1:") for ln in lines)  # it was the evaluation that stopped
 
 

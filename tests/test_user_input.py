@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli_run import one_error_line, run_cli
+from tests.cli_run import one_error_line, run_cli, train_words
 
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
 
@@ -33,17 +33,6 @@ def _list_data(root, names, size=33, classes=3, seed=0, label_max=None) -> list[
     return lines
 
 
-def train_words(tmp_path, *extra, out="run"):
-    """``train`` flags of a seconds-long run: the width-4 tiny model, 33x33 crops, 1 step."""
-    return [
-        "train", "--arch", "tiny", "--tiny-width", "4", "--no-pretrained", "--crop-size", "33",
-        "--batch-size", "2", "--epochs", "1", "--max-iters-per-epoch", "1", "--workers", "0",
-        "--no-progress", "--no-plot", "--eval-every", "0", "--val-batch-size", "2",
-        "--scale-min", "1", "--scale-max", "1", "--no-blur", "--threads", "1",
-        "--output-dir", str(tmp_path / out), *extra,
-    ]  # fmt: skip
-
-
 def list_words(root, train_list, val_list):
     return [
         "--dataset", "list", "--data-root", str(root), "--list-file", str(train_list),
@@ -60,7 +49,7 @@ def test_list_files_with_a_byte_order_mark_or_utf16_are_read(tmp_path):
     # as Windows Notepad saves them: UTF-8 with a byte-order mark, and "Unicode" (UTF-16 LE)
     train_list.write_bytes("\r\n".join(_list_data(data, ["t0", "t1"])).encode("utf-8-sig"))
     val_list.write_bytes("\r\n".join(_list_data(data, ["v0"], seed=1)).encode("utf-16"))
-    r = run_cli(*train_words(tmp_path), *list_words(data, train_list, val_list))
+    r = run_cli(*train_words(tmp_path / "run"), *list_words(data, train_list, val_list))
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["pixels"] == 33 * 33
 
@@ -70,7 +59,7 @@ def test_a_list_file_in_another_encoding_names_the_file_and_line(tmp_path):
     lines = _list_data(data, ["t0", "t1"])
     lst = data / "train.txt"
     lst.write_bytes(lines[0].encode() + b"\n# caf\xe9 images\n" + lines[1].encode())  # latin-1
-    r = run_cli(*train_words(tmp_path), *list_words(data, lst, lst))
+    r = run_cli(*train_words(tmp_path / "run"), *list_words(data, lst, lst))
     line = one_error_line(r, "train")
     assert str(lst) in line and "line 2" in line and "UTF-8" in line
     assert not (tmp_path / "run").exists()
@@ -122,6 +111,6 @@ def test_config_scalars_where_lists_are_expected():
     ],
 )
 def test_bad_flags_give_one_line(tmp_path, words, expected):
-    r = run_cli(*train_words(tmp_path), *words)
+    r = run_cli(*train_words(tmp_path / "run"), *words)
     assert expected in one_error_line(r, "train")
     assert not (tmp_path / "run" / "last.pth").exists()
