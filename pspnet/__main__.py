@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return cmd(args)
     except TrainingInterrupted as e:  # SIGINT / SIGTERM: the resumable checkpoint is written
-        print(f"pspnet {args.command}: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # said once, by the process that wrote it
+            print(f"pspnet {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
     # UserError: bad input, named; MissingDependency: an optional package; OSError: a missing
     # file or a failed write (disk full...), named; NonFiniteError: a NaN / inf loss or gradient,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -210,6 +211,7 @@ def evaluate(
     evaluation with an error naming the file and its index, or with ``cfg.skip_bad_samples``
     leaves them out (each logged once with ``log``); ``skipped_samples`` counts them."""
     from .data.faults import BadSampleLog, collate_samples, unpack
+    from .data.loaders import init_eval_worker
 
     model = unwrap(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -223,6 +225,8 @@ def evaluate(
         batch_size=bs,
         sampler=_Shard(len(dataset), rank, world),
         num_workers=min(cfg.workers, 4),
+        worker_init_fn=partial(init_eval_worker, max_image_pixels=cfg.max_image_pixels),
+        generator=torch.Generator().manual_seed(cfg.seed),  # not the global RNG's stream
         pin_memory=device.type == "cuda",
         collate_fn=collate_samples if getattr(dataset, "on_error", "") == "mark" else None,
     )
@@ -263,8 +267,11 @@ def run_eval(cfg: Config, checkpoint: str, log=print, onnx=None) -> dict:
     """Load ``checkpoint`` (or the exported model ``onnx``, run by onnxruntime on CPU), evaluate
     on ``cfg.dataset`` / ``cfg.val_split``, print the table."""
     from .build import model_from_checkpoint
+    from .data.files import set_max_image_pixels
     from .data.loaders import AugmentedDataset, build_datasets
     from .data.transforms import eval_transform
+
+    set_max_image_pixels(cfg.max_image_pixels)
 
     if onnx is not None:
         from .onnx_runtime import model_from_onnx

@@ -18,7 +18,7 @@ import torch
 from .config import Config
 from .errors import UserError
 
-__all__ = ["segment", "colorize", "overlay", "run_predict"]
+__all__ = ["segment", "colorize", "overlay", "output_stems", "run_predict"]
 
 
 @torch.no_grad()
@@ -70,6 +70,23 @@ def overlay(image: torch.Tensor, mask_im, alpha: float = 0.5):
     return out
 
 
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """One distinct name stem per input: its own stem, or for a later input whose stem was taken,
+    ``stem_1``, ``stem_2``... skipping every stem of another input (compared case-insensitively,
+    as some file systems do), so no output of the call overwrites another."""
+    inputs = {p.stem.casefold() for p in paths}
+    used: set[str] = set()
+    stems = []
+    for p in paths:
+        stem, k = p.stem, 0
+        while stem.casefold() in used or (k and stem.casefold() in inputs):
+            k += 1
+            stem = f"{p.stem}_{k}"
+        used.add(stem.casefold())
+        stems.append(stem)
+    return stems
+
+
 def run_predict(
     cfg: Config,
     checkpoint,
@@ -82,16 +99,21 @@ def run_predict(
     onnxruntime) and write ``<stem>_mask.png`` and ``<stem>_overlay.png`` to ``out_dir``;
     returns the written paths.
 
-    Every image is checked first (FileNotFoundError / ValueError naming it), so a bad path does
-    not leave half the outputs written.
+    What can fail is checked before anything is written: ``alpha``, the output folder, every
+    image (FileNotFoundError / ValueError naming it) and the model. Output names are unique over
+    the call (:func:`output_stems`).
     """
-    from .atomic import write_atomic
+    from .atomic import check_writable, remove_stale_temps, write_atomic
     from .build import model_from_checkpoint
-    from .data.base import read_image
+    from .data.files import read_image, set_max_image_pixels
     from .runtime import resolve_device
 
     if not images:
         raise UserError("no images given")
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"alpha (--alpha) must be in [0, 1], got {alpha}")
+    out = check_writable(out_dir, "predictions to", folder=True)
+    set_max_image_pixels(cfg.max_image_pixels)
     loaded = [(Path(p), read_image(p)) for p in images]  # fail early on a bad file
     if onnx is not None:
         from .onnx_runtime import model_from_onnx
@@ -102,17 +124,11 @@ def run_predict(
         device = resolve_device(cfg.device)
         model, cfg, _ = model_from_checkpoint(checkpoint, cfg)
         model.to(device)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stems = output_stems([path for path, _ in loaded])
+    remove_stale_temps(out, [f"{s}_{kind}.png" for s in stems for kind in ("mask", "overlay")])
     written: list[Path] = []
-    seen: dict[str, int] = {}
-    for path, img in loaded:
-        stem = path.stem
-        if stem in seen:  # two inputs with the same name
-            seen[stem] += 1
-            stem = f"{stem}_{seen[stem]}"
-        else:
-            seen[stem] = 0
+    for (_, img), stem in zip(loaded, stems, strict=True):
         mask = segment(model, img, cfg, device)
         mask_im = colorize(mask, int(cfg.classes))
         m_path, o_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"

@@ -14,6 +14,7 @@ from .build import build_model
 from .checkpoint import find_resume, load_training_state
 from .config import Config
 from .data.faults import BadSampleLog
+from .data.files import set_max_image_pixels
 from .data.loaders import (
     AugmentedDataset,
     build_datasets,
@@ -149,6 +150,7 @@ def setup(cfg: Config, log=print) -> TrainRun:
     on rank 0 the output directory with ``config.yaml``. The output folder is checked first
     (:func:`pspnet.run_folder.check_run_folder`: one that holds another run is refused)."""
     check_run_folder(cfg)
+    set_max_image_pixels(cfg.max_image_pixels)
     device = resolve_device(cfg.device, local_rank())
     rank, world = init_distributed(device)
     say = log if rank == 0 else (lambda *a, **k: None)

@@ -169,8 +169,7 @@ def save_last(run: TrainRun, epochs_done: int, batches_done: int = 0, partial=No
 
 def interruption(run: TrainRun, signum: int, where: str, path) -> TrainingInterrupted:
     cmd = "python -m pspnet train ... --resume auto"
-    msg = f"stopped by {signal_name(signum)} {where}: " + (
-        f"wrote the resumable checkpoint {path}; continue with {cmd}" if path else ""
+    msg = f"stopped by {signal_name(signum)} {where}" + (
+        f": wrote the resumable checkpoint {path}; continue with {cmd}" if path else ""
     )
-    run.say(msg)
-    return TrainingInterrupted(msg, signum, path)
+    return TrainingInterrupted(msg, signum, path)  # said once: by whoever catches it

@@ -35,6 +35,7 @@ from .data.loaders import build_train_loader
 from .evaluate import evaluate
 from .guard import StopSignals
 from .plotting import draw_curves
+from .runtime import preserved_rng
 from .session import TrainRun, setup
 
 __all__ = ["train", "train_epoch", "validate_epoch", "save_epoch", "final_evaluation"]
@@ -142,6 +143,13 @@ def train_epoch(run: TrainRun, epoch: int) -> dict:
 
 
 def _evaluate(run: TrainRun) -> dict:
+    """Validation metrics of the model now; the global RNGs are left as they were, so that
+    validating does not change what is trained next (dropout masks)."""
+    with preserved_rng():
+        return _metrics(run)
+
+
+def _metrics(run: TrainRun) -> dict:
     return evaluate(
         run.model,
         run.val_set,

@@ -114,3 +114,123 @@ def test_bad_flags_give_one_line(tmp_path, words, expected):
     r = run_cli(*train_words(tmp_path / "run"), *words)
     assert expected in one_error_line(r, "train")
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+# ---------------------------------------------------------------------------- label values
+
+
+def test_the_label_range_hints_lead_somewhere_that_works(tmp_path):
+    data = tmp_path / "data"
+    lst = data / "train.txt"
+    lst.write_text("\n".join(_list_data(data, ["t0", "t1"], label_max=7)) + "\n")
+    words = train_words(tmp_path / "run") + list_words(data, lst, lst)
+    line = one_error_line(run_cli(*words), "train")
+    assert "outside [0, 3)" in line and "t0.png" in line
+    hints = ["--dataset-opt num_classes=8", "--dataset-opt check_labels=false"]
+    assert all(h in line for h in hints), line
+    for i, hint in enumerate(hints):  # each one, followed, trains and evaluates
+        r = run_cli(*words, *hint.split(), "--output-dir", tmp_path / f"run{i}")
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / f"run{i}" / "eval.json").is_file()
+
+
+# ---------------------------------------------------------------------------------- images
+
+
+def _grey16(path, size=(30, 20)):
+    """A 16-bit greyscale PNG with values up to 65531 (Pillow mode I;16); returns the values."""
+    values = np.linspace(0, 65531, size[0] * size[1]).reshape(size[1], size[0]).astype(np.uint16)
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "I;16"
+    return values
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    from pspnet.data import ListDataset, read_image
+
+    values = _grey16(tmp_path / "deep.png")
+    expected = np.round(values.astype(np.float64) * 255 / 65535)
+    img = read_image(tmp_path / "deep.png")
+    assert img.shape == (3, 20, 30) and float(img.max()) == 255.0
+    for c in range(3):
+        assert np.array_equal(img[c].numpy(), expected)
+    assert float((img == 255).float().mean()) < 0.01  # clipping made 99.6% of it white
+    # a dataset reads it the same way
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "lab.png")
+    (tmp_path / "l.txt").write_text("deep.png lab.png\n")
+    assert np.array_equal(ListDataset(tmp_path / "l.txt", num_classes=2)[0][0], img)
+    # images without a known 8-bit scale are refused, naming the file
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "wide.tif")
+    Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / "float.tif")
+    for name in ("wide.tif", "float.tif"):
+        with pytest.raises(ValueError, match=rf"{name}: .*no known 8-bit scale"):
+            read_image(tmp_path / name)
+
+
+def test_predict_scales_a_16_bit_image(tmp_path):
+    from tests.cli_run import make_checkpoint
+
+    ck = make_checkpoint(tmp_path / "ck.pth")
+    values = _grey16(tmp_path / "deep.png")
+    r = run_cli("predict", tmp_path / "deep.png", "--checkpoint", ck, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    left = np.asarray(Image.open(tmp_path / "out" / "deep_overlay.png"))[:, :30]
+    expected = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.array_equal(left, np.repeat(expected[..., None], 3, axis=2))
+
+
+def _bomb_png(path, width=20000, height=10000):
+    """A PNG whose header claims width x height pixels (200 million, over Pillow's limit); its
+    pixel data is missing."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_over_the_pixel_limit_is_named_skipped_or_allowed(tmp_path):
+    from tests.cli_run import make_checkpoint
+
+    ck = make_checkpoint(tmp_path / "ck.pth")
+    bomb = _bomb_png(tmp_path / "huge.png")
+    r = run_cli("predict", bomb, "--checkpoint", ck, "--out", tmp_path / "out")
+    line = one_error_line(r, "predict")
+    assert str(bomb) in line and "decompression bomb" in line and "--max-image-pixels" in line
+    assert not (tmp_path / "out").exists()
+    # with the limit raised, Pillow opens it (and finds its pixels missing)
+    r = run_cli("predict", bomb, "--checkpoint", ck, "--max-image-pixels", "300000000")
+    line = one_error_line(r, "predict")
+    assert str(bomb) in line and "decompression bomb" not in line
+    # in training: it stops the run naming the file, or --skip-bad-samples skips it
+    data = tmp_path / "data"
+    lines = _list_data(data, ["t0", "t1", "t2"])
+    _bomb_png(data / "img" / "t1.png", width=20000, height=33 * 400)
+    lst = data / "train.txt"
+    lst.write_text("\n".join(lines) + "\n")
+    words = train_words(tmp_path / "run", "--batch-size", "3") + list_words(data, lst, lst)
+    line = one_error_line(run_cli(*words, "--no-final-eval"), "train")
+    assert "t1.png" in line and "--skip-bad-samples" in line and "--max-image-pixels" in line
+    r = run_cli(*words, "--no-final-eval", "--skip-bad-samples", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert "skipping bad sample 1" in r.stdout and "1 bad sample(s) skipped" in r.stdout
+
+
+def test_the_pixel_limit_can_be_lowered_and_raised(tmp_path):
+    from pspnet.data import read_image
+    from pspnet.data.files import set_max_image_pixels
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "img.png")
+    try:
+        set_max_image_pixels(1000)
+        with pytest.raises(ValueError, match="img.png.*decompression bomb"):
+            read_image(tmp_path / "img.png")
+        set_max_image_pixels(1200)  # exactly its size
+        assert read_image(tmp_path / "img.png").shape == (3, 30, 40)
+    finally:
+        set_max_image_pixels(0)

@@ -1,112 +1,29 @@
-"""Reading segmentation samples from files: images and single-channel labels, label maps, and
-the file-list datasets the named ones build on (:class:`SegmentationDataset`, :class:`ListDataset`).
+"""Segmentation samples from files: label maps, and the file-list datasets the named ones build on
+(:class:`SegmentationDataset`, :class:`ListDataset`); the files themselves are read by
+:mod:`pspnet.data.files`.
 
 Every dataset returns ``(image, label)``: ``image`` float32 ``(3, H, W)`` RGB with values 0..255,
 ``label`` int64 ``(H, W)`` with class ids ``0..num_classes-1`` or ``ignore_index`` (255), then
-passes them through the optional ``transform(image, label)``. Images are read with Pillow and
-converted to RGB; labels are single-channel PNGs (mode ``L`` or ``P``; the raw indices are used,
-never the palette colours).
+passes them through the optional ``transform(image, label)``. Images are read as 8-bit RGB
+(16-bit images scaled, see :func:`~pspnet.data.files.read_image`); labels are single-channel PNGs
+(mode ``L`` or ``P``; the raw indices are used, never the palette colours).
 """
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
 from .cityscapes_labels import id_to_train_id_lut
+from .files import check_listed, read_image, read_label, read_list_file
 
 __all__ = [
     "SegmentationDataset",
     "ListDataset",
-    "read_image",
-    "read_label",
-    "read_list_file",
     "reduce_zero_label_lut",
 ]
-
-
-_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "1")
-
-
-def read_image(path) -> torch.Tensor:
-    """Read an image file as float32 ``(3, H, W)`` RGB, values 0..255.
-
-    Raises FileNotFoundError (missing file) or ValueError (unreadable / corrupt file), naming it.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            arr = np.array(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"cannot read image {path}: {e}") from e
-    return torch.from_numpy(arr).permute(2, 0, 1).float().contiguous()
-
-
-def read_label(path) -> torch.Tensor:
-    """Read a single-channel label PNG as int64 ``(H, W)`` (raw indices of an ``L`` or ``P``
-    image, not palette colours). Raises FileNotFoundError / ValueError naming the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"label not found: {path}")
-    try:
-        with Image.open(path) as im:
-            if im.mode not in _LABEL_MODES:
-                raise UserError(
-                    f"label {path} has mode {im.mode!r}; labels must be single-channel images "
-                    "of class indices (PNG mode 'L' or 'P')"
-                )
-            arr = np.array(im.convert("L") if im.mode == "1" else im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise UserError(f"cannot read label {path}: {e}") from e
-    if arr.ndim != 2:
-        raise UserError(f"label {path} is not single-channel (array shape {arr.shape})")
-    return torch.from_numpy(arr.astype(np.int64))
-
-
-_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
-
-
-def read_list_file(list_file) -> list[tuple[int, list[str]]]:
-    """The entries of a list file: ``(line number, whitespace-separated fields)`` of every line
-    that is not blank or a ``#`` comment.
-
-    UTF-8, with or without a byte-order mark (as Windows Notepad saves it), or UTF-16 with its
-    mark; other bytes raise :class:`~pspnet.errors.UserError` naming the file and the line.
-    """
-    list_file = os.fspath(list_file)
-    if os.path.isdir(list_file):
-        raise IsADirectoryError(f"list file {list_file} is a directory")
-    if not os.path.isfile(list_file):
-        raise FileNotFoundError(f"list file not found: {list_file}")
-    with open(list_file, "rb") as f:
-        raw = f.read()
-    encoding = next((enc for bom, enc in _BOMS if raw.startswith(bom)), "utf-8")
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(
-            f"list file {list_file}, line {line}: not {encoding.upper()} text ({e.reason} at byte "
-            f"{e.start}); save it as UTF-8"
-        ) from None
-    entries = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if line and not line.startswith("#"):
-            entries.append((lineno, line.split()))
-    return entries
-
-
-def check_listed(where: str, img: str, lab: str | None) -> None:
-    """FileNotFoundError naming the list line ``where`` when a listed file does not exist."""
-    if not os.path.isfile(img):
-        raise FileNotFoundError(f"{where}: image not found: {img}")
-    if lab is not None and not os.path.isfile(lab):
-        raise FileNotFoundError(f"{where}: label not found: {lab}")
 
 
 def reduce_zero_label_lut(ignore_index: int = 255, size: int = 256) -> torch.Tensor:
@@ -141,8 +58,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         ignore_index: label value ignored by loss and metrics.
         class_names: list of names (default ``class0, class1, ...``).
         transform: optional ``t(image, label) -> (image, label)``.
-        check_labels: raise ValueError, naming the file and the bad values, when a (mapped) label
-            holds values outside ``[0, num_classes)`` other than ``ignore_index``.
+        check_labels: when a (mapped) label holds values outside ``[0, num_classes)`` other
+            than ``ignore_index``: ``True`` raises ValueError naming the file and the values;
+            ``False`` treats those pixels as ``ignore_index`` (left out of loss and metrics).
         label_map: None, an int64 lookup tensor (``lut[raw] -> class``), a callable
             ``f(label) -> label``, or ``"reduce_zero_label"`` / ``"cityscapes"``.
         sources: optional list of strings describing where each entry came from (list file and
@@ -228,17 +146,25 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{img_path} is {w}x{h}{self._where(index)}"
             )
         label = self.map_label(label, index)
-        if self.check_labels:
-            bad = (label != self.ignore_index) & ((label < 0) | (label >= self.num_classes))
-            if bool(bad.any()):
-                vals = torch.unique(label[bad]).tolist()
-                shown = ", ".join(str(v) for v in vals[:10]) + (" ..." if len(vals) > 10 else "")
-                raise UserError(
-                    f"label {lab_path}: values [{shown}] outside [0, {self.num_classes}) "
-                    f"(ignore index {self.ignore_index}){self._where(index)}; "
-                    "pass check_labels=False to skip this check"
-                )
+        bad = (label != self.ignore_index) & ((label < 0) | (label >= self.num_classes))
+        if bool(bad.any()):
+            if not self.check_labels:  # out-of-range pixels are not labelled: ignored
+                return image, label.masked_fill(bad, self.ignore_index)
+            vals = torch.unique(label[bad]).tolist()
+            shown = ", ".join(str(v) for v in vals[:10]) + (" ..." if len(vals) > 10 else "")
+            raise UserError(
+                f"label {lab_path}: values [{shown}] outside [0, {self.num_classes}) "
+                f"(ignore index {self.ignore_index}){self._where(index)}; "
+                + self.label_hint(max(vals))
+            )
         return image, label
+
+    def label_hint(self, highest: int) -> str:
+        """What to do about label values outside the class range (the end of the error)."""
+        return (
+            "fix the labels, or ignore those pixels with --dataset-opt check_labels=false "
+            "(check_labels=False)"
+        )
 
     def __getitem__(self, index):
         if not -len(self) <= index < len(self):
@@ -303,4 +229,10 @@ class ListDataset(SegmentationDataset):
             check_labels=check_labels,
             label_map=label_map,
             sources=sources,
+        )
+
+    def label_hint(self, highest: int) -> str:
+        n = highest + 1
+        return f"if the dataset has {n} classes, pass --dataset-opt num_classes={n}; otherwise " + (
+            super().label_hint(highest)
         )

@@ -18,16 +18,9 @@ import inspect
 import os
 
 from ..errors import UserError
-from .base import (
-    ListDataset,
-    SegmentationDataset,
-    check_listed,
-    read_image,
-    read_label,
-    read_list_file,
-    reduce_zero_label_lut,
-)
+from .base import ListDataset, SegmentationDataset, reduce_zero_label_lut
 from .cityscapes_labels import CITYSCAPES_CLASSES, id_to_train_id_lut
+from .files import check_listed, read_list_file
 from .synthetic import SHAPE_CLASSES, SyntheticShapes
 
 __all__ = [
@@ -35,15 +28,10 @@ __all__ = [
     "VOC_CLASSES",
     "CITYSCAPES_CLASSES",
     "DATASETS",
-    "SegmentationDataset",
-    "ListDataset",
     "ADE20K",
     "Cityscapes",
     "VOC",
     "build_dataset",
-    "read_image",
-    "read_label",
-    "reduce_zero_label_lut",
 ]
 
 ADE20K_CLASSES = [

@@ -3,6 +3,7 @@ per-sample seeded augmentation wrapper and the seeded (distributed) training loa
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from ..errors import UserError, user_input
 from .datasets import build_dataset
 from .faults import BadSample, collate_samples, load_or_mark
+from .files import set_max_image_pixels
 from .seeding import mix
 from .transforms import train_transform
 
@@ -21,6 +23,7 @@ __all__ = [
     "build_datasets",
     "build_train_loader",
     "check_batch_fits",
+    "init_eval_worker",
     "train_transform_for",
 ]
 
@@ -155,13 +158,20 @@ class _SkipSampler(torch.utils.data.Sampler):
         return max(len(self.sampler) - self.skip, 0)
 
 
-def _worker_ignores_stop_signals(_worker_id: int) -> None:
+def _init_train_worker(_worker_id: int, max_image_pixels: int = 0) -> None:
     """DataLoader workers leave SIGINT / SIGTERM to the main process, which finishes the current
-    step, saves and then shuts the workers down (a worker killed first would crash the loader)."""
+    step, saves and then shuts the workers down (a worker killed first would crash the loader);
+    and read images up to the run's pixel limit."""
     import signal
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    set_max_image_pixels(max_image_pixels)
+
+
+def init_eval_worker(_worker_id: int, max_image_pixels: int = 0) -> None:
+    """An evaluation DataLoader worker reads images up to the run's pixel limit."""
+    set_max_image_pixels(max_image_pixels)
 
 
 def build_train_loader(
@@ -202,5 +212,5 @@ def build_train_loader(
         generator=g,
         persistent_workers=False,
         collate_fn=collate_samples if marks else None,
-        worker_init_fn=_worker_ignores_stop_signals if cfg.workers else None,
+        worker_init_fn=partial(_init_train_worker, max_image_pixels=cfg.max_image_pixels),
     )
