@@ -60,6 +60,8 @@ class OnnxModel(nn.Module):
         super().__init__()
         ort = _onnxruntime()
         path = Path(os.fspath(path))
+        if path.is_dir():
+            raise IsADirectoryError(f"ONNX model {path} is a directory, not an .onnx file")
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {path}")
         if threads < 0:
