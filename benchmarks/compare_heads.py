@@ -11,7 +11,7 @@ training forward + backward (labels, ``main + 0.4 aux`` loss), and the bytes aut
 backward in that training forward (``saved_bytes``; :func:`benchmarks.harness.saved_tensor_bytes`).
 
 Writes ``<out>.json`` (pytest-benchmark-like: each record in ``benchmarks[i].extra_info``, so
-``python -m benchmarks.report <out>.json`` re-renders it) and ``<out>.md`` (the summary tables and
+``python -m benchmarks.summary <out>.json`` re-renders it) and ``<out>.md`` (the summary tables and
 target checks). Use ``pytest benchmarks/ --bench-cpu-model`` for the same forward inside the suite
 (sequential, not interleaved).
 """
@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import pspnet
 
-from . import report
+from . import summary
 from .grids import CLASSES, TrainShape
 from .harness import device_name, saved_tensor_bytes, synchronize
 
@@ -169,7 +169,7 @@ def write(records, out: Path, preamble: str = "") -> dict:
     json_path = out.with_suffix(".json")
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     md_path = out.with_suffix(".md")
-    body = report.render(records, title="PSPNet head layouts: concat vs concat_free")
+    body = summary.render(records, title="PSPNet head layouts: concat vs concat_free")
     md_path.write_text((preamble + "\n\n" if preamble else "") + body)
     return {"json": json_path, "md": md_path}
 
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     records = compare(args.crop, args.batch, args.repeats, args.train_batch, args.device)
-    print(report.render(records, title="PSPNet head layouts: concat vs concat_free"))
+    print(summary.render(records, title="PSPNet head layouts: concat vs concat_free"))
     if args.out:
         paths = write(records, Path(args.out))
         print(f"wrote {paths['json']} and {paths['md']}")

@@ -26,7 +26,7 @@ import torch
 
 from psp_kernels import interpreting
 
-from . import report
+from . import summary
 from .grids import cmp_cpu_grid, cmp_gpu_grid, cpu_grid, gpu_grid, skip_reason
 from .harness import RESULTS
 
@@ -133,10 +133,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not RESULTS:
         return
     out_dir, stem = output_dir(config)
-    paths = report.write_outputs(RESULTS, out_dir, stem)
+    paths = summary.write_outputs(RESULTS, out_dir, stem)
     tr = terminalreporter
     tr.section("psp-kernels benchmark summary")
-    for line in report.render(RESULTS).splitlines():
+    for line in summary.render(RESULTS).splitlines():
         tr.write_line(line)
     tr.write_line("")
     tr.write_line(f"summary: {paths['md']}")

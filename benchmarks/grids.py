@@ -52,7 +52,6 @@ BINS = (1, 2, 3, 6)
 CLASSES = 21
 PROVIDERS = ("eager", "compiled", "compiled-max-autotune", "fused", "fused-compiled")
 COMPILED = {"compiled": None, "compiled-max-autotune": "max-autotune-no-cudagraphs"}
-CASES = ("kernel1", "kernel2", "ppm", "head", "train")
 CMP_CASES = ("headcmp", "modelcmp")
 CMP_PROVIDERS = ("concat", "concat_free", "concat-compiled", "concat_free-compiled")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

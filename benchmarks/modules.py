@@ -1,7 +1,7 @@
 """The modules the benchmarks build: the official PPM, the model's head, the fused PPM beside them.
 
 Nothing here re-states the model: the plain PPM is the tests' oracle
-(:class:`tests.helpers.OfficialPPM`), the classifier is ``pspnet.model._head`` (the model's own),
+(:class:`pspnet.testing.OfficialPPM`), the classifier is ``pspnet.model._head`` (the model's own),
 and the head-layout comparison calls ``PSPNet._classify`` itself.
 """
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import pspnet
 from psp_kernels import reference
 from pspnet.model import _head
-from tests.helpers import OfficialPPM, randomize_batchnorm
+from pspnet.testing import OfficialPPM, randomize_batchnorm
 
 from .grids import BINS, CLASSES
 
@@ -28,7 +28,7 @@ def _baseline_upsample(y: torch.Tensor, size) -> torch.Tensor:
 
 
 class PlainPPM(OfficialPPM):
-    """The official PPM as the eager baseline: :class:`tests.helpers.OfficialPPM`, except that on
+    """The official PPM as the eager baseline: :class:`pspnet.testing.OfficialPPM`, except that on
     CPU the 1x1 bin is expanded instead of interpolated (``psp_kernels.reference.upsample``: the
     same values), because Inductor's CPU backend fails on the backward of bilinear upsampling from
     a 1x1 map; on CUDA it is the official ``F.interpolate``. Same ``state_dict`` keys as

@@ -11,7 +11,7 @@ __all__ = ["plot_speedups"]
 def plot_speedups(records: Sequence[dict], path: str | Path) -> Path | None:
     """PNG of speed-up over eager against input size, one panel per case, pass and dtype.
 
-    ``records``: result records with their speed-ups (:func:`benchmarks.report.speedups`).
+    ``records``: result records with their speed-ups (:func:`benchmarks.summary.speedups`).
 
     Returns the path, or ``None`` when there is nothing to plot (no non-eager time with an eager
     time beside it) or matplotlib is missing.

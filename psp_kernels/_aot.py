@@ -45,7 +45,6 @@ class Traffic:
         dot_kind: precision class of those dots: ``"16bit"``, ``"tf32"``, ``"tf32x3"`` or
             ``"fp32"`` (``input_precision="ieee"``: FMA, no tensor cores).
         steps: serial loop steps of its longest program that wait for a global load.
-        step_bytes: bytes one program loads per such step.
         step_tensor: the pointer argument those loads read (its PTX accesses tell whether they
             are software-pipelined).
         loop_steps: iterations of the software-pipelined (innermost) loop those steps run in,
@@ -60,7 +59,6 @@ class Traffic:
     dot_flops: float = 0.0
     dot_kind: str = "16bit"
     steps: int = 1
-    step_bytes: int = 0
     step_tensor: str = ""
     loop_steps: int = 0
     fills_gpu: bool = False

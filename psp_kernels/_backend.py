@@ -12,13 +12,20 @@ import torch
 
 from ._validate import check_backend
 from .ops import utils
+from .ops.target import simulated_gpu
 from .ops.utils import interpreting
 
 __all__ = ["interpreting", "resolve_backend"]
 
 
 def _why_not_triton(x: torch.Tensor) -> str | None:
-    """Why the Triton kernels cannot run on tensors like ``x`` here, or ``None`` when they can."""
+    """Why the Triton kernels cannot run on tensors like ``x`` here, or ``None`` when they can.
+
+    While a GPU is simulated (``ops.target``: the workload report) every tensor counts as a CUDA
+    tensor of a GPU dtype.
+    """
+    if simulated_gpu() is not None:
+        return None
     if x.device.type == "cuda":
         if x.dtype not in utils.GPU_DTYPES:
             return f"backend='triton' does not support {x.dtype} on {x.device}"

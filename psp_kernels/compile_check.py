@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import hashlib
 import importlib
 import importlib.util
-import json
 import os
 import pkgutil
 import subprocess
@@ -78,34 +76,11 @@ def collect_specs(modules=None):
     return found
 
 
-def _usage_cache_dir() -> str:
-    base = os.environ.get("TRITON_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".triton", "cache"
-    )
-    return os.path.join(base, "psp_kernels_ptxas")
-
-
 def _ptxas_usage(ptx: str, arch: int) -> dict:
     """``machine.ptxas_usage``, cached by the PTX's hash next to Triton's own cache."""
-    from .analysis.machine import ptxas_usage
+    from .analysis.machine import disk_cached, ptxas_usage
 
-    key = hashlib.sha256(f"{arch}\n{ptx}".encode()).hexdigest()
-    cache = os.path.join(_usage_cache_dir(), f"{key}.json")
-    try:
-        with open(cache) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        pass
-    usage = ptxas_usage(ptx, arch)
-    try:
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        tmp = f"{cache}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(usage, f)
-        os.replace(tmp, cache)
-    except OSError:
-        pass
-    return usage
+    return disk_cached("psp_kernels_ptxas", f"{arch}\n{ptx}", lambda: ptxas_usage(ptx, arch))
 
 
 def _full_signature(spec) -> dict:

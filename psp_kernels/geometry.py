@@ -1,4 +1,4 @@
-"""Geometry shared by the kernels, the reference and the tests.
+"""Geometry shared by the kernels' tables, the CPU paths, the reference and the tests.
 
 Two pieces of geometry define the pyramid pooling module exactly as PyTorch computes it:
 
@@ -10,12 +10,12 @@ Two pieces of geometry define the pyramid pooling module exactly as PyTorch comp
   ``i * (in - 1) / (out - 1)`` (``align_corners=True``, 0 when ``out == 1``) or
   ``max((i + 0.5) * in / out - 0.5, 0)`` (``align_corners=False``).
 
-The Triton launchers turn these into small integer/float tables (cached per size and device) that
-the kernels read; the tests turn them into dense matrices to check the kernels independently of
-``torch.nn.functional``; the export formulation (:mod:`pspnet.export_ops`) builds the dense
-matrices inside exported graphs. The matrix and bound builders (:func:`pool_bounds`,
-:func:`stacked_pool_matrix`, :func:`bilinear_source`, :func:`interp_matrix`,
-:func:`shifted_interp_matrices`, :func:`shifted_pyramid_matrix`) use tensor operations only
+This module is the one place they are defined. The Triton launchers' per-pixel cell tables
+(:mod:`psp_kernels.ops.tables`) and the CPU paths (the ``separable`` modules of the ops) are built
+from these matrices; the tests check them against ``torch.nn.functional``; the export formulation
+of the model package builds them inside exported graphs. Every builder (:func:`pool_bounds`,
+:func:`stacked_pool_matrix`, :func:`interp_matrix`, :func:`shifted_interp_matrices`,
+:func:`shifted_pyramid_matrix`) uses tensor operations only
 (``arange``, integer arithmetic, compares, one division), so their sizes may be symbolic
 (``torch.export`` dynamic shapes) and an exported graph computes them from the input's size
 instead of holding tables of the example size.
@@ -23,21 +23,13 @@ instead of holding tables of the example size.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 __all__ = [
     "pool_bounds",
-    "pool_window",
-    "pool_windows",
     "pool_matrix",
     "stacked_pool_matrix",
-    "cell_table",
-    "bilinear_source",
-    "bilinear_taps",
     "interp_matrix",
-    "tap_table",
     "shifted_interp_matrices",
     "shifted_pyramid_matrix",
     "apply_rows",
@@ -73,19 +65,6 @@ def pool_bounds(length, bins, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     return start, end
 
 
-def pool_window(k: int, length: int, bins: int) -> tuple[int, int]:
-    """Return ``(start, end)`` of cell ``k`` when ``length`` pixels are pooled into ``bins`` cells."""
-    if not 0 <= k < bins:
-        raise ValueError(f"cell k must be in [0, {bins}), got {k}")
-    return pool_windows(length, bins)[k]
-
-
-def pool_windows(length: int, bins: int) -> list[tuple[int, int]]:
-    """Return the ``bins`` pooling windows ``[(start, end), ...]`` over ``length`` pixels."""
-    start, end = pool_bounds(int(length), (int(bins),))
-    return list(zip(start.tolist(), end.tolist()))
-
-
 def stacked_pool_matrix(length, bins, dtype=torch.float64, device=None) -> torch.Tensor:
     """Return the ``(sum(bins), length)`` window-averaging matrix of all ``bins``, stacked.
 
@@ -107,37 +86,6 @@ def pool_matrix(length, bins: int, dtype=torch.float64, device=None) -> torch.Te
     return stacked_pool_matrix(length, (bins,), dtype, device)
 
 
-@functools.lru_cache(maxsize=256)
-def _cell_table_cpu(height: int, width: int, bins: tuple[int, ...]) -> torch.Tensor:
-    rows = []
-    for b in bins:
-        row_windows = pool_windows(height, b)
-        col_windows = pool_windows(width, b)
-        for rs, re in row_windows:
-            for cs, ce in col_windows:
-                rows.append((rs, re, cs, ce))
-    return torch.tensor(rows, dtype=torch.int32).t().contiguous()
-
-
-def cell_table(height: int, width: int, bins, device=None) -> torch.Tensor:
-    """Return the pooling cells of all bins as an int32 ``(4, sum(b * b))`` table.
-
-    Rows are ``row_start, row_end, col_start, col_end``; cells are ordered bin by bin (in the order
-    of ``bins``), each bin row-major (``cell = k * b + l``). Cached per size, bins and device.
-    """
-    table = _cell_table_cpu(int(height), int(width), tuple(int(b) for b in bins))
-    if device is None or torch.device(device).type == "cpu":
-        return table
-    return _cell_table_on(
-        int(height), int(width), tuple(int(b) for b in bins), torch.device(device)
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _cell_table_on(height, width, bins, device):
-    return _cell_table_cpu(height, width, bins).to(device)
-
-
 def _check_sizes(out_size, in_size) -> None:
     if out_size < 1 or in_size < 1:
         raise ValueError(f"sizes must be positive, got out_size={out_size}, in_size={in_size}")
@@ -153,24 +101,6 @@ def _taps_at(i, out_size, in_size, align_corners: bool):
     i0 = src.floor().long().clamp_max(in_size - 1)
     i1 = (i0 + 1).clamp_max(in_size - 1)
     return i0, i1, src - i0
-
-
-def bilinear_source(out_size, in_size, align_corners: bool, device=None, dtype=torch.float64):
-    """Return tensors ``(i0, i1, lam)`` of PyTorch's bilinear taps along one axis.
-
-    Output ``i`` = ``(1 - lam[i]) * src[i0[i]] + lam[i] * src[i1[i]]``; indices are int64, ``lam``
-    (and the source coordinates) are computed in ``dtype`` (float64 by default; float32 is what
-    PyTorch itself uses for float32 inputs). Built from tensor operations only, so it traces under
-    ``torch.compile`` and ``torch.export`` and the sizes may be symbolic.
-    """
-    _check_sizes(out_size, in_size)
-    i = torch.arange(out_size, dtype=dtype, device=device)
-    return _taps_at(i, out_size, in_size, align_corners)
-
-
-def bilinear_taps(out_size: int, in_size: int, align_corners: bool):
-    """Return :func:`bilinear_source` as Python lists ``(i0, i1, lam)``."""
-    return tuple(t.tolist() for t in bilinear_source(out_size, in_size, align_corners))
 
 
 def _interp_rows(i, out_size, in_size, align_corners: bool, device):
@@ -201,31 +131,6 @@ def interp_matrix(
     _check_sizes(out_size, in_size)
     i = torch.arange(out_size, dtype=taps_dtype, device=device)
     return _interp_rows(i, out_size, in_size, align_corners, device).to(dtype)
-
-
-@functools.lru_cache(maxsize=256)
-def _tap_table_cpu(out_size, in_size, align_corners, dtype):
-    i0, i1, lam = bilinear_taps(out_size, in_size, align_corners)
-    idx = torch.tensor([i0, i1], dtype=torch.int32)
-    return idx, torch.tensor(lam, dtype=dtype)
-
-
-@functools.lru_cache(maxsize=256)
-def _tap_table_on(out_size, in_size, align_corners, dtype, device):
-    idx, lam = _tap_table_cpu(out_size, in_size, align_corners, dtype)
-    return idx.to(device), lam.to(device)
-
-
-def tap_table(out_size: int, in_size: int, align_corners: bool, device=None, dtype=torch.float32):
-    """Return ``(idx, lam)``: int32 ``(2, out_size)`` source indices ``i0, i1`` and ``lam`` weights.
-
-    ``dtype`` is the weights' dtype (float32 for float32/16 inputs, float64 for float64 inputs).
-    Cached per size, mode, dtype and device.
-    """
-    key = (int(out_size), int(in_size), bool(align_corners), dtype)
-    if device is None or torch.device(device).type == "cpu":
-        return _tap_table_cpu(*key)
-    return _tap_table_on(*key, torch.device(device))
 
 
 def shifted_interp_matrices(

@@ -1,20 +1,13 @@
 """The concat-free PSP head: the 3x3 head conv over ``cat([x, up(y_1), ...])`` without the concat.
 
-Convolution is linear, so ``conv3x3(cat([x, up(y_1), ..., up(y_B)]), W)`` splits into the real
-3x3 conv of ``x`` with its weight slice ``W_x`` (the only full-resolution work), plus, per branch
-``b`` and tap ``(di, dj)``, the 1x1 product of that tap's weight slice with ``y_b`` at the
-branch's own ``b x b`` resolution, upsampled and shifted by the tap (zero outside the map, which
-is exactly the conv's zero padding). ``psp_kernels.shifted_upsample_add`` adds those nine shifted
-upsamplings per branch to the ``x`` half in one pass over the output. The result is the same
-function (float64 agrees to ~1e-13), with the pyramid half of the head conv's FLOPs gone and no
-``C + sum R`` channel tensor built or saved for backward.
+The maths and the kernels are :func:`psp_kernels.concat_free_conv`'s; this adds the export path:
+while exporting, the same split runs on the plain ops of :mod:`pspnet.export_ops`, exact at every
+(symbolic) input size.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
-from psp_kernels import shifted_upsample_add
+import psp_kernels
 
 from . import export_ops
 
@@ -24,32 +17,13 @@ __all__ = ["concat_free_conv3x3"]
 def concat_free_conv3x3(x, branches, weight, *, align_corners=True, backend="auto"):
     """Return ``F.conv2d(cat([x] + [up(y) for y in branches]), weight, padding=1)``, concat-free.
 
-    Args:
-        x: ``(N, C, H, W)`` feature map (the first ``C`` input channels of the conv).
-        branches: low-resolution maps ``(N, R_i, h_i, w_i)``, upsampled bilinearly to ``H x W``
-            (with ``align_corners``) in the concat; here they are never upsampled channel-wise.
-        weight: ``(O, C + sum R_i, 3, 3)``, the bias-free 3x3 conv weight (stride 1, padding 1).
-        backend: passed to :func:`psp_kernels.shifted_upsample_add`.
+    Args and result as :func:`psp_kernels.concat_free_conv` (``backend`` is passed to it).
     """
-    n, c = x.shape[:2]
-    o = weight.shape[0]
-    expected = c + sum(y.shape[1] for y in branches)
-    if weight.dim() != 4 or weight.shape[1] != expected or tuple(weight.shape[2:]) != (3, 3):
-        raise ValueError(
-            f"weight must have shape (O, {expected}, 3, 3) for x with {c} channels and branches "
-            f"with {expected - c}, got {tuple(weight.shape)}"
-        )
-    base = F.conv2d(x, weight[:, :c], padding=1)
-    maps = []
-    start = c
-    for y in branches:
-        r = y.shape[1]
-        # (O, R, 3, 3) -> (9 * O, R, 1, 1): tap t = 3 * (di + 1) + (dj + 1) -> channel block t
-        taps = weight[:, start : start + r].permute(2, 3, 0, 1).reshape(9 * o, r, 1, 1)
-        maps.append(F.conv2d(y, taps).view(n, 9, o, y.shape[-2], y.shape[-1]))
-        start += r
-    if not maps:
-        return base
     if export_ops.exporting():  # plain ops exact at every (symbolic) size
+        base, maps = psp_kernels.split_concat_conv(x, branches, weight)
+        if not maps:
+            return base
         return export_ops.shifted_upsample_add(base, maps, align_corners=align_corners)
-    return shifted_upsample_add(base, maps, align_corners=align_corners, backend=backend)
+    return psp_kernels.concat_free_conv(
+        x, branches, weight, align_corners=align_corners, backend=backend
+    )

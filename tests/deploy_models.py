@@ -2,7 +2,7 @@
 
 import torch
 
-from tests.helpers import randomize_batchnorm
+from pspnet.testing import randomize_batchnorm
 
 #: The models exported once per session by ``onnx_exports``: name -> (builder, example size).
 EXPORTED_MODELS = {

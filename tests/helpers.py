@@ -1,8 +1,7 @@
-"""What the tests (and the benchmarks) share: input makers, one BatchNorm randomiser, one
-tolerance check, and the official PPM written out in plain PyTorch (the oracle).
+"""What the tests share: input makers and one tolerance check.
 
-Imports nothing beyond torch at module level, so ``benchmarks`` and ``benchmarks.gpu_check``
-(which runs where pytest may be missing) import it too: ``from tests.helpers import ...``.
+The tolerances themselves are the library's (:mod:`psp_kernels.testing`); the official PPM and
+the BatchNorm randomiser, which the benchmarks use too, are :mod:`pspnet.testing`'s.
 """
 
 from __future__ import annotations
@@ -10,36 +9,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+from psp_kernels.testing import TOL
 
 __all__ = [
-    "TOL",
-    "OfficialPPM",
     "assert_close",
     "assert_compiled_matches",
     "assert_close_to_reference",
     "make_params",
     "make_x",
-    "max_rel_error",
-    "randomize_batchnorm",
     "skip_unless_kernels_take",
 ]
 
 # ----------------------------------------------------------------------------------------------
 # tolerances
 # ----------------------------------------------------------------------------------------------
-
-#: The contract's tolerances: max abs error relative to the reference's max abs (compare low
-#: precision against a float64 reference).
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def max_rel_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 1e-30) -> float:
-    """``max|actual - expected| / max(max|expected|, floor)``, computed in float64."""
-    scale = expected.detach().abs().max().item() if expected.numel() else 0.0
-    err = (actual.detach().double() - expected.detach().double()).abs().max().item()
-    return err / max(scale, floor) if err else 0.0
 
 
 def assert_close(
@@ -108,7 +92,7 @@ def assert_compiled_matches(fn, compiled, device, sizes=((7, 9), (10, 6))) -> No
         eager = fn(*leaves)
         eager_grads = torch.autograd.grad(eager, leaves)
         assert_close(out, eager, "compiled forward", dtype=torch.float32)
-        for g, eg in zip(grads, eager_grads):
+        for g, eg in zip(grads, eager_grads, strict=True):
             assert_close(g, eg, "compiled gradient", dtype=torch.float32)
 
 
@@ -169,61 +153,3 @@ def make_params(
     sc = [torch.rand(r, dtype=dtype, device=device) + 0.5 for r in rs] if scale else None
     sh = [torch.randn(r, dtype=dtype, device=device) * 0.1 for r in rs] if shift else None
     return ws, sc, sh
-
-
-def randomize_batchnorm(module: nn.Module, seed: int | None = None) -> nn.Module:
-    """Give every BatchNorm of ``module`` non-trivial affine parameters and running statistics
-    (so eval mode differs from the identity): weight and running_var in ``[0.5, 1.5)``, bias
-    and running_mean in ``[-0.1, 0.1)``. Drawn from a generator seeded with ``seed``, else from
-    the global RNG; returns ``module``."""
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-
-                def draw(lo, hi, _n=n):
-                    return torch.rand(_n, generator=gen, dtype=torch.float64) * (hi - lo) + lo
-
-                if m.affine:
-                    m.weight.copy_(draw(0.5, 1.5))
-                    m.bias.copy_(draw(-0.1, 0.1))
-                if m.track_running_stats:
-                    m.running_mean.copy_(draw(-0.1, 0.1))
-                    m.running_var.copy_(draw(0.5, 1.5))
-    return module
-
-
-# ----------------------------------------------------------------------------------------------
-# the oracle
-# ----------------------------------------------------------------------------------------------
-
-
-def _interpolate(y: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(y, size, mode="bilinear", align_corners=True)
-
-
-class OfficialPPM(nn.Module):
-    """The hszhao/semseg ``PPM`` in plain PyTorch: same submodules and ``state_dict`` keys as
-    ``pspnet.PPM``, ``cat([x] + [interpolate(f(x), align_corners=True)])`` (the definition).
-
-    ``upsample(y, size)`` replaces the bilinear interpolation where a caller needs to (the
-    benchmarks' compiled CPU baseline: ``psp_kernels.reference.upsample``, the same values).
-    """
-
-    def __init__(self, in_dim: int, reduction_dim: int, bins, *, upsample=None):
-        super().__init__()
-        self.upsample = upsample or _interpolate
-        self.features = nn.ModuleList(
-            nn.Sequential(
-                nn.AdaptiveAvgPool2d(b),
-                nn.Conv2d(in_dim, reduction_dim, kernel_size=1, bias=False),
-                nn.BatchNorm2d(reduction_dim),
-                nn.ReLU(inplace=True),
-            )
-            for b in bins
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[2:]
-        return torch.cat([x] + [self.upsample(f(x), size) for f in self.features], 1)

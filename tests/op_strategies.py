@@ -357,7 +357,7 @@ def build_ppc(case: PPCCase, *, grads: bool = True) -> Built:
     out = Built(args={})
     out.leaf("x", leaf, gx)
     weights = []
-    for i, (r, four, lay) in enumerate(zip(case.rs, case.weight_4d, case.w_layouts)):
+    for i, (r, four, lay) in enumerate(zip(case.rs, case.weight_4d, case.w_layouts, strict=True)):
         leaf, wt = make_tensor((r, case.c), lay, gen, requires_grad=gp)
         wt = wt / case.c**0.5
         if four:
@@ -396,7 +396,7 @@ def build_uc(case: UCCase, *, grads: bool = True) -> Built:
     out = Built(args={})
     out.leaf("x", leaf, gx)
     branches = []
-    for i, ((r, bh, bw), lay) in enumerate(zip(case.branch_sizes, case.b_layouts)):
+    for i, ((r, bh, bw), lay) in enumerate(zip(case.branch_sizes, case.b_layouts, strict=True)):
         leaf, y = make_tensor((case.n, r, bh, bw), lay, gen, requires_grad=gb)
         out.leaf(f"branches[{i}]", leaf, gb)
         branches.append(y)
@@ -413,7 +413,7 @@ def build_sua(case: SUACase, *, grads: bool = True) -> Built:
     out = Built(args={})
     out.leaf("base", leaf, gb)
     maps = []
-    for i, ((mh, mw), lay) in enumerate(zip(case.map_sizes, case.m_layouts)):
+    for i, ((mh, mw), lay) in enumerate(zip(case.map_sizes, case.m_layouts, strict=True)):
         leaf, m = make_tensor((case.n, 9, case.o, mh, mw), lay, gen, requires_grad=gm)
         out.leaf(f"maps[{i}]", leaf, gm)
         maps.append(m)

@@ -150,6 +150,102 @@ def test_recorded_launches_are_specialized_like_the_jit():
     assert out["registers"] > 0 and sum(v for k, v in out["sass"].items() if "LDG" in k) > 0
 
 
+SAME_AS_PSPNET = textwrap.dedent(
+    """
+    import json, torch
+    import pspnet
+    from pspnet.heads import concat_free_conv3x3
+    from psp_kernels.analysis.record import recording
+    from psp_kernels.analysis.workloads import HEAD_OUT, Shape, record_workload
+
+    def key(launches):
+        return [(l.name, l.grid, sorted((k, repr(v)) for k, v in l.args.items()), l.options)
+                for l in launches]
+
+    def pspnet_launches(workload, s):
+        x = torch.empty(s.n, s.c, s.h, s.w, device="meta", dtype=s.dtype)
+        if s.layout == "nhwc":
+            x = x.to(memory_format=torch.channels_last)
+        x.requires_grad_(workload != "ppm")
+        with recording(132, 90) as rec:
+            if workload == "head":
+                ys = [torch.empty(s.n, s.r, b, b, device="meta", dtype=s.dtype,
+                                  requires_grad=True) for b in s.bins]
+                w = torch.empty(HEAD_OUT, s.c + s.r * len(s.bins), 3, 3, device="meta",
+                                dtype=s.dtype, requires_grad=True)
+                out = concat_free_conv3x3(x, ys, w)
+            else:
+                ppm = pspnet.PPM(s.c, s.r, s.bins).to("meta", s.dtype).train(workload != "ppm")
+                with torch.set_grad_enabled(workload != "ppm"):
+                    out = ppm(x)
+            if out.requires_grad:
+                out.backward(torch.empty_like(out))
+        return rec.launches
+
+    same = {}
+    for workload, layout in [("ppm", "nchw"), ("ppm", "nhwc"), ("ppm-train", "nchw"),
+                             ("ppm-train", "nhwc"), ("head", "nchw")]:
+        s = Shape(2, 64, 13, 17, torch.bfloat16, layout)
+        ours, theirs = record_workload(workload, s, 132, 90), pspnet_launches(workload, s)
+        same[f"{workload} {layout}"] = [len(ours), len(theirs), key(ours) == key(theirs)]
+    print(json.dumps(same))
+    """
+)
+
+
+def test_workloads_launch_what_pspnet_launches():
+    """The report's workloads, written with psp_kernels' own ops, launch exactly the kernels,
+    grids and arguments that pspnet's PPM (eval and training) and concat-free head launch."""
+    proc = subprocess.run([sys.executable, "-c", SAME_AS_PSPNET], capture_output=True,
+                          text=True, env=_env(), cwd=ROOT, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    same = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(same) == 5
+    for case, (ours, theirs, equal) in same.items():
+        assert ours > 0 and ours == theirs and equal, f"{case}: {ours} vs {theirs} launches"
+
+
+ATOMICS = textwrap.dedent(
+    """
+    import json, triton, triton.language as tl
+    from psp_kernels.analysis import machine, report
+
+    @triton.jit
+    def add_kernel(x_ptr, y_ptr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.atomic_add(y_ptr + offs, tl.load(x_ptr + offs))
+
+    @triton.jit
+    def copy_kernel(x_ptr, y_ptr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(y_ptr + offs, tl.load(x_ptr + offs))
+
+    out = {}
+    for k in (add_kernel, copy_kernel):
+        src = {"module": "__main__", "kernel": k.fn.__name__,
+               "signature": {"x_ptr": "*fp32", "y_ptr": "*fp32", "BLOCK": "constexpr"},
+               "constexprs": {(2,): 128}, "attrs": {}, "options": {"num_warps": 4}, "arch": 90}
+        m = machine.analyse(src)
+        out[k.fn.__name__] = [m.get("error"), report.uses_atomics(m["sass"])]
+    print(json.dumps(out))
+    """
+)
+
+
+def test_atomics_in_machine_code_are_found(tmp_path):
+    """Determinism is checked where it can be seen: the interpreter runs programs one at a time,
+    so two runs there are equal by construction; the report reads the compiled sm_90 code, where
+    an atomic add shows (the CI gate fails on it for every launch of the workloads)."""
+    script = tmp_path / "atomics.py"  # @triton.jit needs its kernels in a file
+    script.write_text(ATOMICS)
+    env = dict(_env(), PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"add_kernel": [None, True], "copy_kernel": [None, False]}
+
+
 def test_workload_cli_reports_findings_and_exit_code():
     cmd = [sys.executable, "-m", "psp_kernels.compile_check", "--workload", "ppm", "--n", "1"]
     cmd += ["--c", "64", "--hw", "13", "17", "--dtype", "fp32", "--arch", "90", "--jobs", "1"]

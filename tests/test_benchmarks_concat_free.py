@@ -4,7 +4,7 @@ skips, FLOP and saved-bytes counts on a tiny head, the report's table and target
 import pytest
 import torch
 
-from benchmarks import report
+from benchmarks import summary
 from benchmarks.grids import CPU_MODEL_FWD, Bench, Shape, cmp_cpu_grid, cmp_gpu_grid, skip_reason
 from benchmarks.harness import saved_tensor_bytes
 from benchmarks.providers import Case
@@ -46,7 +46,7 @@ def test_tiny_head_layouts_agree_and_count(pass_):
         run.setup()
         outs.append([t.detach().clone() for t in run.fn()])
     assert len(outs[0]) == (1 if pass_ == "fwd" else 3)
-    for a, c in zip(*outs):
+    for a, c in zip(*outs, strict=True):
         torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
     cf, cc = case.counts("concat_free"), case.counts("concat")
     assert 0 < cf["flops"] < cc["flops"]
@@ -80,13 +80,13 @@ def test_report_table_and_targets():
         _rec("concat", "fwd", "cpu", 1, 12.2, 324e9),
         _rec("concat_free", "fwd", "cpu", 1, 10.5, 256e9),
     ]
-    rows = report.speedups(recs)
+    rows = summary.speedups(recs)
     free = rows[1]
     assert free["vs_concat"] == pytest.approx(12.2 / 10.5)
     assert free["flops_vs_concat"] == pytest.approx(256 / 324)
-    checks = {name.split(",")[0]: status for name, status, _ in report.cmp_target_checks(rows)}
+    checks = {name.split(",")[0]: status for name, status, _ in summary.cmp_target_checks(rows)}
     assert list(checks.values()) == ["pass", "pass", "not run"]
-    text = report.render(recs)
+    text = summary.render(recs)
     assert "### modelcmp fwd (head layouts)" in text and "| 1.16 |" in text and "-21%" in text
     assert "### ppm" not in text
     slow = [dict(recs[0]), dict(recs[1], time_s=11.5, flops=300e9)]
@@ -94,5 +94,5 @@ def test_report_table_and_targets():
         _rec("concat", "fwd+bwd", "cuda", 8, 1.0, 1e12, mem=10 * 2**30),
         _rec("concat_free", "fwd+bwd", "cuda", 8, 0.9, 0.8e12, mem=int(9.5 * 2**30)),
     ]
-    statuses = [s for _, s, _ in report.cmp_target_checks(report.speedups(slow + gpu))]
+    statuses = [s for _, s, _ in summary.cmp_target_checks(summary.speedups(slow + gpu))]
     assert statuses == ["MISS", "MISS", "MISS"]

@@ -21,7 +21,7 @@ def test_official_layout_is_the_same_function():
 
 def _record(official, ort):
     names = compare_deploy.PROVIDERS
-    med = dict(zip(names, (official, 1.0, ort)))
+    med = dict(zip(names, (official, 1.0, ort), strict=True))
     return {
         "input": [1, 3, 473, 473],
         "threads": 2,

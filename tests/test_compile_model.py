@@ -16,7 +16,8 @@ from torch._dynamo.backends.common import aot_autograd
 
 from psp_kernels import interpreting
 from pspnet import TinyPSPNet
-from tests.helpers import assert_close, randomize_batchnorm
+from pspnet.testing import randomize_batchnorm
+from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() and not interpreting(),
@@ -113,7 +114,7 @@ def test_training_step_one_graph_with_custom_ops(device):
         "psp_kernels.shifted_upsample_add_bwd.default",
     } <= rec.ops(rec.bw)
     assert_close(losses[0], losses[1], "loss", tol=1e-5)
-    for (name, _), g, ref in zip(model.named_parameters(), *grads):
+    for (name, _), g, ref in zip(model.named_parameters(), *grads, strict=True):
         assert_close(g, ref, f"grad {name}", tol=1e-4, floor=1e-6)
-    for (name, a), b in zip(model.named_parameters(), eager.parameters()):
+    for (name, a), b in zip(model.named_parameters(), eager.parameters(), strict=True):
         assert_close(a.detach(), b.detach(), f"{name} after the SGD step", tol=1e-5)

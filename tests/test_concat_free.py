@@ -6,7 +6,8 @@ import torch
 import pspnet
 from psp_kernels import reference
 from pspnet.heads import concat_free_conv3x3
-from tests.helpers import assert_close, randomize_batchnorm
+from pspnet.testing import randomize_batchnorm
+from tests.helpers import assert_close
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
@@ -58,10 +59,10 @@ def test_concat_free_equals_concat(size, batch, train, dtype):
     out_c, grads_c = _run(concat, x, y, train)
     out_f, grads_f = _run(free, x, y, train)
     assert_close(out_f, out_c, tol=_TOL[dtype], floor=1.0)
-    for gf, gc in zip(grads_f, grads_c):
+    for gf, gc in zip(grads_f, grads_c, strict=True):
         assert_close(gf, gc, tol=_TOL[dtype], floor=1.0)
     if train:  # BatchNorm running statistics follow the same path
-        for a, b in zip(concat.buffers(), free.buffers()):
+        for a, b in zip(concat.buffers(), free.buffers(), strict=True):
             assert_close(b.double(), a.double(), tol=_TOL[dtype], floor=1.0)
 
 
@@ -71,7 +72,7 @@ def test_concat_free_equals_concat_97():
     out_c, grads_c = _run(concat, x, None, False)
     out_f, grads_f = _run(free, x, None, False)
     assert_close(out_f, out_c, tol=_TOL[torch.float64], floor=1.0)
-    for gf, gc in zip(grads_f, grads_c):
+    for gf, gc in zip(grads_f, grads_c, strict=True):
         assert_close(gf, gc, tol=_TOL[torch.float64], floor=1.0)
 
 
@@ -100,6 +101,7 @@ def test_head_conv_both_align_corners(align_corners):
     for a, b in zip(
         torch.autograd.grad(got, [x, weight, *ys], g),
         torch.autograd.grad(expected, [x, weight, *ys], g),
+        strict=True,
     ):
         assert (a - b).abs().max().item() < 1e-10
 

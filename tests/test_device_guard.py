@@ -4,6 +4,8 @@ Without a GPU: fake ``cuda:1`` tensors (``FakeTensorMode``) and a stand-in for
 ``torch.cuda.device`` that records which device is current when the kernel is launched.
 """
 
+import contextlib
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -56,11 +58,14 @@ def test_launch_on_mixed_devices_raises(current_device):
     assert current_device == []  # nothing was launched
 
 
-def test_device_guard_names_the_arguments():
+def test_device_guard_names_the_arguments(current_device):
     with pytest.raises(ValueError, match=r"addend is on meta but dx is on cpu"):
         utils.device_guard(dx=torch.zeros(1), addend=torch.zeros(1, device="meta"))
-    with utils.device_guard(x=torch.zeros(1), out=None):  # CPU (interpreter): no device switch
-        pass
+    # CPU (the interpreter): no device switch; None entries are ignored
+    assert isinstance(utils.device_guard(x=torch.zeros(1), out=None), contextlib.nullcontext)
+    with FakeTensorMode():
+        guard = utils.device_guard(x=torch.empty(1, device="cuda:1"), out=None)
+    assert isinstance(guard, torch.cuda.device) and guard.index == 1  # (the fixture's stand-in)
 
 
 @pytest.mark.gpu

@@ -13,7 +13,7 @@ from pspnet.config import Config
 from pspnet.evaluate import evaluate, net_process, predict_probs, scaled_size, slide_inference
 from pspnet.metrics import ConfusionMeter, compute_metrics, confusion_matrix, format_table
 from pspnet.model import TinyPSPNet
-from tests.helpers import randomize_batchnorm
+from pspnet.testing import randomize_batchnorm
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
@@ -68,7 +68,7 @@ def test_confusion_matrix_matches_loops_and_ignores_255():
     pred = torch.randint(0, 4, (2, 9, 11), generator=g)
     cm = confusion_matrix(pred, target, 4, ignore_index=255)
     ref = torch.zeros(4, 4, dtype=torch.int64)
-    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist(), strict=True):
         if t != 255:
             ref[t, p] += 1
     assert torch.equal(cm, ref)

@@ -21,7 +21,7 @@ def test_pool_bounds_are_pytorchs_windows(length):
     expected = [
         (k * length // b, -(-(k + 1) * length // b)) for b in bins for k in range(b)
     ]  # floor(k L / b), ceil((k + 1) L / b)
-    assert list(zip(start.tolist(), end.tolist())) == expected
+    assert list(zip(start.tolist(), end.tolist(), strict=True)) == expected
     assert start.dtype == end.dtype == torch.int64
 
 
@@ -77,7 +77,7 @@ def test_shifted_matrices_are_shifted_interp_rows(align_corners):
 def test_export_ops_pooling_and_upsampling(height, width):
     x = torch.randn(2, 4, height, width, dtype=torch.float64)
     bins = (1, 2, 3, 6)
-    for got, b in zip(export_ops.adaptive_pools(x, bins), bins):
+    for got, b in zip(export_ops.adaptive_pools(x, bins), bins, strict=True):
         assert _rel(got, F.adaptive_avg_pool2d(x, b)) < 1e-13
     y = torch.randn(2, 4, 3, 2, dtype=torch.float64)
     for ac in (True, False):

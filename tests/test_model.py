@@ -20,7 +20,8 @@ import torch.nn.functional as F
 import pspnet
 from pspnet import PSPNet, load_checkpoint
 from pspnet import resnet as resnet_mod
-from tests.helpers import OfficialPPM, assert_close, randomize_batchnorm
+from pspnet.testing import OfficialPPM, randomize_batchnorm
+from tests.helpers import assert_close
 
 # ----------------------------------------------------------------------------------------------
 # Official-style reference (plain PyTorch, the official construction order and module names)

@@ -102,7 +102,7 @@ def _grads(outputs, leaves, grad_outputs):
 
 
 def _check_grads(names, grads, ref_grads):
-    for name, g, r in zip(names, grads, ref_grads):
+    for name, g, r in zip(names, grads, ref_grads, strict=True):
         assert_close_to_reference(g, r, F64, f"grad {name}")
 
 
@@ -138,7 +138,7 @@ def test_pyramid_pool_conv_random_valid(case):
         )
         ref = reference.pyramid_pool_conv(a["x"], a["weights"], a["bins"], **kw)
         assert isinstance(ys, list) and len(ys) == len(case.bin_list)
-        for i, (y, r, b, rr) in enumerate(zip(ys, ref, case.bin_list, case.rs)):
+        for i, (y, r, b, rr) in enumerate(zip(ys, ref, case.bin_list, case.rs, strict=True)):
             assert y.shape == (case.n, rr, b, b), f"y[{i}] shape"
             assert_close_to_reference(y, r, F64, f"y[{i}]")
         if not built.leaves:

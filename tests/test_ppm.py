@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 import pspnet
-from tests.helpers import OfficialPPM, assert_close, randomize_batchnorm
+from pspnet.testing import OfficialPPM, randomize_batchnorm
+from tests.helpers import assert_close
 
 IN_DIM, RED, BINS = 16, 4, (1, 2, 3, 6)
 # BatchNorm over a handful of values (bin 1 at batch 2) amplifies rounding differences in the
@@ -54,9 +55,9 @@ def _compare_train(plain, ours, x, steps=1):
         got.backward(grad)
         _assert_close(got.detach(), want.detach(), f"output (step {step})")
         _assert_close(xo.grad, xp.grad, f"dx (step {step})")
-        for (name, p), q in zip(plain.named_parameters(), ours.parameters()):
+        for (name, p), q in zip(plain.named_parameters(), ours.parameters(), strict=True):
             _assert_close(q.grad, p.grad, f"grad of {name} (step {step})")
-    for (name, a), b in zip(plain.named_buffers(), ours.buffers()):
+    for (name, a), b in zip(plain.named_buffers(), ours.buffers(), strict=True):
         if a.dtype.is_floating_point:
             _assert_close(b, a, f"buffer {name}")
         else:

@@ -32,13 +32,13 @@ def test_cpu_path_matches_reference(case, grad):
     sh = [torch.randn(3 + i, dtype=dtype) for i in range(len(bins))]
     ys = psp_kernels.pyramid_pool_conv(x, ws, bins, scale=sc, shift=sh, relu=True)
     ref = reference.pyramid_pool_conv(x, ws, bins, scale=sc, shift=sh, relu=True)
-    for i, (y, r) in enumerate(zip(ys, ref)):
+    for i, (y, r) in enumerate(zip(ys, ref, strict=True)):
         assert_close_to_reference(y, r, dtype, f"y[{i}]")
     if grad:
         gs = [torch.randn_like(r) for r in ref]
         got = torch.autograd.grad(ys, [x, *ws], gs)
         want = torch.autograd.grad(ref, [x, *ws], gs)
-        for name, g, r in zip(["x"] + [f"w{i}" for i in range(len(ws))], got, want):
+        for name, g, r in zip(["x"] + [f"w{i}" for i in range(len(ws))], got, want, strict=True):
             assert_close_to_reference(g, r, dtype, f"grad {name}")
 
 

@@ -1,5 +1,6 @@
-"""The layout of the code: no import cycle among the project's modules, no module over 400 lines
-(the Triton kernel files excepted), no function over 100 statements.
+"""The layout of the code: imports go one way between the packages, no import cycle among the
+project's modules, no module over 400 lines (the Triton kernel files excepted), no function over
+100 statements.
 
 Read from the source with ``ast``; nothing is imported.
 """
@@ -16,8 +17,13 @@ PACKAGES = ("pspnet", "psp_kernels", "benchmarks")
 MAX_LINES = 400
 MAX_STATEMENTS = 100
 
-# Modules allowed over MAX_LINES while a split is in progress (none now).
-LONG_MODULES_ALLOWED: set[str] = set()
+#: The packages each package must not import: the kernel library stands alone, the model package
+#: builds on it, the benchmarks on both; nothing imports the tests.
+FORBIDDEN = {
+    "psp_kernels": {"pspnet", "benchmarks", "tests"},
+    "pspnet": {"benchmarks", "tests"},
+    "benchmarks": {"tests"},
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -53,6 +59,15 @@ def _imported(name: str, path: Path, node: ast.Import | ast.ImportFrom):
         module = node.module
     yield module
     yield from (f"{module}.{alias.name}" for alias in node.names)
+
+
+def imported_packages(name: str, path: Path) -> set[str]:
+    """Top-level packages that module ``name`` imports anywhere (imports inside functions too)."""
+    tops = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            tops |= {target.split(".")[0] for target in _imported(name, path, node)}
+    return tops
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -161,6 +176,23 @@ def test_the_checks_see_the_code():
     assert _statements(fn.body[0]) == 4
 
 
+def test_the_direction_check_sees_imports(tmp_path):
+    """The package check finds absolute, relative and function-level imports."""
+    src = "import os\nfrom . import sibling\n\ndef f():\n    from tests.helpers import x\n"
+    (tmp_path / "m.py").write_text(src)
+    assert imported_packages("pkg.m", tmp_path / "m.py") == {"os", "pkg", "tests"}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_direction(package):
+    bad = [
+        f"{name} imports {sorted(imported_packages(name, path) & FORBIDDEN[package])}"
+        for name, path in MODULES.items()
+        if name.split(".")[0] == package and imported_packages(name, path) & FORBIDDEN[package]
+    ]
+    assert not bad, f"{package} must not import {sorted(FORBIDDEN[package])}:\n" + "\n".join(bad)
+
+
 def test_no_import_cycle():
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
@@ -177,18 +209,7 @@ def _line_limited():
 @pytest.mark.parametrize("path", list(_line_limited()), ids=_rel)
 def test_module_length(path):
     lines = len(path.read_text().splitlines())
-    if _rel(path) in LONG_MODULES_ALLOWED:
-        pytest.skip(f"temporarily allowed ({lines} lines)")
     assert lines <= MAX_LINES, f"{_rel(path)} has {lines} lines (at most {MAX_LINES}): split it"
-
-
-def test_allow_list_is_current():
-    """Every temporarily allowed module exists and is still over the limit."""
-    for rel in LONG_MODULES_ALLOWED:
-        path = ROOT / rel
-        assert path.is_file(), f"{rel} is gone: remove it from LONG_MODULES_ALLOWED"
-        lines = len(path.read_text().splitlines())
-        assert lines > MAX_LINES, f"{rel} has {lines} lines now: remove it from the allow-list"
 
 
 def test_function_length():

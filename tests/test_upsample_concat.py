@@ -64,7 +64,7 @@ def _check_against_reference(x, branches, align_corners, dtype):
     assert torch.equal(got[:, : x.shape[1]], x), "the copy of x must be exact"
     _close(got, want, dtype, "output")
     names = ["dx"] + [f"d branches[{i}] {tuple(b.shape)}" for i, b in enumerate(branches)]
-    for name, g, w in zip(names, got_grads, want_grads):
+    for name, g, w in zip(names, got_grads, want_grads, strict=True):
         assert g.shape == w.shape, name
         _close(g, w, dtype, name)
     return got
@@ -177,7 +177,7 @@ def test_bitwise_deterministic(device):
     out1, grads1 = _fwd_bwd(_triton, x, branches, grad, False)
     out2, grads2 = _fwd_bwd(_triton, x, branches, grad, False)
     assert torch.equal(out1, out2)
-    for a, b in zip(grads1, grads2):
+    for a, b in zip(grads1, grads2, strict=True):
         assert torch.equal(a, b)
 
 
@@ -195,7 +195,7 @@ def test_compile_fullgraph(dynamic, device):
     want, want_grads = _fwd_bwd(fn, x, branches, grad, True)
     got, got_grads = _fwd_bwd(compiled, x, branches, grad, True)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    for a, b in zip(got_grads, want_grads):
+    for a, b in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -212,5 +212,5 @@ def test_low_precision_parity_cuda(dtype, device):
     )
     low = [b.to(dtype) for b in branches]
     got, got_grads = _fwd_bwd(_triton, x.to(dtype), low, grad.to(dtype), True)
-    for g, w in zip([got, *got_grads], [want, *want_grads]):
+    for g, w in zip([got, *got_grads], [want, *want_grads], strict=True):
         _close(g.double(), w, dtype, "output / gradient")

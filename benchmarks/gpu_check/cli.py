@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     from psp_kernels import interpreting
 
     from ..run_gpu import result_stem
-    from . import model, output, parity, timing
+    from . import estimates, output, parity, timing
 
     cuda = torch.cuda.is_available() and not args.dry_run
     if not cuda and not args.dry_run:
@@ -92,8 +92,8 @@ def main(argv=None) -> int:
             "psp_kernels.compile_check --workload ppm ppm-train head)"
         )
     else:
-        gpu, arch = model.model_gpu(env["gpu"], tuple(env["capability"]))
-        modelled = model.ModelRun(shape, gpu, arch)
+        gpu, arch = estimates.model_gpu(env["gpu"], tuple(env["capability"]))
+        modelled = estimates.ModelRun(shape, gpu, arch)
 
     parity_rows = [] if args.skip_parity else parity.run(device, args.dry_run)
     if args.dry_run:
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     model_result = {"note": skipped_model} if modelled is None else modelled.result(
         timeout=deadline + 60 - time.perf_counter()
     )  # fmt: skip
-    model.attach(rows, model_result)
+    estimates.attach(rows, model_result)
 
     result = {
         "environment": env,

@@ -11,7 +11,7 @@ with NaN bytes (``0xFF``: NaN in every float format) by allocating and freeing p
 the op's outputs are carved from that memory, so an element it never writes stays NaN. Every
 element of every output and gradient is then checked: all finite, and within the contract's
 tolerance of the reference (max abs error relative to the reference's max abs:
-:data:`tests.helpers.TOL`).
+:data:`psp_kernels.testing.TOL`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 import psp_kernels
 from psp_kernels import reference
-from tests.helpers import TOL, max_rel_error
+from psp_kernels.testing import TOL, max_rel_error
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OPS = ("pyramid_pool_conv", "pyramid_pooling", "upsample_concat", "shifted_upsample_add")

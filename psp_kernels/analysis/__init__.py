@@ -1,7 +1,7 @@
 """What a GPU would run, read without one: the instruments behind the workload report.
 
-* :mod:`.record` drives the public ops and ``pspnet`` modules on meta tensors standing in for
-  CUDA tensors and records every Triton launch at the JIT boundary (grid, arguments, options);
+* :mod:`.record` drives the public ops on meta tensors standing in for
+  CUDA tensors inside a simulated GPU and records every Triton launch (grid, arguments, options);
 * :mod:`.machine` compiles each launch for sm_80 / sm_90 with the specialization Triton's JIT
   applies and reads its machine code (registers, spills, shared memory, occupancy, the widths of
   the global accesses from the SASS and, per tensor argument, from the PTX, tensor-core
@@ -10,5 +10,5 @@
   H100 / H200 / A100 estimated from its bytes, its serial latency-bound steps and its
   tensor-core FLOPs;
 * :mod:`.report` puts them together: the per-launch table, the findings and the totals
-  (``python -m psp_kernels.compile_check --workload ...``, ``psp_kernels.workload``).
+  (``python -m psp_kernels.compile_check --workload ...``).
 """

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 
 #: Largest shared memory one block may opt into, per compute capability (bytes).
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -232,11 +233,33 @@ def occupancy(registers: int, shared: int, num_warps: int, arch: int) -> int:
     return max(0, min(by_regs, by_smem, by_threads, lim["blocks"]))
 
 
-def _cache_path(key: str) -> str:
+def disk_cached(folder: str, key: str, compute: Callable[[], dict]) -> dict:
+    """``compute()``, cached as JSON under ``folder`` of Triton's cache directory by the hash of
+    ``key`` (a text naming everything the result depends on: the PTX and the architecture).
+
+    A cache for results that are expensive to recompute and safe to lose: a file is written to a
+    temporary name and renamed, so concurrent report processes never read half a file, and a
+    cache that cannot be read or written is recomputed or skipped silently.
+    """
     base = os.environ.get("TRITON_CACHE_DIR") or os.path.join(
         os.path.expanduser("~"), ".triton", "cache"
     )
-    return os.path.join(base, "psp_kernels_machine", f"{key}.json")
+    path = os.path.join(base, folder, hashlib.sha256(key.encode()).hexdigest() + ".json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    result = compute()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return result
 
 
 def analyse(src: dict) -> dict:
@@ -258,33 +281,22 @@ def analyse(src: dict) -> dict:
         }
     ptx = compiled.asm["ptx"]
     arch = src["arch"]
-    key = hashlib.sha256(f"v1\n{arch}\n{ptx}".encode()).hexdigest()
-    path = _cache_path(key)
-    try:
-        with open(path) as f:
-            return dict(json.load(f), param_names=names)
-    except (OSError, ValueError):
-        pass
-    usage = ptxas_usage(ptx, arch)
-    shared = max(int(compiled.metadata.shared), usage["static_smem"])
-    num_warps = int(src["options"].get("num_warps", 4))
-    result = dict(
-        usage,
-        shared=shared,
-        occupancy=occupancy(usage["registers"], shared, num_warps, arch),
-        sass=sass_counts(compiled.asm["cubin"]),
-        accesses=ptx_accesses(ptx),
-        num_warps=num_warps,
-        num_stages=int(src["options"].get("num_stages", 3)),
-    )
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+
+    def read_machine_code() -> dict:
+        usage = ptxas_usage(ptx, arch)
+        shared = max(int(compiled.metadata.shared), usage["static_smem"])
+        num_warps = int(src["options"].get("num_warps", 4))
+        return dict(
+            usage,
+            shared=shared,
+            occupancy=occupancy(usage["registers"], shared, num_warps, arch),
+            sass=sass_counts(compiled.asm["cubin"]),
+            accesses=ptx_accesses(ptx),
+            num_warps=num_warps,
+            num_stages=int(src["options"].get("num_stages", 3)),
+        )
+
+    result = disk_cached("psp_kernels_machine", f"v1\n{arch}\n{ptx}", read_machine_code)
     return dict(result, param_names=names)
 
 

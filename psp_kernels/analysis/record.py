@@ -1,18 +1,14 @@
 """Record the Triton launches of a workload without a GPU.
 
-The public ops and ``pspnet`` modules run on ``meta`` tensors that stand in for CUDA tensors
-(shapes, strides and dtypes real, no data), with every kernel launch intercepted at the JIT
-boundary (``JITFunction.run``) and recorded instead of run. Meta tensors rather than
-``FakeTensorMode`` CUDA tensors: the launchers build their small index tables on the host from
-real values, which a fake-tensor mode would turn into value-less fakes.
-
-While recording:
-
-* ``psp_kernels`` decides the backend as for CUDA tensors (``_backend._why_not_triton``) and
-  picks the GPU configurations (``ops.utils.INTERPRETER`` off), with the SM count of the GPU
-  being modelled (``ops.utils._num_sms``) and its compute capability (``ops.utils._capability``);
-* every ``psp_kernels::`` custom op runs its real implementation (the launchers) also on meta
-  tensors, where torch would otherwise run its fake implementation and launch nothing.
+The public ops run on ``meta`` tensors that stand in for CUDA tensors (shapes, strides and dtypes
+real, no data) inside :func:`psp_kernels.ops.target.simulating_gpu`: the launchers plan for the
+simulated GPU (its SM count and compute capability, the GPU tile configurations) and hand every
+launch to a :class:`Recorder` instead of running it, and the ``psp_kernels::`` custom ops run their
+launchers on meta tensors too (see :mod:`psp_kernels.ops.target`). Nothing global is replaced:
+the simulation is a context variable, so other threads and code outside the ``with`` block are
+not affected. Meta tensors rather than ``FakeTensorMode`` CUDA tensors: the launchers build their
+small index tables on the host from real values, which a fake-tensor mode would turn into
+value-less fakes.
 """
 
 from __future__ import annotations
@@ -23,8 +19,9 @@ import inspect
 from collections.abc import Iterator
 
 import torch
-from torch._library.custom_ops import CustomOpDef
 from triton.runtime.jit import JITFunction
+
+from ..ops.target import SimulatedGPU, simulating_gpu
 
 #: Where a fresh allocation would start (PyTorch's caching allocator aligns blocks to 512 B).
 _BASE_ADDRESS = 1 << 21
@@ -149,23 +146,6 @@ def _grid(grid, bound: dict) -> tuple[int, int, int]:
     return grid + (1,) * (3 - len(grid))
 
 
-def _psp_custom_ops() -> list[CustomOpDef]:
-    """Every ``psp_kernels::`` custom op, found in the ops' registration modules."""
-    import importlib
-    import pkgutil
-
-    import psp_kernels.ops
-
-    found = {}
-    for info in pkgutil.iter_modules(psp_kernels.ops.__path__):
-        if info.ispkg:
-            module = importlib.import_module(f"psp_kernels.ops.{info.name}.op")
-            for value in vars(module).values():
-                if isinstance(value, CustomOpDef):
-                    found[id(value)] = value
-    return list(found.values())
-
-
 class Recorder:
     """The launches recorded so far; :meth:`step` labels the launches made inside it."""
 
@@ -181,7 +161,9 @@ class Recorder:
         finally:
             self._step = ""
 
-    def record(self, kernel: JITFunction, args, grid, kwargs) -> None:
+    def record(self, kernel: JITFunction, grid, args, kwargs) -> None:
+        """Record ``kernel[grid](*args, **kwargs)`` (the signature of ``SimulatedGPU.record``)."""
+        kwargs = dict(kwargs)
         bound = dict(zip(kernel.arg_names, args))
         options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
         bound.update(kwargs)
@@ -204,31 +186,6 @@ def recording(num_sms: int, arch: int = 90) -> Iterator[Recorder]:
     ``num_sms``: the SM count the launchers see (their grids fill that many SMs); ``arch``:
     the compute capability they see (``ops.utils.compute_arch``: per-architecture tiles).
     """
-    from .. import _backend
-    from ..ops import utils
-
     recorder = Recorder()
-
-    def run(self, *args, grid, warmup, **kwargs):
-        recorder.record(self, args, grid, kwargs)
-
-    patches = [
-        (JITFunction, "run", run),
-        (_backend, "_why_not_triton", lambda x: None),
-        (utils, "INTERPRETER", False),
-        (utils, "_num_sms", lambda index: num_sms),
-        (utils, "_capability", lambda index: arch),
-    ]
-    old = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
-    ops = [(o, o._abstract_fn) for o in _psp_custom_ops()]
-    try:
-        for obj, attr, value in patches:
-            setattr(obj, attr, value)
-        for o, _ in ops:
-            o._abstract_fn = o._init_fn  # the launchers, also on meta tensors
+    with simulating_gpu(SimulatedGPU(num_sms, arch, recorder.record)):
         yield recorder
-    finally:
-        for obj, attr, value in old:
-            setattr(obj, attr, value)
-        for o, fn in ops:
-            o._abstract_fn = fn

@@ -92,6 +92,12 @@ def _access_findings(launch, m: dict, moved: int) -> list[str]:
     return found
 
 
+def uses_atomics(sass: dict) -> bool:
+    """Whether machine code with these SASS counts (:func:`.machine.sass_counts`) has global
+    atomics or reductions: a kernel with them is not bitwise deterministic across runs."""
+    return any(sass.get(op) for op in ("RED", "ATOM", "REDG", "ATOMG"))
+
+
 def _check(launch, m: dict, traffic, model: dict, shape: Shape, heavy: bool) -> list[str]:
     if "error" in m:
         return [f"does not compile: {m['error']}"]
@@ -104,7 +110,7 @@ def _check(launch, m: dict, traffic, model: dict, shape: Shape, heavy: bool) -> 
     sass = m["sass"]
     if _uses_dot(launch.kernel) and not (sass.get("HGMMA") or sass.get("HMMA")):
         found.append(f"tl.dot without tensor-core instructions ({sass.get('FFMA', 0)} FFMA)")
-    if sass.get("RED") or sass.get("ATOM") or sass.get("REDG") or sass.get("ATOMG"):
+    if uses_atomics(sass):
         found.append("atomics")
     waves = min(t["waves"] for t in model.values())
     if heavy and waves < 1 and (shape.n >= 8 or traffic.fills_gpu):

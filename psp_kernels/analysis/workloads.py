@@ -1,12 +1,17 @@
 """The workloads of the report: what PSPNet runs through the fused ops, and their ideal bytes.
 
-* ``ppm``: the eval PPM forward, ``pspnet.PPM(C, R, bins).eval()`` under ``torch.no_grad()``
-  (``psp_kernels.pyramid_pooling``: kernel 1 copying x, then kernel 2's branches);
+Each is written with ``psp_kernels``' own public ops, as ``pspnet`` calls them (a test records
+``pspnet``'s modules and checks that they launch the same kernels):
+
+* ``ppm``: the eval PPM forward under ``torch.no_grad()``: ``psp_kernels.pyramid_pooling`` with
+  the BatchNorms folded into ``scale`` / ``shift`` and ReLU (kernel 1 copying x, then kernel 2's
+  branches), as ``pspnet.PPM`` in eval;
 * ``ppm-train``: the PPM in training mode, forward and backward for x and every parameter
-  (``pyramid_pool_conv``, the branch BatchNorms, ``upsample_concat`` and their backwards);
-* ``head``: the concat-free head (``pspnet.heads.concat_free_conv3x3``, the default model's
-  classifier conv over the PPM), forward and backward: its Triton launches are those of
-  ``psp_kernels.shifted_upsample_add``.
+  (``pyramid_pool_conv``, the branch BatchNorms with batch statistics and ReLU,
+  ``upsample_concat`` and their backwards), as ``pspnet.PPM`` in training;
+* ``head``: the concat-free head conv (``psp_kernels.split_concat_conv`` +
+  ``psp_kernels.shifted_upsample_add``, what ``psp_kernels.concat_free_conv`` runs for the default
+  model's classifier conv over the PPM), forward and backward.
 
 PSPNet-50's shapes: ``C = 2048`` backbone channels, ``R = C / len(bins)`` per branch, the head's
 ``O = 512`` outputs. The ideal bytes are what a perfect implementation must move: every input read
@@ -18,6 +23,9 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
+
+import psp_kernels
 
 from .record import Recorder, recording
 
@@ -61,24 +69,44 @@ def _x(s: Shape, requires_grad: bool) -> torch.Tensor:
     return x.requires_grad_(requires_grad)
 
 
-def _ppm(s: Shape, train: bool, rec: Recorder) -> None:
-    from pspnet import PPM
+def _ppm_params(s: Shape, train: bool):
+    """Per-bin 1x1 conv weights ``(R, C, 1, 1)`` and BatchNorm-like ``(R,)`` vectors."""
+    kw = dict(device="meta", dtype=s.dtype, requires_grad=train)
+    weights = [torch.empty(s.r, s.c, 1, 1, **kw) for _ in s.bins]
+    scale = [torch.empty(s.r, **kw) for _ in s.bins]
+    shift = [torch.empty(s.r, **kw) for _ in s.bins]
+    return weights, scale, shift
 
-    module = PPM(s.c, s.r, s.bins).to(device="meta", dtype=s.dtype).train(train)
+
+def _ppm(s: Shape, train: bool, rec: Recorder) -> None:
     x = _x(s, requires_grad=train)
+    weights, scale, shift = _ppm_params(s, train)
     if not train:
         with torch.no_grad(), rec.step("PPM eval forward"):
-            module(x)
+            psp_kernels.pyramid_pooling(
+                x, weights, s.bins, scale=scale, shift=shift, relu=True, align_corners=True
+            )
         return
     with rec.step("PPM train forward"):
-        out = module(x)
+        ys = psp_kernels.pyramid_pool_conv(x, weights, s.bins)
+        ys = [
+            F.relu(F.batch_norm(y, None, None, gamma, beta, training=True))
+            for y, gamma, beta in zip(ys, scale, shift)
+        ]
+        out = psp_kernels.upsample_concat(x, ys, align_corners=True)
     with rec.step("PPM train backward"):
         out.backward(torch.empty_like(out))
 
 
-def _head(s: Shape, rec: Recorder) -> None:
-    from pspnet import heads
+def _cudnn_like_conv2d(inp, *args, **kwargs):
+    """``F.conv2d`` with cuDNN's output layout: meta tensors return a convolution of a
+    channels_last input contiguous, cuDNN returns it channels_last."""
+    cl = not inp.is_contiguous() and inp.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return F.conv2d(inp, *args, **kwargs).contiguous(memory_format=fmt)
 
+
+def _head(s: Shape, rec: Recorder) -> None:
     x = _x(s, requires_grad=True)
     branches = [
         torch.empty(s.n, s.r, b, b, device="meta", dtype=s.dtype, requires_grad=True)
@@ -87,22 +115,9 @@ def _head(s: Shape, rec: Recorder) -> None:
     weight = torch.empty(
         HEAD_OUT, s.c + s.r * len(s.bins), 3, 3, device="meta", dtype=s.dtype, requires_grad=True
     )
-    # cuDNN returns a convolution of a channels_last input channels_last; meta tensors do not
-    # (their convolution output is contiguous): keep the real layout of the head's x-half conv
-    conv2d = torch.nn.functional.conv2d
-
-    def cudnn_like_conv2d(inp, *args, **kwargs):
-        cl = not inp.is_contiguous() and inp.is_contiguous(memory_format=torch.channels_last)
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        return conv2d(inp, *args, **kwargs).contiguous(memory_format=fmt)
-
-    heads_conv2d = heads.F.conv2d
-    try:
-        heads.F.conv2d = cudnn_like_conv2d
-        with rec.step("head forward"):
-            out = heads.concat_free_conv3x3(x, branches, weight)
-    finally:
-        heads.F.conv2d = heads_conv2d
+    with rec.step("head forward"):
+        base, maps = psp_kernels.split_concat_conv(x, branches, weight, conv2d=_cudnn_like_conv2d)
+        out = psp_kernels.shifted_upsample_add(base, maps, align_corners=True)
     with rec.step("head backward"):
         out.backward(torch.empty_like(out))
 

@@ -83,9 +83,7 @@ def _store(dense: torch.Tensor, pixel_major: bool, dtype, device) -> torch.Tenso
 
 def _indicator(length: int, bins) -> torch.Tensor:
     """``(sum(bins), length)`` 0/1: pixel ``l`` lies in pooling window ``k`` (bin by bin)."""
-    start, end = geometry.pool_bounds(length, tuple(bins))
-    pos = torch.arange(length)
-    return ((pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])).double()
+    return (geometry.stacked_pool_matrix(length, tuple(bins)) > 0).double()
 
 
 @functools.lru_cache(maxsize=64)

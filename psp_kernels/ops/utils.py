@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .target import simulated_gpu
+
 __all__ = [
     "INTERPRETER",
     "GPU_DTYPES",
@@ -24,7 +26,6 @@ __all__ = [
     "dot_precision",
     "num_sms",
     "compute_arch",
-    "fits_int32",
     "sample_fits_int32",
     "device_guard",
     "split_launch_options",
@@ -62,13 +63,14 @@ next_power_of_2 = triton.next_power_of_2
 
 
 def interpreting() -> bool:
-    """True when the kernels run through Triton's interpreter (on CPU tensors)."""
-    return INTERPRETER
+    """True when the kernels run through Triton's interpreter (on CPU tensors); never while a
+    GPU is simulated (:mod:`.target`)."""
+    return INTERPRETER and simulated_gpu() is None
 
 
 def gpu_tiles() -> bool:
     """Whether the launchers pick their GPU tile sizes (on a GPU, or forced by tests)."""
-    return not INTERPRETER or GPU_TILES
+    return not interpreting() or GPU_TILES
 
 
 def tile_class(dtype: torch.dtype) -> str:
@@ -106,33 +108,33 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+def _cuda_properties(index: int) -> tuple[int, int]:
+    """``(SM count, compute capability as one number)`` of CUDA device ``index``."""
+    props = torch.cuda.get_device_properties(index)
+    return props.multi_processor_count, 10 * props.major + props.minor
+
+
+def _properties(device: torch.device) -> tuple[int, int]:
+    """:func:`_cuda_properties` of ``device`` (the current device when it has no index), or the
+    simulated GPU's (:mod:`.target`)."""
+    gpu = simulated_gpu()
+    if gpu is not None:
+        return gpu.num_sms, gpu.arch
+    if device.index is not None:
+        return _cuda_properties(device.index)
+    return _cuda_properties(torch.cuda.current_device() if device.type == "cuda" else 0)
 
 
 def num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA ``device`` (cached per device index)."""
-    if device.index is not None:
-        return _num_sms(device.index)
-    return _num_sms(torch.cuda.current_device() if device.type == "cuda" else 0)
-
-
-@functools.lru_cache(maxsize=16)
-def _capability(index: int) -> int:
-    major, minor = torch.cuda.get_device_capability(index)
-    return 10 * major + minor
+    """Streaming multiprocessors of a CUDA ``device`` (cached per device index), or of the GPU
+    being simulated (:mod:`.target`)."""
+    return _properties(device)[0]
 
 
 def compute_arch(device: torch.device) -> int:
-    """Compute capability of a CUDA ``device`` as one number (80: A100, 90: H100 / H200)."""
-    if device.index is not None:
-        return _capability(device.index)
-    return _capability(torch.cuda.current_device() if device.type == "cuda" else 0)
-
-
-def fits_int32(t: torch.Tensor) -> bool:
-    """Whether every element offset of ``t`` (its largest offset from element 0) is below 2**31."""
-    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) < 2**31
+    """Compute capability of a CUDA ``device`` as one number (80: A100, 90: H100 / H200), or of
+    the GPU being simulated (:mod:`.target`)."""
+    return _properties(device)[1]
 
 
 def sample_fits_int32(t: torch.Tensor) -> bool:

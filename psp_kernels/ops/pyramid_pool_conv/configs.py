@@ -178,7 +178,6 @@ def _pool_cells_traffic(launch) -> Traffic:
         dot_flops=2.0 * launch.programs * steps * tile,
         dot_kind=dot_kind(a["DOT_PRECISION"], x.itemsize),
         steps=steps,
-        step_bytes=a["BLOCK_P"] * (a["BLOCK_C"] + a["BLOCK_K"]) * x.itemsize,
         step_tensor="x_ptr",
         fills_gpu=True,
     )
@@ -199,7 +198,6 @@ def _cells_conv_traffic(launch) -> Traffic:
         dot_flops=2.0 * launch.programs * steps * tile,
         dot_kind=dot_kind(a["DOT_PRECISION"], itemsize),
         steps=steps,
-        step_bytes=a["BLOCK_K"] * (a["BLOCK_R"] * itemsize + a["BLOCK_M"] * 4 * a["SPLITS"]),
         step_tensor="w0_ptr",
     )
 
@@ -220,7 +218,6 @@ def _cells_to_pixels_traffic(launch) -> Traffic:
         dot_flops=2.0 * launch.programs * steps * tile,
         dot_kind=dot_kind(a["DOT_PRECISION"], 4),
         steps=steps,
-        step_bytes=a["BLOCK_C"] * a["BLOCK_P"] * dx.itemsize,
         step_tensor=step_tensor,
         fills_gpu=True,
     )

@@ -13,6 +13,7 @@ import torch
 import triton
 
 from .. import tables
+from ..target import launch
 from ..utils import (
     acc_dtype,
     clamp,
@@ -94,7 +95,9 @@ def pool_cells(
     o = out[:, :c] if out is not None else x  # dummy without the copy (never written)
     o_strides, oa = pixel_args(o)
     with device_guard(x=x, out=out):
-        _pool_cells_kernel[(programs, splits)](
+        launch(
+            _pool_cells_kernel,
+            (programs, splits),
             x, cells.table, cells.area, ws, o,
             c, w, hw, total, per_split, num_c_blocks, num_k_blocks,
             *x_strides, cells.stride, *o_strides,
@@ -162,7 +165,9 @@ def cells_conv(ws, splits, weights, scale, shift, relu, bins, out_dtype, cell_of
     s_args = slots([t.contiguous() for t in scale] if scale else list(w_args))
     b_args = slots([t.contiguous() for t in shift] if shift else list(w_args))
     with device_guard(ws=ws, weights=w_args[0]):
-        _cells_conv_kernel[(programs,)](
+        launch(
+            _cells_conv_kernel,
+            (programs,),
             ws, table, pooled if pooled is not None else ws,
             *w_args, *s_args, *b_args, *slots(ys),
             n, c, total, len(bins), SPLITS=splits,
@@ -204,7 +209,9 @@ def cells_to_pixels(
     a = addend if addend is not None else dx  # dummy without the addend (never read)
     a_strides, aa = pixel_args(a)
     with device_guard(dp=dp, dx=dx, addend=addend):
-        _cells_to_pixels_kernel[(n * num_c_blocks * num_p_blocks,)](
+        launch(
+            _cells_to_pixels_kernel,
+            (n * num_c_blocks * num_p_blocks,),
             dp, cells.area, cells.table, dx, a,
             c, width, hw, total, per_program, num_c_blocks, num_p_blocks, cells.stride,
             *d_strides, *a_strides,

@@ -14,6 +14,7 @@ import torch
 from ... import reference
 from ..._backend import resolve_backend
 from ..._validate import check_pyramid_pool_conv
+from ..target import custom_op, register_fake
 from ..utils import acc_dtype
 from . import separable
 from .launch import kernel_limit, launch_backward, launch_forward, total_cells
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-@torch.library.custom_op("psp_kernels::pyramid_pool_conv_fwd", mutates_args=())
+@custom_op("psp_kernels::pyramid_pool_conv_fwd")
 def _fwd_op(
     x: torch.Tensor,
     weights: list[torch.Tensor],
@@ -41,7 +42,7 @@ def _fwd_op(
     return ys, pooled
 
 
-@_fwd_op.register_fake
+@register_fake(_fwd_op)
 def fwd_fake(x, weights, bins, scale, shift, relu):
     n, c = x.shape[0], x.shape[1]
     ys = [x.new_empty((n, w.shape[0], b, b)) for w, b in zip(weights, bins)]
@@ -49,7 +50,7 @@ def fwd_fake(x, weights, bins, scale, shift, relu):
     return ys, pooled
 
 
-@torch.library.custom_op("psp_kernels::pyramid_pool_conv_bwd", mutates_args=())
+@custom_op("psp_kernels::pyramid_pool_conv_bwd")
 def _bwd_op(
     grads: list[torch.Tensor],
     ys: list[torch.Tensor],
@@ -78,7 +79,7 @@ def _bwd_op(
     )  # fmt: skip
 
 
-@_bwd_op.register_fake
+@register_fake(_bwd_op)
 def _bwd_fake(
     grads,
     ys,

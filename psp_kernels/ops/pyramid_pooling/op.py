@@ -17,6 +17,7 @@ from ..._backend import resolve_backend
 from ..._validate import check_pyramid_pool_conv
 from ..pyramid_pool_conv import op as kernel1
 from ..pyramid_pool_conv.launch import kernel_limit
+from ..target import custom_op, register_fake
 from ..upsample_concat import op as kernel2
 from ..upsample_concat.launch import empty_output
 from .launch import launch_forward
@@ -24,7 +25,7 @@ from .launch import launch_forward
 __all__ = ["pyramid_pooling"]
 
 
-@torch.library.custom_op("psp_kernels::pyramid_pooling_fwd", mutates_args=())
+@custom_op("psp_kernels::pyramid_pooling_fwd")
 def _fwd_op(
     x: torch.Tensor,
     weights: list[torch.Tensor],
@@ -38,7 +39,7 @@ def _fwd_op(
     return launch_forward(x, weights, [int(b) for b in bins], scale, shift, relu, align_corners)
 
 
-@_fwd_op.register_fake
+@register_fake(_fwd_op)
 def _fwd_fake(x, weights, bins, scale, shift, relu, align_corners):
     ys, pooled = kernel1.fwd_fake(x, weights, bins, scale, shift, relu)
     c_total = x.shape[1] + sum(w.shape[0] for w in weights)

@@ -164,7 +164,6 @@ def _fwd_traffic(launch) -> Traffic:
         dot_kind=dot_kind(a["PRECISION"], 4),
         steps=1 + h_steps,
         loop_steps=h_steps,
-        step_bytes=a["BLOCK_H"] * bw * base.itemsize,
         step_tensor="base_ptr",
     )
 
@@ -183,7 +182,6 @@ def _bwd_traffic(launch) -> Traffic:
         dot_flops=flops,
         dot_kind=dot_kind(a["PRECISION"], 4),
         steps=steps,
-        step_bytes=bh * bw * bo * grad.itemsize,
         step_tensor="grad_ptr",
         loop_steps=triton.cdiv(a["H"], bh),  # the row loop, inside the column loop
     )
@@ -201,7 +199,6 @@ def _bwd_plane_traffic(launch) -> Traffic:
         dot_flops=flops,
         dot_kind=dot_kind(a["PRECISION"], 4),
         steps=a["GROUPS"],
-        step_bytes=bh * bw * bo * grad.itemsize,
         step_tensor="grad_ptr",
     )
 

@@ -11,6 +11,7 @@ import functools
 import torch
 import triton
 
+from ..target import launch
 from ..utils import (
     acc_dtype,
     compute_arch,
@@ -129,7 +130,9 @@ def launch_forward(base, maps, align_corners):
     num_w_blocks = triton.cdiv(width, meta["BLOCK_W"])
     hints = dict(_hints(base, "B"), **_hints(out, "O"), CHANNELS_FAST=_channels_fast(base))
     with device_guard(base=base, maps=v):
-        _shifted_upsample_add_fwd_kernel[(n * num_o_blocks * num_w_blocks,)](
+        launch(
+            _shifted_upsample_add_fwd_kernel,
+            (n * num_o_blocks * num_w_blocks,),
             base, v, out, ahat, bhat, gidx,
             o, height, width, v.shape[2], num_o_blocks, num_w_blocks,
             *base.stride(), v.stride(0), v.stride(1), *out.stride(),
@@ -159,16 +162,18 @@ def launch_backward(grad, sizes, align_corners):
     consts = dict(V_DIV=pow2_divisor(dv.stride(1)), W_DIV=pow2_divisor(width), **hints, **meta)
     with device_guard(grad=grad):
         if plane is None:
-            _shifted_upsample_add_bwd_kernel[(n * num_o_blocks,)](
-                grad, dv, ahat, bhat, cidx, *args, **consts
-            )
+            launch(
+                _shifted_upsample_add_bwd_kernel, (n * num_o_blocks,),
+                grad, dv, ahat, bhat, cidx, *args, **consts,
+            )  # fmt: skip
         else:
             sms = num_sms(grad.device) if gpu else 1  # interpreter: few programs
             groups = configs.plane_groups(num_o_blocks, n, sms)
             grid = (n * triton.cdiv(num_o_blocks, groups),)
-            _shifted_upsample_add_bwd_plane_kernel[grid](
-                grad, dv, ahat, bhat, cidx, *args[:5], groups, *args[5:], **consts
-            )
+            launch(
+                _shifted_upsample_add_bwd_plane_kernel, grid,
+                grad, dv, ahat, bhat, cidx, *args[:5], groups, *args[5:], **consts,
+            )  # fmt: skip
     grads, start = [], 0
     for h, w in sizes:
         size = 9 * h * w

@@ -7,23 +7,24 @@ import torch
 from ... import reference
 from ..._backend import resolve_backend
 from ..._validate import check_backend, check_shifted_upsample_add
+from ..target import custom_op, register_fake
 from .launch import kernel_limit, launch_backward, launch_forward, map_sizes
 from .separable import separable_shifted_upsample_add
 
 __all__ = ["shifted_upsample_add"]
 
 
-@torch.library.custom_op("psp_kernels::shifted_upsample_add_fwd", mutates_args=())
+@custom_op("psp_kernels::shifted_upsample_add_fwd")
 def _fwd_op(base: torch.Tensor, maps: list[torch.Tensor], align_corners: bool) -> torch.Tensor:
     return launch_forward(base, maps, align_corners)
 
 
-@_fwd_op.register_fake
+@register_fake(_fwd_op)
 def _(base, maps, align_corners):
     return torch.empty_like(base)
 
 
-@torch.library.custom_op("psp_kernels::shifted_upsample_add_bwd", mutates_args=())
+@custom_op("psp_kernels::shifted_upsample_add_bwd")
 def _bwd_op(grad: torch.Tensor, sizes: list[int], align_corners: bool) -> list[torch.Tensor]:
     pairs = tuple(zip(sizes[0::2], sizes[1::2]))
     # the gradients are views of one packed buffer: outputs of a custom op may not alias
@@ -33,7 +34,7 @@ def _bwd_op(grad: torch.Tensor, sizes: list[int], align_corners: bool) -> list[t
     ]
 
 
-@_bwd_op.register_fake
+@register_fake(_bwd_op)
 def _(grad, sizes, align_corners):
     n, o = grad.shape[:2]
     return [grad.new_empty(n, 9, o, h, w) for h, w in zip(sizes[0::2], sizes[1::2])]

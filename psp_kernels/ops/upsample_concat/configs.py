@@ -125,7 +125,6 @@ def _fwd_traffic(launch) -> Traffic:
         dot_flops=2.0 * launch.programs * steps * tile,
         dot_kind=dot_kind(a["DOT_PRECISION"], 4),
         steps=steps,
-        step_bytes=a["BLOCK_C"] * a["BLOCK_P"] * out.itemsize,
         step_tensor="x_ptr" if copy else "t_ptr",
         fills_gpu=True,
     )
@@ -145,7 +144,6 @@ def _bwd_traffic(launch) -> Traffic:
         dot_flops=2.0 * launch.programs * steps * a["BLOCK_C"] * a["BLOCK_P"] * a["BLOCK_K"],
         dot_kind=dot_kind(a["DOT_PRECISION"], 4),
         steps=steps,
-        step_bytes=a["BLOCK_P"] * (a["BLOCK_C"] * g.itemsize + a["BLOCK_K"] * 4),
         step_tensor="g_ptr",
     )
 

@@ -14,6 +14,7 @@ import torch
 import triton
 
 from .. import tables
+from ..target import launch
 from ..utils import (
     clamp,
     device_guard,
@@ -116,7 +117,9 @@ def _launch_group(x, branches, shapes, align_corners, out, out_c0, copy_x):
     x_strides, xa = pixel_args(x)
     o_strides, oa = pixel_args(out)
     with device_guard(x=x, out=out, branches=ys[0]):
-        _upsample_concat_fwd_kernel[(n * n_rows * num_p_blocks,)](
+        launch(
+            _upsample_concat_fwd_kernel,
+            (n * n_rows * num_p_blocks,),
             x, *ys, cells.table, out, rows,
             ww, hw, per_program, num_p_blocks, n_rows, cells.stride, *x_strides, *o_strides,
             X_FLAT=xa["FLAT"], O_FLAT=oa["FLAT"], XN_DIV=xa["N_DIV"], XC_DIV=xa["C_DIV"],
@@ -174,7 +177,9 @@ def launch_backward(grad_branches, shapes, align_corners):
                              grad_branches.device)  # fmt: skip
     g_strides, ga = pixel_args(grad_branches)
     with device_guard(grad_branches=grad_branches):
-        _upsample_concat_bwd_kernel[(n * n_rows,)](
+        launch(
+            _upsample_concat_bwd_kernel,
+            (n * n_rows,),
             grad_branches, cells.table, dy, rows,
             ww, hh * ww, p, n_rows, cells.stride, *g_strides,
             G_FLAT=ga["FLAT"], GN_DIV=ga["N_DIV"], GC_DIV=ga["C_DIV"], HW_DIV=pow2_divisor(hh * ww),

@@ -11,25 +11,26 @@ import torch
 from ... import reference
 from ..._backend import resolve_backend
 from ..._validate import check_upsample_concat
+from ..target import custom_op, register_fake
 from .launch import empty_output, kernel_limit, launch_backward, launch_forward
 
 __all__ = ["upsample_concat", "unpack_branch_grads"]
 
 
-@torch.library.custom_op("psp_kernels::upsample_concat", mutates_args=())
+@custom_op("psp_kernels::upsample_concat")
 def _upsample_concat_op(
     x: torch.Tensor, branches: list[torch.Tensor], align_corners: bool
 ) -> torch.Tensor:
     return launch_forward(x, branches, align_corners)
 
 
-@_upsample_concat_op.register_fake
+@register_fake(_upsample_concat_op)
 def _(x, branches, align_corners):
     c_total = x.shape[1] + sum(b.shape[1] for b in branches)
     return empty_output(x, c_total)
 
 
-@torch.library.custom_op("psp_kernels::upsample_concat_backward", mutates_args=())
+@custom_op("psp_kernels::upsample_concat_backward")
 def _upsample_concat_backward_op(
     grad_branches: torch.Tensor, sizes: list[int], align_corners: bool
 ) -> torch.Tensor:
@@ -37,7 +38,7 @@ def _upsample_concat_backward_op(
     return launch_backward(grad_branches, shapes, align_corners)
 
 
-@_upsample_concat_backward_op.register_fake
+@register_fake(_upsample_concat_backward_op)
 def _(grad_branches, sizes, align_corners):
     p = 0
     for i in range(0, len(sizes), 3):

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import report
+from benchmarks import summary
 from benchmarks.grids import Bench, Shape, cpu_grid, gpu_grid, skip_reason
 from benchmarks.harness import Runnable, measure, peak_bandwidth_gbps
 from benchmarks.ideal import ideal_bytes
@@ -118,16 +118,16 @@ def test_peak_bandwidth_table(name, gbps, monkeypatch):
 def test_report_from_json(tmp_path, capsys):
     path = tmp_path / "nvidia-h100_2025-01-01.json"
     _write_json(path, _fake_run())
-    records = report.load_records(path)
+    records = summary.load_records(path)
     assert len(records) == 10
-    rows = {(r["case"], r["pass"], r["provider"]): r for r in report.speedups(records)}
+    rows = {(r["case"], r["pass"], r["provider"]): r for r in summary.speedups(records)}
     fused = rows["ppm", "fwd", "fused"]
     assert fused["vs_eager"] == pytest.approx(5.0)
     assert fused["vs_compiled"] == pytest.approx(250 / 120)
     assert rows["ppm", "fwd", "compiled"]["vs_compiled"] == pytest.approx(250 / 300)
     assert rows["ppm", "fwd+bwd", "fused"]["vs_compiled"] == pytest.approx(1.2)
 
-    checks = {name: status for name, status, _ in report.target_checks(report.speedups(records))}
+    checks = {name: status for name, status, _ in summary.target_checks(summary.speedups(records))}
     assert checks["ppm fwd vs eager"] == "pass"
     assert checks["ppm fwd vs best compile"] == "pass"
     assert checks["ppm fwd bandwidth"] == "pass"  # 362 MB / 120 us = 3.02 TB/s = 90% of 3.35
@@ -138,7 +138,7 @@ def test_report_from_json(tmp_path, capsys):
     assert checks["train step PSPNet-50 N8 473x473 bf16 vs compile"] == "pass"
 
     out = tmp_path / "out"
-    assert report.main([str(path), "--out", str(out)]) == 0
+    assert summary.main([str(path), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| N8 C2048 60x60 R512 bf16 | fused | 0.120 | 5.00 | 2.08 | 3019 | 90 |" in text
     assert (out / "nvidia-h100_2025-01-01.md").read_text().startswith("## psp-kernels benchmarks")
@@ -148,11 +148,11 @@ def test_report_from_json(tmp_path, capsys):
 
 def test_report_targets_not_run_and_empty(tmp_path):
     cpu = [dict(r, device="cpu") for r in _fake_run()]
-    assert {s for _, s, _ in report.target_checks(report.speedups(cpu))} == {"not run"}
+    assert {s for _, s, _ in summary.target_checks(summary.speedups(cpu))} == {"not run"}
     empty = tmp_path / "empty.json"
     _write_json(empty, [])
-    assert report.main([str(empty)]) == 1
-    assert report.plot_speedups([_record("eager", "fwd", 1e-3)], tmp_path / "p.png") is None
+    assert summary.main([str(empty)]) == 1
+    assert summary.plot_speedups([_record("eager", "fwd", 1e-3)], tmp_path / "p.png") is None
 
 
 def test_grids_and_skips():

@@ -2,7 +2,7 @@
 
 Used at the end of ``pytest benchmarks/`` (``benchmarks/conftest.py``) and on a saved run::
 
-    python -m benchmarks.report results.json [--out DIR]
+    python -m benchmarks.summary results.json [--out DIR]
 
 prints the same tables as the end-of-run summary and writes ``<stem>.md`` and ``<stem>.png`` into
 ``DIR`` (default: next to the JSON). A result record is one benchmark's ``extra_info`` as written by
@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .grids import CMP_CASES
 from .targets import (
     CMP_TARGETS,
     COMPILED_PROVIDERS,
@@ -39,9 +40,6 @@ __all__ = [
     "target_checks",
     "write_outputs",
 ]
-
-
-CMP_CASES = ("headcmp", "modelcmp")
 
 
 def plot_speedups(records, path):
@@ -222,7 +220,7 @@ def write_outputs(records: Sequence[dict], out_dir: str | Path, stem: str = "sum
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.report",
+        prog="python -m benchmarks.summary",
         description="Render the summary table and speed-up plot of a pytest-benchmark JSON.",
     )
     parser.add_argument("json", help="file written by pytest benchmarks/ --benchmark-json=FILE")
