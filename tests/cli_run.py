@@ -85,3 +85,25 @@ def make_checkpoint(path):
     )  # fmt: skip
     save_checkpoint(path, TinyPSPNet(classes=3, width=4).eval(), epoch=1, cfg=cfg)
     return path
+
+
+def list_pairs(root, names, size=33, classes=3, seed=0, label_max=None) -> list[str]:
+    """Random PNG image / label pairs ``root/img/NAME.png``, ``root/lab/NAME.png`` (labels below
+    ``classes``, or up to ``label_max``); returns the list-file lines naming them."""
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    (root / "lab").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for n in names:
+        Image.fromarray(g.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            root / "img" / f"{n}.png"
+        )
+        hi = classes if label_max is None else label_max + 1
+        Image.fromarray(g.integers(0, hi, (size, size), dtype=np.uint8)).save(
+            root / "lab" / f"{n}.png"
+        )
+        lines.append(f"img/{n}.png lab/{n}.png")
+    return lines

@@ -176,23 +176,10 @@ def test_miou_is_the_official_mean_over_all_classes():
 
 def _list_data(root, names, size=33, classes=3, seed=0):
     """PNG image / label pairs under ``root`` and a list file naming them; returns its path."""
-    import numpy as np
-    from PIL import Image
+    from tests.cli_run import list_pairs
 
-    g = np.random.default_rng(seed)
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    (root / "lab").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for n in names:
-        Image.fromarray(g.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            root / "img" / f"{n}.png"
-        )
-        Image.fromarray(g.integers(0, classes, (size, size), dtype=np.uint8)).save(
-            root / "lab" / f"{n}.png"
-        )
-        lines.append(f"img/{n}.png lab/{n}.png")
     lst = root / f"list_{names[0]}.txt"
-    lst.write_text("\n".join(lines) + "\n")
+    lst.write_text("\n".join(list_pairs(root, names, size, classes, seed)) + "\n")
     return lst
 
 

@@ -10,27 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli_run import one_error_line, run_cli, train_words
+from tests.cli_run import list_pairs, one_error_line, run_cli, train_words
 
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
-
-
-def _list_data(root, names, size=33, classes=3, seed=0, label_max=None) -> list[str]:
-    """PNG image / label pairs under ``root``; returns the list lines naming them."""
-    g = np.random.default_rng(seed)
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    (root / "lab").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for n in names:
-        Image.fromarray(g.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            root / "img" / f"{n}.png"
-        )
-        hi = classes if label_max is None else label_max + 1
-        Image.fromarray(g.integers(0, hi, (size, size), dtype=np.uint8)).save(
-            root / "lab" / f"{n}.png"
-        )
-        lines.append(f"img/{n}.png lab/{n}.png")
-    return lines
 
 
 def list_words(root, train_list, val_list):
@@ -47,8 +29,8 @@ def test_list_files_with_a_byte_order_mark_or_utf16_are_read(tmp_path):
     data = tmp_path / "data"
     train_list, val_list = data / "train.txt", data / "val.txt"
     # as Windows Notepad saves them: UTF-8 with a byte-order mark, and "Unicode" (UTF-16 LE)
-    train_list.write_bytes("\r\n".join(_list_data(data, ["t0", "t1"])).encode("utf-8-sig"))
-    val_list.write_bytes("\r\n".join(_list_data(data, ["v0"], seed=1)).encode("utf-16"))
+    train_list.write_bytes("\r\n".join(list_pairs(data, ["t0", "t1"])).encode("utf-8-sig"))
+    val_list.write_bytes("\r\n".join(list_pairs(data, ["v0"], seed=1)).encode("utf-16"))
     r = run_cli(*train_words(tmp_path / "run"), *list_words(data, train_list, val_list))
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["pixels"] == 33 * 33
@@ -56,7 +38,7 @@ def test_list_files_with_a_byte_order_mark_or_utf16_are_read(tmp_path):
 
 def test_a_list_file_in_another_encoding_names_the_file_and_line(tmp_path):
     data = tmp_path / "data"
-    lines = _list_data(data, ["t0", "t1"])
+    lines = list_pairs(data, ["t0", "t1"])
     lst = data / "train.txt"
     lst.write_bytes(lines[0].encode() + b"\n# caf\xe9 images\n" + lines[1].encode())  # latin-1
     r = run_cli(*train_words(tmp_path / "run"), *list_words(data, lst, lst))
@@ -122,7 +104,7 @@ def test_bad_flags_give_one_line(tmp_path, words, expected):
 def test_the_label_range_hints_lead_somewhere_that_works(tmp_path):
     data = tmp_path / "data"
     lst = data / "train.txt"
-    lst.write_text("\n".join(_list_data(data, ["t0", "t1"], label_max=7)) + "\n")
+    lst.write_text("\n".join(list_pairs(data, ["t0", "t1"], label_max=7)) + "\n")
     words = train_words(tmp_path / "run") + list_words(data, lst, lst)
     line = one_error_line(run_cli(*words), "train")
     assert "outside [0, 3)" in line and "t0.png" in line
@@ -209,7 +191,7 @@ def test_an_image_over_the_pixel_limit_is_named_skipped_or_allowed(tmp_path):
     assert str(bomb) in line and "decompression bomb" not in line
     # in training: it stops the run naming the file, or --skip-bad-samples skips it
     data = tmp_path / "data"
-    lines = _list_data(data, ["t0", "t1", "t2"])
+    lines = list_pairs(data, ["t0", "t1", "t2"])
     _bomb_png(data / "img" / "t1.png", width=20000, height=33 * 400)
     lst = data / "train.txt"
     lst.write_text("\n".join(lines) + "\n")

@@ -122,24 +122,24 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return lm[label]
         return lm(label)
 
+    def _read(self, reader, path, index: int):
+        """``reader(path)``; its error says which sample it was (the same type for a missing
+        file or a folder, :class:`~pspnet.errors.UserError` for a bad one)."""
+        try:
+            return reader(path)
+        except (FileNotFoundError, IsADirectoryError) as e:
+            raise type(e)(f"{e}{self._where(index)}") from None
+        except ValueError as e:
+            raise UserError(f"{e}{self._where(index)}") from None
+
     def load(self, index: int):
         """``(image, label)`` of entry ``index`` before the transform."""
         img_path, lab_path = self.files[index]
-        try:
-            image = read_image(img_path)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}{self._where(index)}") from None
-        except ValueError as e:
-            raise UserError(f"{e}{self._where(index)}") from None
+        image = self._read(read_image, img_path, index)
         h, w = image.shape[-2:]
         if lab_path is None:
             return image, torch.full((h, w), self.ignore_index, dtype=torch.int64)
-        try:
-            label = read_label(lab_path)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}{self._where(index)}") from None
-        except ValueError as e:
-            raise UserError(f"{e}{self._where(index)}") from None
+        label = self._read(read_label, lab_path, index)
         if tuple(label.shape) != (h, w):
             raise UserError(
                 f"label {lab_path} is {label.shape[1]}x{label.shape[0]} (WxH) but image "
