@@ -39,6 +39,38 @@ def run_cli(*args, cwd=None, timeout: float = 300, code: str = "", env: dict | N
     )
 
 
+_EACH = """
+import contextlib, io, json, traceback
+results = []
+for words in COMMANDS:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(words)
+        except SystemExit as e:
+            rc = e.code
+        except BaseException:
+            traceback.print_exc()
+            rc = 1
+    results.append([rc, out.getvalue(), err.getvalue()])
+sys.__stdout__.write(json.dumps(results))
+sys.exit(0)
+"""
+
+
+def run_cli_each(*commands, timeout: float = 300) -> list:
+    """``main(words)`` for each command, one after the other in one subprocess (one start-up for
+    many quick input errors): a ``CompletedProcess``-like result per command (``returncode``:
+    what ``main`` returned, 1 for an exception it let through; ``stdout``, ``stderr``)."""
+    import json
+    from types import SimpleNamespace
+
+    lists = [[str(a) for a in words] for words in commands]
+    r = run_cli(code=f"COMMANDS = {lists!r}\n" + _EACH, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return [SimpleNamespace(returncode=rc, stdout=o, stderr=e) for rc, o, e in json.loads(r.stdout)]
+
+
 def one_error_line(result, command: str) -> str:
     """The single ``pspnet COMMAND: error: ...`` line of a run that failed on bad input (exit 2,
     no traceback); returns the message."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli_run import list_pairs, one_error_line, run_cli, train_words
+from tests.cli_run import list_pairs, one_error_line, run_cli, run_cli_each, train_words
 
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
 
@@ -50,27 +50,29 @@ def test_a_list_file_in_another_encoding_names_the_file_and_line(tmp_path):
 # ------------------------------------------------------------------------ config values
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ('use_ppm: "false"\n', r"use_ppm: expected true or false, got 'false' \(a string\)"),
-        ('epochs: "three"\n', r"epochs: expected an integer, got 'three' \(a string\)"),
-        ('batch_size: "8"\n', r"batch_size: expected an integer, got '8' \(a string\)"),
-        ("epochs: 2.5\n", r"epochs: expected an integer, got 2.5 \(a float\)"),
-        ("seed: null\n", r"seed: expected an integer, got null"),
-        ("scales: [1.0, big]\n", r"scales\[1\]: expected a number, got 'big' \(a string\)"),
-        ("epochs: [3\n", r"line 2, column 1: not valid YAML"),
-    ],
-)
-def test_config_file_values_are_type_checked(tmp_path, text, expected):
+CONFIG_ERRORS = [
+    ('use_ppm: "false"\n', r"use_ppm: expected true or false, got 'false' \(a string\)"),
+    ('epochs: "three"\n', r"epochs: expected an integer, got 'three' \(a string\)"),
+    ('batch_size: "8"\n', r"batch_size: expected an integer, got '8' \(a string\)"),
+    ("epochs: 2.5\n", r"epochs: expected an integer, got 2.5 \(a float\)"),
+    ("seed: null\n", r"seed: expected an integer, got null"),
+    ("scales: [1.0, big]\n", r"scales\[1\]: expected a number, got 'big' \(a string\)"),
+    ("epochs: [3\n", r"line 2, column 1: not valid YAML"),
+]
+
+
+def test_config_file_values_are_type_checked(tmp_path):
     import re
 
-    path = tmp_path / "my.yaml"
-    path.write_text(text)
-    r = run_cli("train", "--config", path, "--output-dir", tmp_path / "run")
-    line = one_error_line(r, "train")
-    assert f"config file {path}" in line and re.search(expected, line), line
-    assert not (tmp_path / "run").exists()
+    commands = []
+    for i, (text, _) in enumerate(CONFIG_ERRORS):
+        (tmp_path / f"c{i}.yaml").write_text(text)
+        commands.append(["train", "--config", tmp_path / f"c{i}.yaml", "--output-dir", tmp_path])
+    results = run_cli_each(*commands)  # one start-up for all: they stop before any work
+    for i, ((_, expected), r) in enumerate(zip(CONFIG_ERRORS, results, strict=True)):
+        line = one_error_line(r, "train")
+        assert f"config file {tmp_path / f'c{i}.yaml'}" in line and re.search(expected, line), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"c{i}.yaml" for i in range(7)]
 
 
 def test_config_scalars_where_lists_are_expected():
@@ -84,17 +86,15 @@ def test_config_scalars_where_lists_are_expected():
         Config.from_dict({"weight_decay": "1e-4"})
 
 
-@pytest.mark.parametrize(
-    "words, expected",
-    [
+def test_bad_flags_give_one_line(tmp_path):
+    cases = [
         (["--device", "tpu"], "device 'tpu' is not a device torch knows: use auto, cpu, cuda"),
         (["--dataset-opt", "foo=1"], "dataset 'synthetic' takes no option 'foo'"),
         (["--dataset-opt", "num_classes=["], "--dataset-opt 'num_classes=[': VALUE"),
-    ],
-)
-def test_bad_flags_give_one_line(tmp_path, words, expected):
-    r = run_cli(*train_words(tmp_path / "run"), *words)
-    assert expected in one_error_line(r, "train")
+    ]
+    results = run_cli_each(*(train_words(tmp_path / "run") + words for words, _ in cases))
+    for (_, expected), r in zip(cases, results, strict=True):
+        assert expected in one_error_line(r, "train")
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
@@ -106,12 +106,15 @@ def test_the_label_range_hints_lead_somewhere_that_works(tmp_path):
     lst = data / "train.txt"
     lst.write_text("\n".join(list_pairs(data, ["t0", "t1"], label_max=7)) + "\n")
     words = train_words(tmp_path / "run") + list_words(data, lst, lst)
-    line = one_error_line(run_cli(*words), "train")
-    assert "outside [0, 3)" in line and "t0.png" in line
     hints = ["--dataset-opt num_classes=8", "--dataset-opt check_labels=false"]
+    followed = [
+        [*words, *h.split(), "--output-dir", tmp_path / f"run{i}"] for i, h in enumerate(hints)
+    ]
+    error, *results = run_cli_each(words, *followed)
+    line = one_error_line(error, "train")
+    assert "outside [0, 3)" in line and "t0.png" in line
     assert all(h in line for h in hints), line
-    for i, hint in enumerate(hints):  # each one, followed, trains and evaluates
-        r = run_cli(*words, *hint.split(), "--output-dir", tmp_path / f"run{i}")
+    for i, r in enumerate(results):  # each hint, followed, trains and evaluates
         assert r.returncode == 0, r.stderr
         assert (tmp_path / f"run{i}" / "eval.json").is_file()
 
@@ -181,26 +184,32 @@ def test_an_image_over_the_pixel_limit_is_named_skipped_or_allowed(tmp_path):
 
     ck = make_checkpoint(tmp_path / "ck.pth")
     bomb = _bomb_png(tmp_path / "huge.png")
-    r = run_cli("predict", bomb, "--checkpoint", ck, "--out", tmp_path / "out")
-    line = one_error_line(r, "predict")
-    assert str(bomb) in line and "decompression bomb" in line and "--max-image-pixels" in line
-    assert not (tmp_path / "out").exists()
-    # with the limit raised, Pillow opens it (and finds its pixels missing)
-    r = run_cli("predict", bomb, "--checkpoint", ck, "--max-image-pixels", "300000000")
-    line = one_error_line(r, "predict")
-    assert str(bomb) in line and "decompression bomb" not in line
-    # in training: it stops the run naming the file, or --skip-bad-samples skips it
     data = tmp_path / "data"
     lines = list_pairs(data, ["t0", "t1", "t2"])
     _bomb_png(data / "img" / "t1.png", width=20000, height=33 * 400)
     lst = data / "train.txt"
     lst.write_text("\n".join(lines) + "\n")
-    words = train_words(tmp_path / "run", "--batch-size", "3") + list_words(data, lst, lst)
-    line = one_error_line(run_cli(*words, "--no-final-eval"), "train")
+    words = train_words(tmp_path / "run", "--batch-size", "3", "--no-final-eval")
+    words += list_words(data, lst, lst)
+    refused, allowed, stopped, skipped = run_cli_each(
+        ["predict", bomb, "--checkpoint", ck, "--out", tmp_path / "out"],
+        # with the limit raised, Pillow opens it (and finds its pixels missing)
+        ["predict", bomb, "--checkpoint", ck, "--out", tmp_path / "out", "--max-image-pixels",
+         "300000000"],
+        # in training: it stops the run naming the file, or --skip-bad-samples skips it
+        words,
+        [*words, "--skip-bad-samples", "--overwrite"],
+    )  # fmt: skip
+    line = one_error_line(refused, "predict")
+    assert str(bomb) in line and "decompression bomb" in line and "--max-image-pixels" in line
+    line = one_error_line(allowed, "predict")
+    assert str(bomb) in line and "decompression bomb" not in line
+    assert not (tmp_path / "out").exists()
+    line = one_error_line(stopped, "train")
     assert "t1.png" in line and "--skip-bad-samples" in line and "--max-image-pixels" in line
-    r = run_cli(*words, "--no-final-eval", "--skip-bad-samples", "--overwrite")
-    assert r.returncode == 0, r.stderr
-    assert "skipping bad sample 1" in r.stdout and "1 bad sample(s) skipped" in r.stdout
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skipping bad sample 1" in skipped.stdout
+    assert "1 bad sample(s) skipped" in skipped.stdout
 
 
 def test_the_pixel_limit_can_be_lowered_and_raised(tmp_path):
