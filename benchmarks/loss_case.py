@@ -37,19 +37,18 @@ def _fused(logits, labels):
                                               return_prediction=True)  # fmt: skip
 
 
-def runnable(case, provider: str) -> Runnable:
-    """``eager`` / ``compiled``: the materialised loss (``torch.compile`` of it); ``fused``:
-    ``psp_kernels.upsample_cross_entropy`` (Triton on CUDA, its PyTorch path on CPU)."""
+def runnable(case, provider: str, compile_fn, grad_run) -> Runnable:
+    """``eager`` / ``compiled``: the materialised loss (``compile_fn`` of it: the providers'
+    ``torch.compile``); ``fused``: ``psp_kernels.upsample_cross_entropy`` (Triton on CUDA, its
+    PyTorch path on CPU). ``grad_run``: the providers' forward + backward runnable."""
     import torch
-
-    from .providers import _compile, _grad_run
 
     if provider == "fused":
         f = _fused
     elif provider == "eager":
         f = _materialised
     else:
-        f = _compile(_materialised, provider)
+        f = compile_fn(_materialised, provider)
     if case.b.pass_ == "fwd":
 
         def fwd():
@@ -65,4 +64,4 @@ def runnable(case, provider: str) -> Runnable:
         loss.backward()
         return [loss.detach(), logits.grad]
 
-    return _grad_run(fn, [logits])
+    return grad_run(fn, [logits])

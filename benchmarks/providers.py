@@ -277,7 +277,9 @@ class Case:
         return self._cmp_parts(provider)[1]
 
     _run_modelcmp = _run_headcmp
-    _run_loss = loss_case.runnable
+
+    def _run_loss(self, provider):
+        return loss_case.runnable(self, provider, _compile, _grad_run)
 
     def counts(self, provider: str) -> dict:
         """``flops`` of one call (forward, or forward + backward) and, for ``fwd+bwd``,
