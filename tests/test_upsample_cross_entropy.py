@@ -18,7 +18,9 @@ from psp_kernels.ops.upsample_cross_entropy import configs, separable
 from psp_kernels.ops.upsample_cross_entropy.op import _bwd_op, _fwd_op
 from tests.helpers import assert_close, skip_unless_kernels_take
 
-PATHS = ["triton", "separable"]
+#: The kernels; the PyTorch path as the public function runs it (the gradient computed in the
+#: forward when the logits need one); the PyTorch path's own backward (recomputing it).
+PATHS = ["triton", "separable", "recompute"]
 CASES = [
     # (N, K, h, w, H, W, align_corners, ignore_index)
     (2, 5, 3, 4, 13, 17, True, 255),  # odd, non-square
@@ -46,8 +48,9 @@ def _inputs(case, dtype, device, weighted=False, layout="contiguous"):
 def _fused(path, z, t, weight=None, ignore_index=-100, reduction="mean", align_corners=True,
            want_prediction=True):  # fmt: skip
     """Run one implementation through the custom ops (the public function picks by device)."""
-    loss, _, _, pred = _fwd_op(z, t, weight, ignore_index, reduction, align_corners,
-                               want_prediction, path == "triton")  # fmt: skip
+    with_grad = path == "separable" and z.requires_grad and torch.is_grad_enabled()
+    loss, _, _, pred, _ = _fwd_op(z, t, weight, ignore_index, reduction, align_corners,
+                                  want_prediction, path == "triton", with_grad)  # fmt: skip
     return loss, pred
 
 
@@ -203,19 +206,21 @@ def test_gradcheck(path, device):
     assert torch.autograd.gradcheck(fn, (z,), eps=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("use_triton", [True, False])
-def test_opcheck(use_triton, device):
+@pytest.mark.parametrize("use_triton, with_grad", [(True, False), (False, False), (False, True)])
+def test_opcheck(use_triton, with_grad, device):
     z, t, weight = _inputs((2, 3, 3, 4, 9, 11, True, 255), torch.float32, device, True)
     for args in [
-        (z, t, None, 255, "mean", True, True, use_triton),
-        (z, t, weight, 255, "sum", False, False, use_triton),
-        (z, t.clamp_max(2), weight, -100, "mean", False, True, use_triton),
+        (z, t, None, 255, "mean", True, True, use_triton, with_grad),
+        (z, t, weight, 255, "sum", False, False, use_triton, with_grad),
+        (z, t.clamp_max(2), weight, -100, "mean", False, True, use_triton, with_grad),
     ]:
         torch.library.opcheck(_fwd_op, args)
-    loss, lse, total, _ = _fwd_op(z, t, weight, 255, "mean", True, False, use_triton)
+    _, lse, total, _, basis = _fwd_op(z, t, weight, 255, "mean", True, False, use_triton,
+                                      with_grad)  # fmt: skip
+    assert basis.shape == (z.shape if with_grad else (0,))
     grad = torch.ones((), device=device)
-    torch.library.opcheck(_bwd_op, (grad, z.detach(), t, weight, lse, total, 255, "mean", True,
-                                    use_triton))  # fmt: skip
+    torch.library.opcheck(_bwd_op, (grad, z.detach(), t, weight, lse, total, basis.detach(), 255,
+                                    "mean", True, use_triton))  # fmt: skip
 
 
 class _Allocations(TorchDispatchMode):

@@ -3,8 +3,10 @@
 One forward op and one backward op, each with two implementations chosen by ``use_triton``:
 the Triton kernels (CUDA, or CPU tensors through the interpreter) and the row-chunked PyTorch
 formulation of :mod:`.separable` (CPU, and CUDA sizes the kernels do not take). Neither builds a
-full-resolution tensor; the backward recomputes what it needs from the logits and the per-pixel
-logsumexp the forward saves.
+full-resolution tensor. The kernels' backward recomputes what it needs from the logits and the
+per-pixel logsumexp the forward saves; the PyTorch path, when the logits need a gradient,
+computes it in the forward from the same exponentials (for an upstream gradient of 1: the loss
+is one number) and its backward only scales it.
 """
 
 from __future__ import annotations
@@ -32,24 +34,32 @@ def _fwd_op(
     align_corners: bool,
     want_prediction: bool,
     use_triton: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, lse, total_weight, prediction)``: the loss in the logits' dtype, the per-pixel
-    logsumexp ``(N, H, W)`` and the sum of the counted pixels' weights (accumulation dtype), the
-    argmax ``(N, H, W)`` int64 (an empty tensor unless ``want_prediction``)."""
-    impl = launch_forward if use_triton else separable.forward
-    return impl(logits, target, weight, ignore_index, reduction, align_corners, want_prediction)
+    with_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, lse, total_weight, prediction, basis)``: the loss in the logits' dtype, the
+    per-pixel logsumexp ``(N, H, W)`` and the sum of the counted pixels' weights (accumulation
+    dtype), the argmax ``(N, H, W)`` int64 (empty unless ``want_prediction``), and, with
+    ``with_grad`` (the PyTorch path only), the loss's gradient for an upstream gradient of 1
+    ``(N, K, h, w)`` in the accumulation dtype (else empty)."""
+    args = (logits, target, weight, ignore_index, reduction, align_corners, want_prediction)
+    if use_triton:
+        return (*launch_forward(*args), logits.new_empty(0, dtype=acc_dtype(logits.dtype)))
+    return separable.forward(*args, with_grad=with_grad)
 
 
 @register_fake(_fwd_op)
-def _(logits, target, weight, ignore_index, reduction, align_corners, want_prediction, use_triton):
+def _(logits, target, weight, ignore_index, reduction, align_corners, want_prediction, use_triton,
+      with_grad):  # fmt: skip
     n, (height, width) = logits.shape[0], target.shape[-2:]
     adt = acc_dtype(logits.dtype)
     pred_shape = (n, height, width) if want_prediction else (0,)
+    basis_shape = tuple(logits.shape) if with_grad and not use_triton else (0,)
     return (
         logits.new_empty(()),
         logits.new_empty((n, height, width), dtype=adt),
         logits.new_empty((), dtype=adt),
         logits.new_empty(pred_shape, dtype=torch.long),
+        logits.new_empty(basis_shape, dtype=adt),
     )
 
 
@@ -61,37 +71,41 @@ def _bwd_op(
     weight: torch.Tensor | None,
     lse: torch.Tensor,
     total_weight: torch.Tensor,
+    basis: torch.Tensor,
     ignore_index: int,
     reduction: str,
     align_corners: bool,
     use_triton: bool,
 ) -> torch.Tensor:
-    """The loss's gradient with respect to ``logits`` (``grad``: the loss's own gradient)."""
+    """The loss's gradient with respect to ``logits`` (``grad``: the loss's own gradient): the
+    forward's ``basis`` scaled, or recomputed (the kernels' gather, or the PyTorch path)."""
+    if basis.numel():
+        return (basis * grad.to(basis.dtype)).to(logits.dtype)
     impl = launch_backward if use_triton else separable.backward
     return impl(grad, logits, target, weight, lse, total_weight, ignore_index, reduction,
                 align_corners)  # fmt: skip
 
 
 @register_fake(_bwd_op)
-def _(grad, logits, target, weight, lse, total_weight, ignore_index, reduction, align_corners,
-      use_triton):  # fmt: skip
+def _(grad, logits, target, weight, lse, total_weight, basis, ignore_index, reduction,
+      align_corners, use_triton):  # fmt: skip
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
-    logits, target, weight, ignore_index, reduction, align_corners, _, use_triton = inputs
-    _, lse, total_weight, pred = output
-    ctx.save_for_backward(logits, target, weight, lse, total_weight)
+    logits, target, weight, ignore_index, reduction, align_corners, _, use_triton, _ = inputs
+    _, lse, total_weight, pred, basis = output
+    ctx.save_for_backward(logits, target, weight, lse, total_weight, basis)
     ctx.options = (ignore_index, reduction, align_corners, use_triton)
-    ctx.mark_non_differentiable(lse, total_weight, pred)
+    ctx.mark_non_differentiable(lse, total_weight, pred, basis)
 
 
 def _backward(ctx, grad, *_):
-    logits, target, weight, lse, total_weight = ctx.saved_tensors
+    logits, target, weight, lse, total_weight, basis = ctx.saved_tensors
     ignore_index, reduction, align_corners, use_triton = ctx.options
-    grad_logits = _bwd_op(grad, logits, target, weight, lse, total_weight, ignore_index,
+    grad_logits = _bwd_op(grad, logits, target, weight, lse, total_weight, basis, ignore_index,
                           reduction, align_corners, use_triton)  # fmt: skip
-    return grad_logits, None, None, None, None, None, None, None
+    return (grad_logits, *(None,) * 8)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -145,6 +159,9 @@ def upsample_cross_entropy(
         )  # fmt: skip
     limit = kernel_limit(logits, target)
     use_triton = resolve_backend(backend, logits, kernel_limit=limit) == "triton"
-    loss, _, _, pred = _fwd_op(logits, target, weight, int(ignore_index), reduction,
-                               bool(align_corners), bool(return_prediction), use_triton)  # fmt: skip
+    # the PyTorch path computes the gradient with the loss when one will be asked for
+    with_grad = not use_triton and torch.is_grad_enabled() and logits.requires_grad
+    loss, _, _, pred, _ = _fwd_op(logits, target, weight, int(ignore_index), reduction,
+                                  bool(align_corners), bool(return_prediction), use_triton,
+                                  with_grad)  # fmt: skip
     return (loss, pred) if return_prediction else loss

@@ -129,10 +129,14 @@ def check_targets(target, ignore_index, classes) -> None:
         )
 
 
-def forward(logits, target, weight, ignore_index, reduction, align_corners, want_prediction):
-    """``(loss, lse, total_weight, prediction)``: see ``op.py``. ``prediction`` is empty unless
-    ``want_prediction``."""
-    n, k = logits.shape[:2]
+def forward(logits, target, weight, ignore_index, reduction, align_corners, want_prediction,
+            with_grad=False):  # fmt: skip
+    """``(loss, lse, total_weight, prediction, basis)``: see ``op.py``. ``prediction`` is empty
+    unless ``want_prediction``; ``basis`` is empty unless ``with_grad``, else the loss's gradient
+    with respect to the logits for an upstream gradient of 1, computed from the same
+    exponentials (the upstream gradient of a mean or a sum is one number, so the backward
+    only scales it: no second pass over the upsampled logits)."""
+    n, k, h, w = logits.shape
     height, width = target.shape[-2:]
     dtype = acc_dtype(logits.dtype)
     check_targets(target, ignore_index, k)
@@ -147,27 +151,51 @@ def forward(logits, target, weight, ignore_index, reduction, align_corners, want
         s, a, b = item
         lo, hi = geo.span(a, b)
         y = _columns(geo, z, s, lo, hi)
-        total = torch.zeros(2, dtype=torch.float64, device=logits.device)
+        dy = torch.zeros_like(y) if with_grad else None
+        total = torch.zeros(3, dtype=torch.float64, device=logits.device)
         for ca in range(a, b, chunk):
             cb = min(ca + chunk, b)
             clo, chi = geo.span(ca, cb)
-            v = torch.matmul(geo.a_h(ca, cb, clo, chi), y[clo - lo : chi - lo].flatten(1))
-            v = v.view(cb - ca, width, k)
+            a_h = geo.a_h(ca, cb, clo, chi)
+            v = torch.matmul(a_h, y[clo - lo : chi - lo].flatten(1)).view(cb - ca, width, k)
             if want_prediction:
-                m, pred[s, ca:cb] = v.max(-1)
+                m, idx = v.max(-1)
+                pred[s, ca:cb] = idx
             else:
                 m = v.amax(-1)
-            safe, valid, w = _weights(target[s, ca:cb], weight, ignore_index, k, dtype)
+            safe, valid, wt = _weights(target[s, ca:cb], weight, ignore_index, k, dtype)
             picked = v.gather(-1, safe[..., None])[..., 0]
-            out = v.sub_(m[..., None]).exp_().sum(-1).log_().add_(m)
+            e = v.sub_(m[..., None]).exp_()
+            sums = e.sum(-1)
+            out = sums.log().add_(m)
             lse[s, ca:cb] = out
-            total[0] += torch.where(valid, (out - picked) * w, 0).sum(dtype=torch.float64)
-            total[1] += w.sum(dtype=torch.float64)
-        return total
+            total[0] += torch.where(valid, (out - picked) * wt, 0).sum(dtype=torch.float64)
+            total[1] += wt.sum(dtype=torch.float64)
+            total[2] += valid.sum()
+            if with_grad:  # (softmax - onehot) * w(t), then A_H^T over the chunk's rows
+                e.mul_((wt / sums)[..., None])
+                e.scatter_add_(-1, safe[..., None], -wt[..., None])
+                dy[clo - lo : chi - lo].flatten(1).addmm_(a_h.t(), e.view(cb - ca, -1))
+        return total, lo, None if dy is None else torch.matmul(geo.a_w.t(), dy)
 
-    total = torch.stack(_run(task, tasks, logits.device)).sum(0)
+    results = _run(task, tasks, logits.device)
+    total = torch.stack([r[0] for r in results]).sum(0)
     loss = total[0] / total[1] if reduction == "mean" else total[0].clone()
-    return loss.to(logits.dtype), lse, total[1].to(dtype).clone(), pred
+    basis = torch.empty(0, dtype=dtype, device=logits.device)
+    if with_grad:
+        basis = _gather_rows(tasks, [(lo, part) for _, lo, part in results], (n, h, w, k), dtype)
+        if reduction == "mean" and total[2] > 0:  # none counted: zero, as PyTorch
+            basis /= total[1].to(dtype)
+        basis = basis.permute(0, 3, 1, 2).contiguous()
+    return loss.to(logits.dtype), lse, total[1].to(dtype).clone(), pred, basis
+
+
+def _gather_rows(tasks, parts, shape, dtype):
+    """The tasks' gradients ``(rows, w, K)`` added up, in task order, into ``(N, h, w, K)``."""
+    dz = torch.zeros(shape, dtype=dtype, device=parts[0][1].device)
+    for (s, _, _), (lo, part) in zip(tasks, parts, strict=True):
+        dz[s, lo : lo + part.shape[0]] += part
+    return dz
 
 
 def backward(
@@ -201,7 +229,5 @@ def backward(
             dy[clo - lo : chi - lo].flatten(1).addmm_(a_h.t(), v.view(cb - ca, -1))
         return lo, torch.matmul(geo.a_w.t(), dy)  # (rows, w, K)
 
-    dz = torch.zeros(n, h, w, k, dtype=dtype, device=logits.device)
-    for (s, _, _), (lo, part) in zip(tasks, _run(task, tasks, logits.device)):
-        dz[s, lo : lo + part.shape[0]] += part
+    dz = _gather_rows(tasks, _run(task, tasks, logits.device), (n, h, w, k), dtype)
     return dz.permute(0, 3, 1, 2).to(logits.dtype, memory_format=torch.contiguous_format)
