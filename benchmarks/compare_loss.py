@@ -17,6 +17,12 @@ Each round runs both, alternating which goes first (a busy machine slows both al
 gives the medians and the median over rounds of the per-round ratios materialised / fused (step
 time; peak memory), the losses of both (equal up to rounding), and the load average around
 every run.
+
+``--in-process N`` then decomposes the step in one process, N rounds of three steps each: the
+two variants and a step without any cross-entropy (the loss is the two heads' stride-8 logits'
+mean: the same backbone, heads and backward), so that ``variant - no loss`` is what the
+variant's loss costs inside the step, and ``materialised / no loss`` the most any loss
+implementation could gain.
 """
 
 from __future__ import annotations
@@ -51,18 +57,26 @@ class MaterialisedCrossEntropy(nn.Module):
         return self.ce(logits, target)
 
 
-def _child(variant: str, batch: int, crop: int, steps: int, threads: int) -> dict:
-    """One variant's run in this process: step times and losses."""
+def _model_and_data(batch: int, crop: int):
     import pspnet
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
+    model = pspnet.PSPNet(layers=50, classes=CLASSES, pretrained=False).train()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, crop, crop, generator=gen)
+    y = torch.randint(0, CLASSES, (batch, crop, crop), generator=gen)
+    y[:, : crop // 8] = 255
+    return model, x, y
+
+
+def _child(variant: str, batch: int, crop: int, steps: int, threads: int) -> dict:
+    """One variant's run in this process: step times and losses."""
+    torch.set_num_threads(threads)
+    model, x, y = _model_and_data(batch, crop)
     if variant == "fused":
-        criterion = nn.CrossEntropyLoss(ignore_index=255)
+        model.criterion = nn.CrossEntropyLoss(ignore_index=255)
     else:
-        criterion = MaterialisedCrossEntropy(ignore_index=255)
-    model = pspnet.PSPNet(layers=50, classes=CLASSES, pretrained=False, criterion=criterion)
-    model.train()
+        model.criterion = MaterialisedCrossEntropy(ignore_index=255)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, crop, crop, generator=gen)
@@ -83,6 +97,46 @@ def _child(variant: str, batch: int, crop: int, steps: int, threads: int) -> dic
         step()
         times.append(time.perf_counter() - t0)
     return {"variant": variant, "times_s": times, "first_losses": first}
+
+
+def _decompose(args, log=print) -> dict:
+    """Steps (forward + backward) of both variants and of no loss, alternating, one process."""
+    torch.set_num_threads(args.threads)
+    model, x, y = _model_and_data(args.batch, args.crop)
+    criteria = {"fused": nn.CrossEntropyLoss(ignore_index=255),
+                "materialised": MaterialisedCrossEntropy(ignore_index=255)}  # fmt: skip
+
+    def step(variant):
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        if variant == "no loss":  # the model's own layers, no cross-entropy (benchmark only)
+            feats = model.layer2(model.layer1(model.layer0(x)))
+            mid = model.layer3(feats)
+            loss = model._classify(model.layer4(mid)).mean() + model.aux(mid).mean()
+        else:
+            model.criterion = criteria[variant]
+            _, main, aux = model(x, y)
+            loss = model.loss(main, aux)
+        loss.backward()
+        return time.perf_counter() - t0
+
+    variants = ("no loss", "fused", "materialised")
+    step("fused"), step("materialised")  # warm-up
+    times = {v: [] for v in variants}
+    for r in range(args.in_process):
+        for v in variants if r % 2 == 0 else variants[::-1]:
+            times[v].append(step(v))
+        log(f"in-process round {r}: " + ", ".join(f"{v} {times[v][-1]:.2f} s" for v in variants)
+            + f", load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    base = times["no loss"]
+    return {
+        "times_s": times,
+        "loss_cost_median_s": {v: statistics.median(a - b for a, b in zip(times[v], base,
+                                                                          strict=True))
+                               for v in ("fused", "materialised")},
+        "ceiling_paired_median": statistics.median(
+            a / b for a, b in zip(times["materialised"], base, strict=True)),
+    }  # fmt: skip
 
 
 def _run_child(variant: str, args) -> dict:
@@ -123,7 +177,9 @@ def compare(args, log=print) -> dict:
     med = {v: [statistics.median(p[v]["times_s"]) for p in runs] for v in VARIANTS}
     ratio = [a / b for a, b in zip(med["materialised"], med["fused"], strict=True)]
     memory = [1 - p["fused"]["max_rss_bytes"] / p["materialised"]["max_rss_bytes"] for p in runs]
+    decomposed = _decompose(args, log) if args.in_process else None
     return {
+        "decomposed": decomposed,
         "batch": args.batch, "crop": args.crop, "classes": CLASSES, "steps": args.steps,
         "threads": args.threads, "rounds": args.rounds, "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "runs": runs, "summary": summary,
@@ -166,6 +222,22 @@ def render(rec: dict) -> str:
             load = ", ".join(str(a) for a in r["load_average"])
             rss = r["max_rss_bytes"] / 2**30
             lines.append(f"| {i} | {v} | {times} | {rss:.3f} | {load} | {losses} |")
+    d = rec.get("decomposed")
+    if d:
+        cost = d["loss_cost_median_s"]
+        lines += [
+            "",
+            f"In one process, {len(d['times_s']['no loss'])} rounds of forward + backward "
+            "(no optimiser step), alternating: the loss costs "
+            f"{cost['materialised']:.2f} s materialised and {cost['fused']:.2f} s fused (median "
+            "per-round difference from the step without cross-entropy); materialised / no "
+            f"loss = {d['ceiling_paired_median']:.2f}x, the most any loss could gain.",
+            "",
+            "| variant | forward + backward times (s) |",
+            "|---|---|",
+        ]
+        for v, times in d["times_s"].items():
+            lines.append(f"| {v} | {', '.join(f'{t:.2f}' for t in times)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -176,6 +248,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--crop", type=int, default=473)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--in-process", type=int, default=3, metavar="N",
+                   help="rounds of the one-process decomposition (0: none; default 3)")  # fmt: skip
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="output stem (writes <out>.json and <out>.md)")
     args = p.parse_args(argv)
