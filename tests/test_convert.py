@@ -45,8 +45,11 @@ class CsailPPM(nn.Module):
 
     def forward(self, x):
         size = x.shape[-2:]
-        return torch.cat([x] + [conv(F.interpolate(pool(x), size, mode="bilinear"))
-                                for pool, conv in zip(self.ppm_pooling, self.ppm_conv)], 1)  # fmt: skip
+        ups = [
+            conv(F.interpolate(pool(x), size, mode="bilinear"))
+            for pool, conv in zip(self.ppm_pooling, self.ppm_conv, strict=True)
+        ]
+        return torch.cat([x] + ups, 1)
 
 
 def test_csail_layout_is_left_and_logged(caplog, recwarn):

@@ -39,16 +39,18 @@ HEADS = {
 }  # fmt: skip
 
 
-
-
 @pytest.mark.parametrize(
-    "name, sizes", [("PSPHead", [(13, 17)]), ("PSPHead-ac", [(9, 9)]),
-                    ("UPerHead", [(20, 24), (10, 12), (5, 6)])],  # fmt: skip
+    "name, sizes",
+    [
+        ("PSPHead", [(13, 17)]),
+        ("PSPHead-ac", [(9, 9)]),
+        ("UPerHead", [(20, 24), (10, 12), (5, 6)]),
+    ],  # fmt: skip
 )
 def test_heads(name, sizes):
     cfg = HEADS[name]
     channels = cfg["in_channels"] if isinstance(cfg["in_channels"], list) else [cfg["in_channels"]]
-    shapes = [(c, *s) for c, s in zip(channels, sizes)]
+    shapes = [(c, *s) for c, s in zip(channels, sizes, strict=True)]
 
     def make(dtype):
         return torch.cat([torch.randn(2, *s, dtype=dtype).flatten(1) for s in shapes], 1)

@@ -54,8 +54,11 @@ def _logits(model, x):
 
 @pytest.mark.parametrize(
     "name, build, size",
-    [("UperNetHead", _upernet, 64), ("BeitUperHead", _beit_like("beit"), 32),
-     ("Data2VecVisionUperHead", _beit_like("data2vec"), 32)],  # fmt: skip
+    [
+        ("UperNetHead", _upernet, 64),
+        ("BeitUperHead", _beit_like("beit"), 32),
+        ("Data2VecVisionUperHead", _beit_like("data2vec"), 32),
+    ],  # fmt: skip
 )
 def test_models(name, build, size, caplog):
     with caplog.at_level(logging.INFO, logger="pspnet.convert"):

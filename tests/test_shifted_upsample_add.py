@@ -231,11 +231,12 @@ def test_separable_compiles_fullgraph(device):
 
 
 def test_one_tap_tiles():
-    """The one-tap form takes 16-wide tiles while its pyramid fits (PSPNet's 12), the full
+    """The one-tap form takes narrower tiles while its pyramid fits (PSPNet's 12), the full
     width beyond; the three-tap form always the full width."""
-    assert configs.tile_width(1, 12, 12) == configs.ONE_TAP_K == 16
-    assert configs.tile_width(1, 17, 12) == configs.MAX_K
-    assert configs.tile_width(9, 12, 12) == configs.MAX_K
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert configs.tile_width(1, 12, 12, fp32) == 16 and configs.tile_width(1, 12, 12, bf16) == 32
+    assert configs.tile_width(1, 17, 12, fp32) == configs.MAX_K
+    assert configs.tile_width(9, 12, 12, bf16) == configs.MAX_K
     assert launch.kernel_limit([(22, 22)], 9) is not None
     assert launch.kernel_limit([(22, 22)], 1) is None
 

@@ -11,7 +11,15 @@ Each is written with ``psp_kernels``' own public ops, as ``pspnet`` calls them (
   ``upsample_concat`` and their backwards), as ``pspnet.PPM`` in training;
 * ``head``: the concat-free head conv (``psp_kernels.split_concat_conv`` +
   ``psp_kernels.shifted_upsample_add``, what ``psp_kernels.concat_free_conv`` runs for the default
-  model's classifier conv over the PPM), forward and backward.
+  model's classifier conv over the PPM), forward and backward;
+* ``head-xlast``: the same with ``x`` last in the concat (mmseg's ICNet): only the weight slices
+  move, so it launches what ``head`` launches;
+* ``head-1x1``: the one-tap form of a 1x1 conv after the concat (smp's PSPNet decoder, x last,
+  ``align_corners=True``), forward and backward;
+* ``psphead``: a converted mmseg ``PSPHead`` (``pspnet.convert_ppm``) in eval, under
+  ``torch.no_grad()``: kernel 1 with the branches' BatchNorm and ReLU folded, then the
+  concat-free 3x3 bottleneck with ``align_corners=False`` (its Triton launches; the ``x``-half
+  conv is cuDNN's).
 
 PSPNet-50's shapes: ``C = 2048`` backbone channels, ``R = C / len(bins)`` per branch, the head's
 ``O = 512`` outputs. The ideal bytes are what a perfect implementation must move: every input read
@@ -29,7 +37,7 @@ import psp_kernels
 
 from .record import Recorder, recording
 
-WORKLOADS = ("ppm", "ppm-train", "head")
+WORKLOADS = ("ppm", "ppm-train", "head", "head-xlast", "head-1x1", "psphead")
 HEAD_OUT = 512
 
 
@@ -106,20 +114,32 @@ def _cudnn_like_conv2d(inp, *args, **kwargs):
     return F.conv2d(inp, *args, **kwargs).contiguous(memory_format=fmt)
 
 
-def _head(s: Shape, rec: Recorder) -> None:
+def _head(s: Shape, rec: Recorder, k: int = 3, x_last: bool = False) -> None:
     x = _x(s, requires_grad=True)
     branches = [
         torch.empty(s.n, s.r, b, b, device="meta", dtype=s.dtype, requires_grad=True)
         for b in s.bins
     ]
     weight = torch.empty(
-        HEAD_OUT, s.c + s.r * len(s.bins), 3, 3, device="meta", dtype=s.dtype, requires_grad=True
+        HEAD_OUT, s.c + s.r * len(s.bins), k, k, device="meta", dtype=s.dtype, requires_grad=True
     )
     with rec.step("head forward"):
-        base, maps = psp_kernels.split_concat_conv(x, branches, weight, conv2d=_cudnn_like_conv2d)
-        out = psp_kernels.shifted_upsample_add(base, maps, align_corners=True)
+        base, maps = psp_kernels.split_concat_conv(
+            x, branches, weight, conv2d=_cudnn_like_conv2d, x_last=x_last
+        )
+        out = psp_kernels.shifted_upsample_add(base, maps, align_corners=k == 3)
     with rec.step("head backward"):
         out.backward(torch.empty_like(out))
+
+
+def _psphead(s: Shape, rec: Recorder) -> None:
+    x = _x(s, requires_grad=False)
+    weights, scale, shift = _ppm_params(s, train=False)
+    weight = torch.empty(HEAD_OUT, s.c + s.r * len(s.bins), 3, 3, device="meta", dtype=s.dtype)
+    with torch.no_grad(), rec.step("PSPHead eval forward"):
+        ys = psp_kernels.pyramid_pool_conv(x, weights, s.bins, scale=scale, shift=shift, relu=True)
+        base, maps = psp_kernels.split_concat_conv(x, ys, weight, conv2d=_cudnn_like_conv2d)
+        psp_kernels.shifted_upsample_add(base, maps, align_corners=False)
 
 
 def record_workload(workload: str, shape: Shape, num_sms: int, arch: int = 90):
@@ -128,8 +148,11 @@ def record_workload(workload: str, shape: Shape, num_sms: int, arch: int = 90):
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
     with recording(num_sms, arch) as rec:
-        if workload == "head":
-            _head(shape, rec)
+        if workload == "psphead":
+            _psphead(shape, rec)
+        elif workload.startswith("head"):
+            _head(shape, rec, k=1 if workload == "head-1x1" else 3,
+                  x_last=workload in ("head-xlast", "head-1x1"))  # fmt: skip
         else:
             _ppm(shape, workload == "ppm-train", rec)
     return rec.launches
@@ -149,8 +172,12 @@ def ideal_bytes(workload: str, s: Shape) -> int:
         forward = x + weights + out + pooled
         backward = out + weights + pooled + x + weights  # read grad, weights, pooled; write dx, dW
         return forward + backward
-    if workload == "head":
-        base = s.n * HEAD_OUT * hw * e
-        maps = s.n * 9 * HEAD_OUT * s.cells * e
+    base = s.n * HEAD_OUT * hw * e
+    if workload.startswith("head"):
+        maps = s.n * (1 if workload == "head-1x1" else 9) * HEAD_OUT * s.cells * e
         return (base + maps + base) + (base + maps)  # forward; backward (d base is grad itself)
+    if workload == "psphead":
+        ys = s.n * s.cells * s.r * e
+        maps = s.n * 9 * HEAD_OUT * s.cells * e
+        return (x + weights + ys) + (base + maps + base)  # kernel 1; the head op
     raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")

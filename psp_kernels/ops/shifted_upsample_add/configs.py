@@ -28,15 +28,18 @@ from .kernels import (
 #: configuration per dtype; the zero columns cost nothing measurable.
 MAX_K = 64
 #: The tile width of the one-tap form (a 1x1 conv after the concat: no shifts, ``K = sum(h_b)``,
-#: 12 for bins 1, 2, 3, 6) when its pyramid fits, the smallest ``tl.dot`` takes: a sixteenth of
-#: the three-tap form's dot work and registers. Larger one-tap pyramids take :data:`MAX_K`.
-ONE_TAP_K = 16
+#: 12 for bins 1, 2, 3, 6) when its pyramid fits, per dtype class: a quarter (16-bit) or a
+#: sixteenth (float32) of the three-tap form's dot work. From the workload report: 16-wide
+#: 16-bit NCHW backward tiles spill on sm_90, 32-wide float32 channels_last ones on sm_80.
+#: Larger one-tap pyramids take :data:`MAX_K`.
+ONE_TAP_K = {"16bit": 32, "fp32": 16}
 
 
-def tile_width(taps: int, k: int, j: int) -> int:
+def tile_width(taps: int, k: int, j: int, dtype: torch.dtype = torch.float32) -> int:
     """``K_PAD`` (= ``J_PAD``) of a pyramid with ``taps`` (9 or 1) taps whose dense tile has
-    ``k`` rows and ``j`` columns (at most :data:`MAX_K`)."""
-    return ONE_TAP_K if taps == 1 and max(k, j) <= ONE_TAP_K else MAX_K
+    ``k`` rows and ``j`` columns (at most :data:`MAX_K`), for inputs of ``dtype``."""
+    width = ONE_TAP_K[tile_class(dtype)]
+    return width if taps == 1 and max(k, j) <= width else MAX_K
 
 
 #: Tiles and warps per direction, dtype class ("16bit", "fp32") and layout ("nchw", "nhwc"):
@@ -145,7 +148,7 @@ def aot_specs() -> list[AotSpec]:
         bwd = dict(common, grad_ptr=f"*{ty}", dv_ptr=f"*{ty}", cidx_ptr="*i32",
                    **{f"stride_{k}": i32 for k in ("gn", "go", "gh", "gw", "dvn", "dvo")})  # fmt: skip
         for layout, (form, total, width) in itertools.product(
-            ("nchw", "nhwc"), (("", 450, MAX_K), ("1tap,", 50, ONE_TAP_K))
+            ("nchw", "nhwc"), (("", 450, MAX_K), ("1tap,", 50, ONE_TAP_K[tile_class(dtype)]))
         ):
             divs = dict(V_DIV=1, W_DIV=1, CHANNELS_FAST=layout == "nhwc")
             fwd_c = dict(meta(dtype, total, "fwd", layout, width), BN_DIV=1, BO_DIV=1, BH_DIV=1,

@@ -33,7 +33,7 @@ __all__ = ["map_sizes", "kernel_limit", "launch_forward", "launch_backward"]
 
 
 @functools.lru_cache(maxsize=128)
-def _tables_cpu(height, width, sizes, align_corners, dtype, taps=9):
+def _tables_cpu(height, width, sizes, align_corners, dtype, taps=9, pad=configs.MAX_K):
     """Dense padded ``ahat``/``bhat``, the int32 gather tables and the packed size per channel.
 
     With ``s`` taps per axis (3, or 1 for the one-tap form), packed value
@@ -41,10 +41,10 @@ def _tables_cpu(height, width, sizes, align_corners, dtype, taps=9):
     belongs to row ``k = (b, di, bi)`` and column ``j = (b, dj, bj)`` of the dense
     block-diagonal tile. ``gidx[k * J_PAD + j]``: its packed index (or the always-zero padding
     slot ``T_PAD - 1``); ``cidx[t]``: the tile position ``k * J_PAD + j`` of packed value ``t``.
+    ``pad``: ``K_PAD = J_PAD`` (:func:`configs.tile_width`).
     """
     s = 3 if taps == 9 else 1
     total = sum(taps * h * w for h, w in sizes)
-    pad = configs.tile_width(taps, s * sum(h for h, _ in sizes), s * sum(w for _, w in sizes))
     t_pad = next_power_of_2(total + 1)
     gidx = torch.full((pad, pad), t_pad - 1, dtype=torch.int32)
     cidx = torch.zeros(t_pad, dtype=torch.int32)
@@ -62,16 +62,21 @@ def _tables_cpu(height, width, sizes, align_corners, dtype, taps=9):
         k0 += s * h
         j0 += s * w
     ahat, bhat = pyramid_matrices(height, width, sizes, align_corners, dtype, taps=taps)
-    k, j = ahat.shape[1], bhat.shape[1]
     ahat = torch.nn.functional.pad(ahat, (0, pad - k)).contiguous()
     bhat = torch.nn.functional.pad(bhat, (0, pad - j)).contiguous()
-    return ahat, bhat, gidx.reshape(-1), cidx, total, pad
+    return ahat, bhat, gidx.reshape(-1), cidx, total
 
 
 @functools.lru_cache(maxsize=128)
-def _tables(height, width, sizes, align_corners, dtype, device, taps=9):
-    *tensors, total, pad = _tables_cpu(height, width, sizes, align_corners, dtype, taps)
-    return (*(t.to(device) for t in tensors), total, pad)
+def _tables(height, width, sizes, align_corners, dtype, device, taps=9, pad=configs.MAX_K):
+    *tensors, total = _tables_cpu(height, width, sizes, align_corners, dtype, taps, pad)
+    return (*(t.to(device) for t in tensors), total)
+
+
+def _tile_width(sizes, taps: int, dtype: torch.dtype) -> int:
+    s = 3 if taps == 9 else 1
+    k, j = s * sum(h for h, _ in sizes), s * sum(w for _, w in sizes)
+    return configs.tile_width(taps, k, j, dtype)
 
 
 def map_sizes(maps) -> tuple:
@@ -124,9 +129,10 @@ def _layout(t: torch.Tensor) -> str:
 
 def launch_forward(base, maps, align_corners):
     n, o, height, width = base.shape
-    taps = maps[0].shape[1]
-    ahat, bhat, gidx, _, total, pad = _tables(
-        height, width, map_sizes(maps), align_corners, acc_dtype(base.dtype), base.device, taps
+    taps, sizes = maps[0].shape[1], map_sizes(maps)
+    pad = _tile_width(sizes, taps, base.dtype)
+    ahat, bhat, gidx, _, total = _tables(
+        height, width, sizes, align_corners, acc_dtype(base.dtype), base.device, taps, pad
     )
     v = _pack(maps, total)
     out = torch.empty_like(base)
@@ -149,8 +155,9 @@ def launch_forward(base, maps, align_corners):
 
 def launch_backward(grad, sizes, align_corners, taps=9):
     n, o, height, width = grad.shape
-    ahat, bhat, _, cidx, total, pad = _tables(
-        height, width, sizes, align_corners, acc_dtype(grad.dtype), grad.device, taps
+    pad = _tile_width(sizes, taps, grad.dtype)
+    ahat, bhat, _, cidx, total = _tables(
+        height, width, sizes, align_corners, acc_dtype(grad.dtype), grad.device, taps, pad
     )
     dv = torch.empty(n, o, _packed_width(total), dtype=grad.dtype, device=grad.device)
     layout = _layout(grad)
