@@ -137,14 +137,13 @@ def build(workloads, shapes, archs=(80, 90), jobs: int = 2, cases=None) -> Repor
     if cases is None:
         cases = [(w, s) for w in workloads for s in shapes]
     for workload, shape in cases:
-        if True:
-            for arch in archs:
-                sms = cost.GPUS[ARCH_GPUS[arch][0]].sms
-                for launch in record_workload(workload, shape, sms, arch):
-                    src = machine.jit_source(launch, arch)
-                    key = machine.source_key(src)
-                    sources.setdefault(key, src)
-                    recorded.append((workload, shape, arch, launch, key))
+        for arch in archs:
+            sms = cost.GPUS[ARCH_GPUS[arch][0]].sms
+            for launch in record_workload(workload, shape, sms, arch):
+                src = machine.jit_source(launch, arch)
+                key = machine.source_key(src)
+                sources.setdefault(key, src)
+                recorded.append((workload, shape, arch, launch, key))
     analysed = _analyse_all(sources, jobs)
 
     rows, totals = [], []

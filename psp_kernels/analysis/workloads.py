@@ -86,6 +86,15 @@ def _ppm_params(s: Shape, train: bool):
     return weights, scale, shift
 
 
+def _train_norm(y, gamma, beta):
+    """A branch's BatchNorm in training; a single value per channel (batch 1, bin 1) is
+    normalised with running statistics, as ``pspnet.PPM`` does."""
+    if y.shape[0] * y.shape[2] * y.shape[3] > 1:
+        return F.batch_norm(y, None, None, gamma, beta, training=True)
+    stats = torch.empty(y.shape[1], device=y.device, dtype=y.dtype)
+    return F.batch_norm(y, stats, stats, gamma, beta, training=False)
+
+
 def _ppm(s: Shape, train: bool, rec: Recorder) -> None:
     x = _x(s, requires_grad=train)
     weights, scale, shift = _ppm_params(s, train)
@@ -97,10 +106,7 @@ def _ppm(s: Shape, train: bool, rec: Recorder) -> None:
         return
     with rec.step("PPM train forward"):
         ys = psp_kernels.pyramid_pool_conv(x, weights, s.bins)
-        ys = [
-            F.relu(F.batch_norm(y, None, None, gamma, beta, training=True))
-            for y, gamma, beta in zip(ys, scale, shift)
-        ]
+        ys = [F.relu(_train_norm(y, gamma, beta)) for y, gamma, beta in zip(ys, scale, shift)]
         out = psp_kernels.upsample_concat(x, ys, align_corners=True)
     with rec.step("PPM train backward"):
         out.backward(torch.empty_like(out))
