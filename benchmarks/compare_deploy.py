@@ -9,7 +9,7 @@ eager PyTorch), exports ours with :func:`pspnet.export_onnx` (dynamic shapes) an
 onnxruntime with the same thread count. Then times one ``N x 3 x crop x crop`` eval forward of the
 three, interleaved in one process: each round runs all three back to back, rotating which goes
 first, so a shared, busy machine slows them alike. Reports the median of each, and the median
-over rounds of the per-round ratios (``official / onnxruntime`` is the issue's target, >= 1.5x),
+over rounds of the per-round ratios (``official / onnxruntime``, target >= 1.5x),
 the outputs' agreement, and the load average before and after (how calm the machine was).
 Writes ``<out>.json`` (every time) and ``<out>.md`` (the tables).
 """

@@ -18,7 +18,7 @@ FUSED_PROVIDERS = ("fused", "fused-compiled")
 
 # The headline configuration the targets refer to (PPM on H100/H200, bf16).
 HEADLINE = {"n": 8, "c": 2048, "h": 60, "w": 60, "r": 512, "dtype": "bfloat16"}
-# Concat-free head targets (from the issue): PSPNet-50 1x3x473x473 CPU forward, FLOPs at 473,
+# Concat-free head targets: PSPNet-50 1x3x473x473 CPU forward, FLOPs at 473,
 # training peak memory at N=8 473 on a GPU.
 CMP_TARGETS = {"cpu_fwd_speedup": 1.15, "flops_ratio": 0.80, "train_mem_ratio": 0.90}
 TARGETS = {

@@ -19,11 +19,12 @@ from tests.deploy_models import build_export_model
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
 
-#: float32, relative to the PyTorch logits' max abs (the issue's target)
+#: float32, relative to the PyTorch logits' max abs
 TOL = 1e-4
 
-# (batch, height, width): the issue's sizes (81, 89, 64, 33 < 6 * 8, non-square, batch 3), a
-# 512 crop (64 x 64 features), tiny and odd inputs down to 1 x 1, and sizes that used to fail
+# (batch, height, width): odd and non-square inputs, maps smaller than the largest bin (inputs
+# under 6 * 8), batch 3, a 512 crop (64 x 64 features), tiny inputs down to 1 x 1, and sizes
+# where an export holding example-size tables goes wrong (81 x 81: silently wrong logits)
 TINY_SIZES = [
     (1, 65, 65),  # the example size
     (1, 81, 81),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import psp_kernels
-from benchmarks.gpu_check import model, parity, timing
+from benchmarks.gpu_check import estimates, parity, timing
 from psp_kernels import interpreting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,18 +117,18 @@ def test_model_totals_beside_the_measurements():
         ],
         "findings": ["a", "b"],
     }
-    got = model.read_totals(report, "H200")
+    got = estimates.read_totals(report, "H200")
     assert got["findings"] == 2 and set(got["totals"]) == {"ppm", "ppm-train", "head"}
     rows = [
         {"case": "ppm", "pass": "fwd", "provider": "fused", "time_s": 400e-6},
         {"case": "ppm", "pass": "fwd", "provider": "eager", "time_s": 1e-3},
         {"case": "headcmp", "pass": "fwd+bwd", "provider": "concat_free", "time_s": None},
     ]
-    model.attach(rows, got)
+    estimates.attach(rows, got)
     assert rows[0]["modelled_us"] == 200.0 and rows[0]["measured_over_modelled"] == 2.0
     assert "modelled_us" not in rows[1]
     assert rows[2]["modelled_us"] == 120.0 and "measured_over_modelled" not in rows[2]
-    assert model.model_gpu("NVIDIA H200", (9, 0)) == ("H200", 90)
-    assert model.model_gpu("NVIDIA H100 80GB HBM3", (9, 0)) == ("H100", 90)
-    assert model.model_gpu("NVIDIA A100-SXM4-80GB", (8, 0)) == ("A100", 80)
-    assert model.model_gpu("NVIDIA L40S", (8, 9)) == ("A100", 80)
+    assert estimates.model_gpu("NVIDIA H200", (9, 0)) == ("H200", 90)
+    assert estimates.model_gpu("NVIDIA H100 80GB HBM3", (9, 0)) == ("H100", 90)
+    assert estimates.model_gpu("NVIDIA A100-SXM4-80GB", (8, 0)) == ("A100", 80)
+    assert estimates.model_gpu("NVIDIA L40S", (8, 9)) == ("A100", 80)

@@ -108,36 +108,33 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+def _cuda_properties(index: int) -> tuple[int, int]:
+    """``(SM count, compute capability as one number)`` of CUDA device ``index``."""
+    props = torch.cuda.get_device_properties(index)
+    return props.multi_processor_count, 10 * props.major + props.minor
+
+
+def _properties(device: torch.device) -> tuple[int, int]:
+    """:func:`_cuda_properties` of ``device`` (the current device when it has no index), or the
+    simulated GPU's (:mod:`.target`)."""
+    gpu = simulated_gpu()
+    if gpu is not None:
+        return gpu.num_sms, gpu.arch
+    if device.index is not None:
+        return _cuda_properties(device.index)
+    return _cuda_properties(torch.cuda.current_device() if device.type == "cuda" else 0)
 
 
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA ``device`` (cached per device index), or of the GPU
     being simulated (:mod:`.target`)."""
-    gpu = simulated_gpu()
-    if gpu is not None:
-        return gpu.num_sms
-    if device.index is not None:
-        return _num_sms(device.index)
-    return _num_sms(torch.cuda.current_device() if device.type == "cuda" else 0)
-
-
-@functools.lru_cache(maxsize=16)
-def _capability(index: int) -> int:
-    major, minor = torch.cuda.get_device_capability(index)
-    return 10 * major + minor
+    return _properties(device)[0]
 
 
 def compute_arch(device: torch.device) -> int:
     """Compute capability of a CUDA ``device`` as one number (80: A100, 90: H100 / H200), or of
     the GPU being simulated (:mod:`.target`)."""
-    gpu = simulated_gpu()
-    if gpu is not None:
-        return gpu.arch
-    if device.index is not None:
-        return _capability(device.index)
-    return _capability(torch.cuda.current_device() if device.type == "cuda" else 0)
+    return _properties(device)[1]
 
 
 def sample_fits_int32(t: torch.Tensor) -> bool:
