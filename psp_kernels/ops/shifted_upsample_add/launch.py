@@ -62,8 +62,8 @@ def _tables_cpu(height, width, sizes, align_corners, dtype, taps=9, pad=configs.
         k0 += s * h
         j0 += s * w
     ahat, bhat = pyramid_matrices(height, width, sizes, align_corners, dtype, taps=taps)
-    ahat = torch.nn.functional.pad(ahat, (0, pad - k)).contiguous()
-    bhat = torch.nn.functional.pad(bhat, (0, pad - j)).contiguous()
+    ahat = torch.nn.functional.pad(ahat, (0, pad - ahat.shape[1])).contiguous()
+    bhat = torch.nn.functional.pad(bhat, (0, pad - bhat.shape[1])).contiguous()
     return ahat, bhat, gidx.reshape(-1), cidx, total
 
 
