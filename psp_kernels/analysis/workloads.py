@@ -133,7 +133,7 @@ def _head(s: Shape, rec: Recorder, k: int = 3, x_last: bool = False) -> None:
         base, maps = psp_kernels.split_concat_conv(
             x, branches, weight, conv2d=_cudnn_like_conv2d, x_last=x_last
         )
-        out = psp_kernels.shifted_upsample_add(base, maps, align_corners=k == 3)
+        out = psp_kernels.shifted_upsample_add(base, maps, align_corners=True)
     with rec.step("head backward"):
         out.backward(torch.empty_like(out))
 
