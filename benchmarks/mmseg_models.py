@@ -56,9 +56,10 @@ def build(cfg: dict):
 NORM = dict(type="BN", requires_grad=True)
 
 
-def psp_head(in_channels=2048, channels=512, num_classes=19) -> dict:
-    """mmseg's PSPNet decode head as its Cityscapes configs set it (BN instead of SyncBN)."""
-    return dict(type="PSPHead", in_channels=in_channels, in_index=3, channels=channels,
+def psp_head(in_channels=2048, channels=512, num_classes=19, in_index=3) -> dict:
+    """mmseg's PSPNet decode head as its Cityscapes configs set it (BN instead of SyncBN);
+    ``in_index=0`` for a head called on ``[x]`` alone."""
+    return dict(type="PSPHead", in_channels=in_channels, in_index=in_index, channels=channels,
                 pool_scales=(1, 2, 3, 6), dropout_ratio=0.1, num_classes=num_classes,
                 norm_cfg=NORM, align_corners=False)  # fmt: skip
 

@@ -31,7 +31,7 @@ def heads():
     if not mmseg_models.available():
         pytest.skip("needs mmsegmentation==1.2.2, mmengine==0.10.7, mmcv-lite==2.1.0, ftfy")
     torch.manual_seed(0)
-    head = randomize_batchnorm(mmseg_models.build(mmseg_models.psp_head()), seed=1).cuda()
+    head = randomize_batchnorm(mmseg_models.build(mmseg_models.psp_head(in_index=0)), seed=1).cuda()
     converted = pspnet.convert_ppm(copy.deepcopy(head))
     return {
         "eager": head,

@@ -151,3 +151,29 @@ def test_compile_fullgraph_converted_head():
     assert_close(grad, ref_grad, tol=1e-5)
     code = "\n".join(g.code for g in graphs)
     assert "psp_kernels.pyramid_pool_conv" in code and "shifted_upsample_add" in code
+
+
+def test_converted_head_exports_exactly_at_other_sizes():
+    """torch.export with dynamic sizes of a converted head: exact at sizes other than the
+    example's (the pyramid and the concat-free conv take the export formulation)."""
+    torch.manual_seed(0)
+    head = MODELS.build(copy.deepcopy(HEADS["PSPHead"])).eval()
+    original = copy.deepcopy(head)
+    pspnet.convert_ppm(head)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def forward(self, x):
+            return self.head([x])
+
+    dim = torch.export.Dim.DYNAMIC
+    program = torch.export.export(
+        Wrapper(head), (torch.randn(1, 16, 12, 12),), dynamic_shapes={"x": {2: dim, 3: dim}}
+    )
+    for size in ((9, 9), (17, 23), (33, 20)):
+        x = torch.randn(1, 16, *size)
+        with torch.no_grad():
+            assert_close(program.module()(x), original([x]), tol=1e-5)

@@ -230,6 +230,16 @@ def test_separable_compiles_fullgraph(device):
     torch.testing.assert_close(out, fn(base, maps))
 
 
+@pytest.mark.parametrize("width", [16, 32])
+def test_one_tap_tile_widths(width, device, monkeypatch):
+    """The one-tap form at each tile width the launchers pick (float32: 16, 16-bit: 32; float64
+    in the interpreter takes the 16-bit one), forced: odd sizes, channels_last."""
+    skip_unless_kernels_take(torch.float64, device)
+    monkeypatch.setitem(configs.ONE_TAP_K, tile_class(torch.float64), width)
+    base, maps = _inputs(2, 5, 13, 17, PSP_SIZES, torch.float64, device, True, taps=1)
+    _check_against_reference(base, maps)
+
+
 def test_one_tap_tiles():
     """The one-tap form takes narrower tiles while its pyramid fits (PSPNet's 12), the full
     width beyond; the three-tap form always the full width."""
