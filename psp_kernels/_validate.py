@@ -170,10 +170,12 @@ def check_shifted_upsample_add(base, maps):
             or m.shape[2] != o
             or (m.numel() == 0)
         ):
-            kinds = f"{expected}" if i else "9 or 1"
+            shapes = f"({n}, {expected}, {o}, h, w)"
+            if taps is None:
+                shapes += f" or the one-tap ({n}, 1, {o}, h, w)"
             raise ValueError(
-                f"{name} must have shape ({n}, {kinds}, {o}, h, w) for base of shape "
-                f"{tuple(base.shape)} (every map with the same tap count), got {tuple(m.shape)}"
+                f"{name} must have shape {shapes} for base of shape {tuple(base.shape)} (every "
+                f"map with the same tap count), got {tuple(m.shape)}"
             )
     return maps
 

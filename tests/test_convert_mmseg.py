@@ -177,3 +177,18 @@ def test_converted_head_exports_exactly_at_other_sizes():
         x = torch.randn(1, 16, *size)
         with torch.no_grad():
             assert_close(program.module()(x), original([x]), tol=1e-5)
+
+
+def test_sync_batchnorm_head():
+    """A head whose norms are SyncBatchNorm (mmseg's configs) converts, and folds them in eval."""
+    torch.manual_seed(0)
+    head = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
+        MODELS.build(copy.deepcopy(HEADS["PSPHead"]))
+    ).eval()
+    original = copy.deepcopy(head)
+    pspnet.convert_ppm(head)
+    assert type(head).__name__ == "FusedPSPHead"
+    assert isinstance(head.psp_modules[0][1].bn, torch.nn.SyncBatchNorm)
+    x = [torch.randn(2, 16, 11, 13)]
+    with torch.no_grad():
+        assert_close(head(x), original(x), tol=1e-5, nonzero=True)
