@@ -3,46 +3,26 @@
 :func:`check_converted` builds a model twice from the same random weights (BatchNorm statistics
 randomised), converts one with ``pspnet.convert_ppm`` and compares them: the ``state_dict``
 (keys, shapes, values), eval outputs in float64 (through the Triton kernels under the
-interpreter when there is no GPU) and float32 (the CPU paths), and one training step in float64:
-the loss, every gradient and every BatchNorm running statistic after the step.
+interpreter when there is no GPU; the conv after the concat forced concat-free, then over the
+concat) and float32 (the CPU paths, as the shapes decide), and one training step in float64
+(concat-free): the loss, every gradient and every BatchNorm running statistic after the step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import sys
-import types
 
 import torch
 
 import pspnet
+from benchmarks.mmseg_models import stub_mmcv_ops
 from psp_kernels.ops import utils
+from pspnet.convert import units
 from pspnet.testing import randomize_batchnorm
 from tests.helpers import assert_close
 
 __all__ = ["stub_mmcv_ops", "check_converted", "outputs"]
-
-
-class _MissingOps(types.ModuleType):
-    """``mmcv.ops`` for mmcv-lite, which ships without the compiled ops: importing names works,
-    calling them raises (the heads under test use none of them)."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def missing(*args, **kwargs):
-            raise RuntimeError(f"mmcv.ops.{name} is not available in these tests (mmcv-lite)")
-
-        return missing
-
-
-def stub_mmcv_ops() -> None:
-    """Install the ``mmcv.ops`` stub unless a real one imports."""
-    try:
-        import mmcv.ops  # noqa: F401
-    except ImportError:
-        sys.modules["mmcv.ops"] = _MissingOps("mmcv.ops")
 
 
 def outputs(out) -> list[torch.Tensor]:
@@ -92,20 +72,23 @@ def check_converted(build, make_input, forward=lambda m, x: m(x), *, label="", i
     # the unconverted library loads the converted model's checkpoint, strictly
     copy.deepcopy(original).load_state_dict(after, strict=True)
 
-    for dtype, tol, interp in ((torch.float64, 1e-10, interpret), (torch.float32, 1e-4, False)):
+    # eval: float64 with the conv after the concat concat-free and over the concat (forced: tiny
+    # maps may pick either), float32 as the shapes decide
+    runs = ((torch.float64, 1e-10, interpret, True), (torch.float64, 1e-10, interpret, False),
+            (torch.float32, 1e-4, False, None))  # fmt: skip
+    for dtype, tol, interp, force in runs:
         o, c = copy.deepcopy(original).to(dtype), copy.deepcopy(converted).to(dtype)
         x = make_input(dtype)
-        with torch.no_grad(), torch.random.fork_rng():
-            utils_patch = _interpreter(interp)
-            with utils_patch:
-                got, _ = _run(c, x, False, forward)
+        with torch.no_grad(), _interpreter(interp), _force(force):
+            got, _ = _run(c, x, False, forward)
+        with torch.no_grad():
             want, _ = _run(o, x, False, forward)
         for i, (a, b) in enumerate(zip(got, want, strict=True)):
             assert_close(a, b, f"{label} eval {dtype} output {i}", tol=tol, nonzero=True)
 
     o, c = copy.deepcopy(original).double(), copy.deepcopy(converted).double()
     x = make_input(torch.float64).requires_grad_()
-    with _interpreter(interpret):
+    with _interpreter(interpret), _force(True):
         got, got_grads = _run(c, x, True, forward)
     want, want_grads = _run(o, x, True, forward)
     assert_close(got[0], want[0], f"{label} training loss", tol=1e-10)
@@ -117,6 +100,16 @@ def check_converted(build, make_input, forward=lambda m, x: m(x), *, label="", i
     for (name, a), (_, b) in zip(c.named_buffers(), o.named_buffers(), strict=True):
         assert_close(a.double(), b.double(), f"{label} buffer {name}", tol=1e-10, floor=1e-8)
     return c
+
+
+@contextlib.contextmanager
+def _force(value):
+    """Force the concat-free form on (True) or off (False) in converted heads."""
+    saved, units.FORCE = units.FORCE, value
+    try:
+        yield
+    finally:
+        units.FORCE = saved
 
 
 class _interpreter:

@@ -39,6 +39,10 @@ from ..ppm import _bin_of, _branch_norm, _folded, _uses_batch_stats
 
 __all__ = ["Unit", "conv_unit", "branch", "branches", "check_head", "fused_head", "module_is"]
 
+#: Tests set this to force the conv after the concat concat-free (``True``) or over the concat
+#: (``False``) instead of deciding from the shapes (``None``).
+FORCE: bool | None = None
+
 #: Conv units whose forward is their children in registration order (conv, norm, activation).
 SEQUENTIAL_UNITS = {
     "transformers": ("UperNetConvModule", "BeitConvModule", "BeitConvLayer",
@@ -236,7 +240,8 @@ def fused_head(x, branch_modules, post_module, *, x_last: bool, align_corners: b
     parts, post = got
     ys = pyramid(x, parts)
     conv = post.conv
-    if export_ops.exporting() or psp_kernels.concat_free_pays(x, ys, conv.weight):
+    pays = psp_kernels.concat_free_pays(x, ys, conv.weight) if FORCE is None else FORCE
+    if export_ops.exporting() or pays:
         out = concat_free_conv(
             x, ys, conv.weight, align_corners=align_corners, x_last=x_last, bias=conv.bias
         )
