@@ -13,6 +13,10 @@ Examples::
 
 Every config field is an option (``--base-lr 0.02``, ``--crop-size 65 65``, ``--no-blur``...);
 see ``python -m pspnet train --help``.
+
+Errors: a problem with the input (a config value, a file, a full disk, a missing optional package)
+is printed in one line, ``pspnet COMMAND: error: ...``, with exit status 2; anything else is a bug
+and shows its traceback (exit status 1). ``--debug`` shows the traceback of input errors too.
 """
 
 from __future__ import annotations
@@ -21,14 +25,13 @@ import argparse
 import os
 import sys
 import time
+import traceback
 
-from .config import add_config_arguments, config_from_args
+from .cli_options import add_config_arguments, config_from_args
 
 __all__ = ["main", "build_parser"]
 
-
-class CLIError(Exception):
-    """An error reported as ``pspnet: error: ...`` with exit status 2."""
+DEBUG_HELP = "show the traceback of input errors too (other errors always show it)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,13 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and run PSPNet.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    # also accepted after the command; SUPPRESS keeps a --debug given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", metavar="{train,eval,predict,export}")
     sub.required = True
 
-    t = sub.add_parser("train", help="train (default preset: synthetic)")
+    def add(name, **kw):
+        return sub.add_parser(name, parents=[common], **kw)
+
+    t = add("train", help="train (default preset: synthetic)")
     add_config_arguments(t)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint (mIoU, per-class table)")
+    e = add("eval", help="evaluate a checkpoint (mIoU, per-class table)")
     _add_model_source(e, "checkpoint file (ours or official)")
     e.add_argument(
         "--flip",
@@ -59,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="whole-image or sliding-window inference (same as --eval-mode)",
     )
-    add_config_arguments(e, exclude={"flip"})
+    add_config_arguments(e, exclude={"flip", "overwrite"})
 
-    pr = sub.add_parser("predict", help="write colour masks and overlays for images")
+    pr = add("predict", help="write colour masks and overlays for images")
     pr.add_argument("images", nargs="+", help="image files")
     _add_model_source(pr, "checkpoint file")
     pr.add_argument("--out", default="predictions", help="output folder (default: predictions)")
@@ -87,10 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
             "use_ppm",
             "amp",
             "dataset",
+            "max_image_pixels",
         },
     )
 
-    x = sub.add_parser("export", help="export a checkpoint to ONNX (exact at every input size)")
+    x = add("export", help="export a checkpoint to ONNX (exact at every input size)")
     x.add_argument("--checkpoint", required=True, help="checkpoint file (ours or official)")
     x.add_argument("--out", required=True, help="the .onnx file to write")
     x.add_argument(
@@ -172,7 +183,9 @@ def _cmd_export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m pspnet`` and the ``pspnet`` script; returns the exit status
-    (0; 2 on an error; 128 + signal number after a clean stop on SIGINT / SIGTERM)."""
+    (0; 2 on an input error, printed in one line; 128 + signal number after a clean stop on
+    SIGINT / SIGTERM). Any other exception propagates with its traceback: it is a bug."""
+    from .errors import MissingDependency, UserError
     from .guard import NonFiniteError, TrainingInterrupted
 
     parser = build_parser()
@@ -182,11 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return cmd(args)
     except TrainingInterrupted as e:  # SIGINT / SIGTERM: the resumable checkpoint is written
-        print(f"pspnet {args.command}: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # said once, by the process that wrote it
+            print(f"pspnet {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
-    # ImportError: an extra; OSError: a failed write (disk full...), reported with the file;
-    # NonFiniteError: a NaN / inf loss or gradient, named with the epoch and step
-    except (OSError, ValueError, ImportError, NonFiniteError, CLIError) as e:
+    # UserError: bad input, named; MissingDependency: an optional package; OSError: a missing
+    # file or a failed write (disk full...), named; NonFiniteError: a NaN / inf loss or gradient,
+    # named with the epoch and step
+    except (UserError, MissingDependency, OSError, NonFiniteError) as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"pspnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # pragma: no cover

@@ -1,20 +1,32 @@
 """Atomic file writes: a file is either its old version or the complete new one, never half.
 
-Each write goes to a temporary file in the same folder, is flushed and fsynced, then renamed over
-the target with :func:`os.replace` (atomic on POSIX and Windows). When writing fails, the
-temporary file is removed, the target is left as it was, and the error is raised with the
-target's name.
+Every file pspnet writes goes through :func:`atomic_path`: the data goes to a temporary file in
+the same folder (``.NAME.XXXXXXXX.tmp``), is fsynced, then renamed over the target with
+:func:`os.replace` (atomic on POSIX and Windows). The new file gets the permissions of the file it
+replaces, or those the umask gives a new file (not the temporary file's 0600). When writing fails
+(an ``OSError``, or the ``RuntimeError`` of torch's writer), the temporary file is removed, the
+target is left as it was, and an ``OSError`` names the target, and says when the disk is full.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_atomic", "write_text_atomic", "append_line_atomic"]
+__all__ = [
+    "atomic_path",
+    "write_atomic",
+    "write_text_atomic",
+    "append_line_atomic",
+    "check_writable",
+    "remove_stale_temps",
+]
 
 
 @contextlib.contextmanager
@@ -22,13 +34,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
     ``with atomic_path(p) as tmp: torch.save(obj, tmp)``. On an exception the temporary file is
-    removed, ``path`` is untouched and an ``OSError`` naming ``path`` is raised from the error
-    (a ``KeyboardInterrupt`` passes through unchanged).
+    removed and ``path`` is untouched; an ``OSError`` or ``RuntimeError`` (a failed write) is
+    raised as an ``OSError`` naming ``path`` (saying so when the disk is full); any other
+    exception passes through unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, _mode_for(path))
+    finally:
+        os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
@@ -36,15 +52,76 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        full = _disk_full(e, path.parent)  # measured while the temporary file still fills it
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(e, Exception):
-            raise OSError(
-                f"could not write {path} ({type(e).__name__}: {e}); the previous version of the "
-                "file, if any, is unchanged"
-            ) from e
-        raise
+        if not isinstance(e, (OSError, RuntimeError)):
+            raise
+        kept = "the previous version of the file, if any, is unchanged"
+        if full is not None:
+            said = f"{e.strerror}; " if isinstance(e, OSError) and e.strerror else ""
+            err = OSError(
+                f"could not write {path}: the disk is full ({said}{_size(full)} free on the file "
+                f"system of {path.parent}); free some space or write elsewhere; {kept}"
+            )
+            err.errno = errno.ENOSPC
+            raise err from e
+        raise OSError(f"could not write {path} ({type(e).__name__}: {e}); {kept}") from e
     _fsync_dir(path.parent)
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions of the file being replaced, or those a new file gets from the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+#: less free space than this after a failed write: the disk is full
+FULL_BELOW = 1 << 20
+
+
+def _disk_full(e: BaseException, folder: Path) -> int | None:
+    """The free bytes of ``folder``'s file system when the failed write ``e`` ran out of space
+    (``ENOSPC`` / ``EDQUOT`` in its chain, or, for writers that lose the errno such as torch's,
+    almost no space left); None otherwise."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    blocks = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
+    free = blocks * st.f_frsize
+    seen, chain = e, set()
+    while seen is not None and id(seen) not in chain:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return free
+        chain.add(id(seen))
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(e, (OSError, RuntimeError)) and free < FULL_BELOW:
+        return free
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -81,3 +158,33 @@ def append_line_atomic(path: str | os.PathLike, line: str) -> Path:
     if old and not old.endswith("\n"):
         old += "\n"
     return write_text_atomic(path, old + line.rstrip("\n") + "\n")
+
+
+def check_writable(path: str | os.PathLike, what: str = "output", folder: bool = False) -> Path:
+    """Raise, before any work, if ``path`` (a file, or with ``folder`` a folder) could not be
+    written: a part of it is a file, the file is a folder, or the nearest existing folder is not
+    writable. Creates nothing; returns ``path``."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"cannot write {what} {path}: it is a folder")
+    probe = path if folder else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"cannot write {what} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {what} {path}: no permission to write in {probe}")
+    return path
+
+
+def remove_stale_temps(folder: str | os.PathLike, names) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` left for ``names`` in ``folder`` when
+    its process was killed mid-write (``.NAME.*.tmp``); returns them. Call it only where no other
+    process writes these files at the same time."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{glob_escape(name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed

@@ -3,23 +3,29 @@ and the model a checkpoint describes (its saved Config, then its weights)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch.nn as nn
 
-from .checkpoint import load_checkpoint, load_file
+from .checkpoint import Checkpoint, read_checkpoint
 from .config import Config
+from .errors import UserError, user_input
 from .model import PSPNet, TinyPSPNet
+from .state_dict import apply_state_dict
 
-__all__ = ["TinyPSPNet", "build_model", "saved_config", "model_from_checkpoint"]
+__all__ = ["build_model", "saved_config", "model_from_checkpoint"]
 
 
 def build_model(cfg: Config, classes: int | None = None) -> nn.Module:
     """The model described by ``cfg`` (``arch``: ``pspnet`` = :class:`pspnet.PSPNet`, ``tiny`` =
-    :class:`TinyPSPNet`), with ``CrossEntropyLoss(ignore_index=cfg.ignore_index)``."""
+    :class:`TinyPSPNet`), with ``CrossEntropyLoss(ignore_index=cfg.ignore_index)``; settings the
+    model refuses raise :class:`~pspnet.errors.UserError`."""
+    with user_input(f"the config describes no valid {cfg.arch} model"):
+        return _build_model(cfg, classes)
+
+
+def _build_model(cfg: Config, classes: int | None) -> nn.Module:
     classes = int(classes or cfg.classes)
     if classes < 2:
-        raise ValueError(f"classes must be >= 2 (set --classes), got {classes}")
+        raise UserError(f"classes must be >= 2 (set --classes), got {classes}")
     criterion = nn.CrossEntropyLoss(ignore_index=cfg.ignore_index)
     if cfg.arch == "tiny":
         return TinyPSPNet(
@@ -49,51 +55,48 @@ def build_model(cfg: Config, classes: int | None = None) -> nn.Module:
     )
 
 
-def saved_config(path) -> Config | None:
-    """The Config stored in one of our checkpoints (``None`` for official / plain files or an
-    unreadable path; errors are reported when the model is loaded)."""
-    try:
-        obj = load_file(path)
-    except Exception:  # noqa: BLE001 - reported later by model_from_checkpoint
+def _config_of(ckpt: Checkpoint) -> Config | None:
+    """The Config a checkpoint carries (None for official / plain weights); keys this version
+    does not know are left out, values are checked as in a config file."""
+    saved = ckpt.config
+    if saved is None:
         return None
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
-        known = Config.__dataclass_fields__
-        return Config.from_dict({k: v for k, v in obj["config"].items() if k in known})
-    return None
+    known = {k: v for k, v in saved.items() if k in Config.__dataclass_fields__}
+    with user_input(f"the config saved in {str(ckpt.path)!r}"):
+        return Config.from_dict(known)
+
+
+def saved_config(path) -> Config | None:
+    """The Config stored in one of our checkpoints (``None`` for official / plain files). Reads
+    the file's structure only (no tensor data); a bad file raises the errors of
+    :func:`pspnet.safe_load.safe_load`."""
+    return _config_of(read_checkpoint(path, map_location="meta", verify=False))
+
+
+#: the settings that define the model's shape: a checkpoint's own replace those of the caller
+STRUCTURAL_KEYS = (
+    "arch", "layers", "classes", "bins", "zoom_factor", "use_ppm", "tiny_width", "ignore_index",
+)  # fmt: skip
 
 
 def model_from_checkpoint(path, cfg: Config | None = None, map_location="cpu"):
-    """``(model in eval mode, cfg, class_names)`` from a checkpoint.
+    """``(model in eval mode, cfg, class_names)`` from a checkpoint, read once.
 
     Ours carry their config (model shape, classes); for official / plain state_dict files
     ``cfg`` must describe the model (``arch``, ``layers``, ``classes``...). Structural keys
-    (arch, layers, classes, bins, zoom_factor, use_ppm, tiny_width) come from the checkpoint.
+    (:data:`STRUCTURAL_KEYS`) come from the checkpoint.
     """
-    path = Path(path)
-    obj = load_file(path)  # FileNotFoundError / ValueError naming the file and the fault
+    ckpt = read_checkpoint(path, map_location=map_location)  # errors name the file and fault
+    saved = _config_of(ckpt)
     class_names = None
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
-        saved = Config.from_dict(
-            {k: v for k, v in obj["config"].items() if k in Config.__dataclass_fields__}
-        )
-        keys = (
-            "arch",
-            "layers",
-            "classes",
-            "bins",
-            "zoom_factor",
-            "use_ppm",
-            "tiny_width",
-            "ignore_index",
-        )
-        structural = {k: getattr(saved, k) for k in keys}
+    if saved is not None:
+        structural = {k: getattr(saved, k) for k in STRUCTURAL_KEYS}
         cfg = saved if cfg is None else cfg.replace(**structural)
-        class_names = obj.get("class_names")
+        class_names = ckpt.class_names
     elif cfg is None:
-        raise ValueError(f"{path} holds no config: pass --preset/--classes/--layers for it")
-    del obj
+        raise UserError(f"{path} holds no config: pass --preset/--classes/--layers for it")
     build_cfg = cfg.replace(pretrained=False, backbone_path=None)
     model = build_model(build_cfg)
-    load_checkpoint(model, path, map_location=map_location)
+    apply_state_dict(model, ckpt.state_dict(), source=repr(str(path)))
     model.eval()
     return model, cfg, class_names

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
+from .errors import UserError
 from .metrics import ConfusionMeter, format_table
 from .runtime import autocast_ctx, init_distributed, local_rank, resolve_device, unwrap
 
@@ -32,6 +34,7 @@ __all__ = [
     "slide_inference",
     "scaled_size",
     "predict_probs",
+    "predict_with_config",
     "evaluate",
     "run_eval",
 ]
@@ -157,6 +160,24 @@ def predict_probs(
     return total / len(scales)
 
 
+def predict_with_config(model: nn.Module, x: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """:func:`predict_probs` of ``x`` with ``cfg``'s inference settings (``classes``, ``scales``,
+    ``eval_flip``, ``eval_mode``, ``crop_size``, ``base_size``, ``stride_rate``) and its autocast
+    (``amp``): what ``eval`` and ``predict`` run."""
+    with autocast_ctx(cfg, x.device):
+        return predict_probs(
+            model,
+            x,
+            int(cfg.classes),
+            cfg.scales,
+            cfg.eval_flip,
+            cfg.eval_mode,
+            cfg.crop_size,
+            cfg.base_size,
+            cfg.stride_rate,
+        )
+
+
 class _Shard(torch.utils.data.Sampler):
     """Indices ``rank, rank + world, ...`` (no padding: every sample is evaluated once)."""
 
@@ -190,6 +211,7 @@ def evaluate(
     evaluation with an error naming the file and its index, or with ``cfg.skip_bad_samples``
     leaves them out (each logged once with ``log``); ``skipped_samples`` counts them."""
     from .data.faults import BadSampleLog, collate_samples, unpack
+    from .data.loaders import init_eval_worker
 
     model = unwrap(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -203,6 +225,8 @@ def evaluate(
         batch_size=bs,
         sampler=_Shard(len(dataset), rank, world),
         num_workers=min(cfg.workers, 4),
+        worker_init_fn=partial(init_eval_worker, max_image_pixels=cfg.max_image_pixels),
+        generator=torch.Generator().manual_seed(cfg.seed),  # not the global RNG's stream
         pin_memory=device.type == "cuda",
         collate_fn=collate_samples if getattr(dataset, "on_error", "") == "mark" else None,
     )
@@ -220,19 +244,7 @@ def evaluate(
                 continue
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            with autocast_ctx(cfg, device):
-                prob = predict_probs(
-                    model,
-                    x,
-                    classes,
-                    cfg.scales,
-                    cfg.eval_flip,
-                    cfg.eval_mode,
-                    cfg.crop_size,
-                    cfg.base_size,
-                    cfg.stride_rate,
-                )
-            meter.update(prob.argmax(1), y)
+            meter.update(predict_with_config(model, x, cfg).argmax(1), y)
     finally:
         model.train(was_training)
     meter.all_reduce()
@@ -255,8 +267,11 @@ def run_eval(cfg: Config, checkpoint: str, log=print, onnx=None) -> dict:
     """Load ``checkpoint`` (or the exported model ``onnx``, run by onnxruntime on CPU), evaluate
     on ``cfg.dataset`` / ``cfg.val_split``, print the table."""
     from .build import model_from_checkpoint
+    from .data.files import set_max_image_pixels
     from .data.loaders import AugmentedDataset, build_datasets
     from .data.transforms import eval_transform
+
+    set_max_image_pixels(cfg.max_image_pixels)
 
     if onnx is not None:
         from .onnx_runtime import model_from_onnx
@@ -270,7 +285,7 @@ def run_eval(cfg: Config, checkpoint: str, log=print, onnx=None) -> dict:
         model.to(device)
     ds = build_datasets(cfg, splits=("val",))["val"]
     if getattr(ds, "num_classes", cfg.classes) != cfg.classes:
-        raise ValueError(
+        raise UserError(
             f"the checkpoint has {cfg.classes} classes but {cfg.dataset!r} has {ds.num_classes}"
         )
     val = AugmentedDataset(ds, eval_transform(), seed=cfg.seed, on_error="mark")

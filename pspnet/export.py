@@ -26,6 +26,9 @@ import torch
 import torch.fx.experimental._config  # noqa: F401 (torch.fx.experimental._config)
 import torch.nn as nn
 
+from .atomic import check_writable, remove_stale_temps, write_atomic
+from .errors import MissingDependency
+
 __all__ = [
     "export_onnx",
     "export_program",
@@ -116,7 +119,7 @@ def _require_onnx() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise ImportError(
+        raise MissingDependency(
             f"ONNX export needs the package(s) {', '.join(missing)}, which are not installed: "
             f"{DEPLOY_PIP}"
         )
@@ -166,8 +169,7 @@ def export_onnx(
         raise ValueError(f"opset must be a positive int or None, got {opset!r}")
     x, shapes = _example_and_shapes(model, example_size, dynamic)
     _require_onnx()
-    path = Path(os.fspath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_writable(os.fspath(path), "the ONNX model")  # before tracing
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
@@ -185,8 +187,32 @@ def export_onnx(
         props = program.model.metadata_props
         for key, value in metadata.items():
             props[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    program.save(path)
+    remove_stale_temps(path.parent, [path.name])
+    if nbytes > _SINGLE_FILE_LIMIT:
+        _save_with_external_data(program, path)
+    else:  # a failed write (a full disk) leaves an existing file as it was
+        write_atomic(path, lambda tmp: program.save(tmp, external_data=False))
     return path
+
+
+def _save_with_external_data(program, path: Path) -> None:
+    """Save a model whose weights go to a separate ``.data`` file: both are written in a
+    temporary folder beside ``path`` (the model refers to its data file by name), then each is
+    moved into place atomically, the data file first."""
+    import shutil
+    import tempfile
+
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        try:
+            program.save(tmp_dir / path.name, external_data=True)
+        except (OSError, RuntimeError) as e:
+            raise OSError(f"could not write {path} ({type(e).__name__}: {e})") from e
+        files = sorted(tmp_dir.iterdir(), key=lambda p: p.name == path.name)  # the model last
+        for f in files:
+            write_atomic(path.parent / f.name, lambda t, src=f: shutil.copyfile(src, t))
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def export_checkpoint(checkpoint, path, cfg=None, *, static=None, opset: int | None = None):
@@ -199,6 +225,7 @@ def export_checkpoint(checkpoint, path, cfg=None, *, static=None, opset: int | N
     from .build import model_from_checkpoint
 
     _require_onnx()  # before loading the checkpoint
+    check_writable(path, "the ONNX model")
     model, cfg, class_names = model_from_checkpoint(checkpoint, cfg)
     metadata = {CONFIG_KEY: cfg.to_dict()}
     if class_names:

@@ -130,7 +130,7 @@ def format_table(metrics: dict) -> str:
         f"  (official: mean over all {k} classes, an absent class counts 0)"
     )
     absent = metrics.get("absent_classes")
-    if absent is None:  # metrics from before these keys existed
+    if absent is None:  # metrics without the absent-class keys: nothing more to say
         return "\n".join(lines)
     if absent:
         n_iou = sum(1 for v in iou if not math.isnan(v))

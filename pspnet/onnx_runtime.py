@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .config import Config
+from .errors import MissingDependency, UserError
 from .export import CLASS_NAMES_KEY, CONFIG_KEY, DEPLOY_PIP
 
 __all__ = ["OnnxModel", "model_from_onnx", "onnx_config"]
@@ -29,7 +30,7 @@ def _onnxruntime():
     try:
         import onnxruntime
     except ImportError as e:
-        raise ImportError(
+        raise MissingDependency(
             f"running ONNX models needs onnxruntime, which is not installed: {DEPLOY_PIP}"
         ) from e
     return onnxruntime
@@ -59,6 +60,8 @@ class OnnxModel(nn.Module):
         super().__init__()
         ort = _onnxruntime()
         path = Path(os.fspath(path))
+        if path.is_dir():
+            raise IsADirectoryError(f"ONNX model {path} is a directory, not an .onnx file")
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {path}")
         if threads < 0:
@@ -72,11 +75,11 @@ class OnnxModel(nn.Module):
             )
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             reason = f"{type(e).__name__}: {e}"
-            raise ValueError(f"{path} is not a readable ONNX model ({reason})") from e
+            raise UserError(f"{path} is not a readable ONNX model ({reason})") from e
         self.path = path
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(f"{path}: expected one input and one output (an exported PSPNet)")
+            raise UserError(f"{path}: expected one input and one output (an exported PSPNet)")
         self.input_name = inputs[0].name
         self.input_shape = _dims(inputs[0].shape)
         out_shape = _dims(outputs[0].shape)
@@ -88,7 +91,7 @@ class OnnxModel(nn.Module):
             raise ValueError(f"x must be (N, 3, H, W), got shape {tuple(x.shape)}")
         fixed = self.input_shape[2:]
         if any(f is not None and f != s for f, s in zip(fixed, x.shape[2:])):
-            raise ValueError(
+            raise UserError(
                 f"{self.path.name} was exported for {fixed[0]}x{fixed[1]} inputs only, got "
                 f"{x.shape[2]}x{x.shape[3]}: export with dynamic shapes (no --static), or use "
                 f"--mode slide with a {fixed[0]}x{fixed[1]} crop"
@@ -99,7 +102,7 @@ class OnnxModel(nn.Module):
         batch = self.input_shape[0]
         if batch is not None and x.shape[0] != batch:
             if batch != 1:
-                raise ValueError(f"{self.path.name} takes batches of {batch}, got {x.shape[0]}")
+                raise UserError(f"{self.path.name} takes batches of {batch}, got {x.shape[0]}")
             return torch.cat([self(x[i : i + 1]) for i in range(x.shape[0])])
         feed = {self.input_name: x.detach().to("cpu", torch.float32).contiguous().numpy()}
         (logits,) = self.session.run(None, feed)

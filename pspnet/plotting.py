@@ -5,12 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["plot_curves", "draw_curves"]
-
-
-def plot_curves(log_path: Path, png_path: Path) -> bool:
-    """Draw ``curves.png``; True when drawn (:func:`draw_curves` says why it was not)."""
-    return draw_curves(log_path, png_path) is None
+__all__ = ["draw_curves"]
 
 
 def draw_curves(log_path: Path, png_path: Path) -> str | None:

@@ -9,7 +9,6 @@ For each input ``name.ext`` two PNG files are written to the output folder:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,24 +16,9 @@ import numpy as np
 import torch
 
 from .config import Config
+from .errors import UserError
 
-__all__ = ["load_image", "segment", "colorize", "overlay", "run_predict"]
-
-
-def load_image(path) -> torch.Tensor:
-    """Float32 ``(3, H, W)`` RGB 0..255; FileNotFoundError / ValueError naming a bad file."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.array(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
-    return torch.from_numpy(arr).permute(2, 0, 1).float().contiguous()
+__all__ = ["segment", "colorize", "overlay", "output_stems", "run_predict"]
 
 
 @torch.no_grad()
@@ -42,26 +26,13 @@ def segment(model, image: torch.Tensor, cfg: Config, device=None) -> torch.Tenso
     """Class ids ``(H, W)`` (int64, CPU) of one image ``(3, H, W)`` RGB 0..255, using
     ``cfg``'s scales / flip / mode / crop_size / base_size / stride_rate."""
     from .data import MEAN, STD
-    from .evaluate import predict_probs
-    from .runtime import autocast_ctx
+    from .evaluate import predict_with_config
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
     x = ((image.float() - mean) / std)[None].to(device)
-    with autocast_ctx(cfg, device):
-        prob = predict_probs(
-            model,
-            x,
-            int(cfg.classes),
-            cfg.scales,
-            cfg.eval_flip,
-            cfg.eval_mode,
-            cfg.crop_size,
-            cfg.base_size,
-            cfg.stride_rate,
-        )
-    return prob.argmax(1)[0].cpu()
+    return predict_with_config(model, x, cfg).argmax(1)[0].cpu()
 
 
 def _palette_bytes(num_classes: int) -> bytes:
@@ -76,7 +47,7 @@ def colorize(mask: torch.Tensor, num_classes: int):
     from PIL import Image
 
     if num_classes > 256:
-        raise ValueError("palette PNGs hold at most 256 classes")
+        raise UserError("palette PNGs hold at most 256 classes")
     if mask.dim() != 2:
         raise ValueError(f"mask must be (H, W), got {tuple(mask.shape)}")
     arr = np.ascontiguousarray(mask.to(torch.uint8).numpy())
@@ -90,13 +61,30 @@ def overlay(image: torch.Tensor, mask_im, alpha: float = 0.5):
     from PIL import Image
 
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise UserError(f"alpha must be in [0, 1], got {alpha}")
     rgb = Image.fromarray(image.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
     blended = Image.blend(rgb, mask_im.convert("RGB"), alpha)
     out = Image.new("RGB", (rgb.width * 2, rgb.height))
     out.paste(rgb, (0, 0))
     out.paste(blended, (rgb.width, 0))
     return out
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """One distinct name stem per input: its own stem, or for a later input whose stem was taken,
+    ``stem_1``, ``stem_2``... skipping every stem of another input (compared case-insensitively,
+    as some file systems do), so no output of the call overwrites another."""
+    inputs = {p.stem.casefold() for p in paths}
+    used: set[str] = set()
+    stems = []
+    for p in paths:
+        stem, k = p.stem, 0
+        while stem.casefold() in used or (k and stem.casefold() in inputs):
+            k += 1
+            stem = f"{p.stem}_{k}"
+        used.add(stem.casefold())
+        stems.append(stem)
+    return stems
 
 
 def run_predict(
@@ -111,16 +99,22 @@ def run_predict(
     onnxruntime) and write ``<stem>_mask.png`` and ``<stem>_overlay.png`` to ``out_dir``;
     returns the written paths.
 
-    Every image is checked first (FileNotFoundError / ValueError naming it), so a bad path does
-    not leave half the outputs written.
+    What can fail is checked before anything is written: ``alpha``, the output folder, every
+    image (FileNotFoundError / ValueError naming it) and the model. Output names are unique over
+    the call (:func:`output_stems`).
     """
-    from .atomic import write_atomic
+    from .atomic import check_writable, remove_stale_temps, write_atomic
     from .build import model_from_checkpoint
+    from .data.files import read_image, set_max_image_pixels
     from .runtime import resolve_device
 
     if not images:
-        raise ValueError("no images given")
-    loaded = [(Path(p), load_image(p)) for p in images]  # fail early on a bad file
+        raise UserError("no images given")
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"alpha (--alpha) must be in [0, 1], got {alpha}")
+    out = check_writable(out_dir, "predictions to", folder=True)
+    set_max_image_pixels(cfg.max_image_pixels)
+    loaded = [(Path(p), read_image(p)) for p in images]  # fail early on a bad file
     if onnx is not None:
         from .onnx_runtime import model_from_onnx
 
@@ -130,17 +124,11 @@ def run_predict(
         device = resolve_device(cfg.device)
         model, cfg, _ = model_from_checkpoint(checkpoint, cfg)
         model.to(device)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stems = output_stems([path for path, _ in loaded])
+    remove_stale_temps(out, [f"{s}_{kind}.png" for s in stems for kind in ("mask", "overlay")])
     written: list[Path] = []
-    seen: dict[str, int] = {}
-    for path, img in loaded:
-        stem = path.stem
-        if stem in seen:  # two inputs with the same name
-            seen[stem] += 1
-            stem = f"{stem}_{seen[stem]}"
-        else:
-            seen[stem] = 0
+    for (_, img), stem in zip(loaded, stems, strict=True):
         mask = segment(model, img, cfg, device)
         mask_im = colorize(mask, int(cfg.classes))
         m_path, o_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"

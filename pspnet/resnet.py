@@ -250,7 +250,8 @@ def load_backbone(model: ResNet, path: str | os.PathLike) -> ResNet:
     ``module.``/``_orig_mod.`` prefixes (see :func:`pspnet.load_checkpoint`). Every key must
     match except the classifier ``fc.*``, which may be absent (PSPNet does not use it).
     """
-    from .checkpoint import apply_state_dict, read_state_dict
+    from .checkpoint import read_state_dict
+    from .state_dict import apply_state_dict
 
     sd = read_state_dict(path)
     return apply_state_dict(model, sd, strict=True, source=repr(os.fspath(path)), optional=("fc.",))

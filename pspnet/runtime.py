@@ -7,8 +7,10 @@ loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from .errors import UserError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -27,6 +31,9 @@ __all__ = [
     "local_rank",
     "autocast_ctx",
     "seed_all",
+    "rng_state",
+    "set_rng_state",
+    "preserved_rng",
     "wrap_model",
 ]
 
@@ -53,7 +60,7 @@ def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     dev = torch.device(spec)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} requested but CUDA is not available")
+            raise UserError(f"device {spec!r} requested but CUDA is not available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
@@ -84,6 +91,41 @@ def seed_all(seed: int, threads: int = 0) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """The states of the global RNGs (torch CPU and CUDA, NumPy's legacy one, Python's), as
+    tensors and plain containers (``torch.load(weights_only=True)`` reads them)."""
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG is what we save
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`'s states."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda = list(state["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # noqa: NPY002
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run the block without changing the global RNGs: what it draws is not drawn from the
+    stream of the code around it (e.g. validation inside a training run)."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
 
 
 def wrap_model(model: nn.Module, cfg: Config, device: torch.device, world: int) -> nn.Module:

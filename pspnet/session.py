@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,11 +10,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .atomic import write_text_atomic
 from .build import build_model
 from .checkpoint import find_resume, load_training_state
 from .config import Config
 from .data.faults import BadSampleLog
+from .data.files import set_max_image_pixels
 from .data.loaders import (
     AugmentedDataset,
     build_datasets,
@@ -24,10 +23,12 @@ from .data.loaders import (
 )
 from .data.seeding import mix
 from .data.transforms import eval_transform
+from .errors import UserError
 from .guard import (
     StopSignals,
 )
 from .optim import PolyLR, build_optimizer
+from .run_folder import check_run_folder, prepare_run_folder
 from .runtime import (
     init_distributed,
     local_rank,
@@ -111,7 +112,7 @@ def _setup_data(cfg: Config):
     ds = build_datasets(cfg, splits=("train", "val") if validates else ("train",))
     classes = int(cfg.classes or ds["train"].num_classes)
     if cfg.classes and getattr(ds["train"], "num_classes", classes) != classes:
-        raise ValueError(
+        raise UserError(
             f"classes={cfg.classes} but dataset {cfg.dataset!r} has {ds['train'].num_classes}"
         )
     cfg = cfg.replace(classes=classes)
@@ -126,16 +127,15 @@ def _setup_data(cfg: Config):
 
 def _resume(cfg, model, optimizer, scheduler, scaler, device, rank, world, max_iter, say):
     """Restore ``cfg.resume`` (if any) into the training objects; returns ``(epochs done,
-    checkpoint dict or {})``. A checkpoint written on SIGINT / SIGTERM holds the position in
+    the Checkpoint or None)``. A checkpoint written on SIGINT / SIGTERM holds the position in
     its epoch (``batches_done``) and that epoch's running sums (``partial``)."""
     resume = find_resume(cfg)
     if resume is None and cfg.resume == "auto":
         say(f"--resume auto: no {cfg.out_dir / 'last.pth'}, starting from scratch")
     if resume is None:
-        return 0, {}
+        return 0, None
     state = load_training_state(resume, model, optimizer, scheduler, scaler, map_location=device)
-    start_epoch = int(state["epoch"])
-    batches = int(state.get("batches_done", 0) or 0)
+    start_epoch, batches = state.epoch, state.batches_done
     # the schedule follows the current config (e.g. more epochs than the first run)
     scheduler.max_iter, scheduler.power = max_iter, cfg.power
     where = f", batch {batches} of epoch {start_epoch + 1}" if batches else ""
@@ -145,23 +145,12 @@ def _resume(cfg, model, optimizer, scheduler, scaler, device, rank, world, max_i
     return start_epoch, state
 
 
-def _trim_log(log_path: Path, epochs_done: int) -> None:
-    """Keep the rows of the epochs the resumed checkpoint holds (all gone when starting over):
-    a row written before a checkpoint that failed to save is dropped."""
-    if not log_path.exists():
-        return
-    if epochs_done == 0:
-        log_path.unlink()
-        return
-    rows = [r for r in log_path.read_text().splitlines() if r.strip()]
-    keep = [r for r in rows if json.loads(r).get("epoch", 0) <= epochs_done]
-    if keep != rows:
-        write_text_atomic(log_path, "".join(r + "\n" for r in keep))
-
-
 def setup(cfg: Config, log=print) -> TrainRun:
     """Device, process group, seeds, data, model, optimiser and schedule, resumed when asked;
-    on rank 0 the output directory with ``config.yaml``."""
+    on rank 0 the output directory with ``config.yaml``. The output folder is checked first
+    (:func:`pspnet.run_folder.check_run_folder`: one that holds another run is refused)."""
+    check_run_folder(cfg)
+    set_max_image_pixels(cfg.max_image_pixels)
     device = resolve_device(cfg.device, local_rank())
     rank, world = init_distributed(device)
     say = log if rank == 0 else (lambda *a, **k: None)
@@ -192,14 +181,12 @@ def setup(cfg: Config, log=print) -> TrainRun:
         wrap_model(model, cfg, device, world), optimizer, scheduler, scaler, steps_per_epoch,
         start_epoch,
     )  # fmt: skip
-    run.bad_steps = int(state.get("bad_steps", 0) or 0)
-    run.resume_batches = int(state.get("batches_done", 0) or 0)
-    run.resume_partial = state.get("partial") if run.resume_batches else None
+    if state is not None:
+        run.bad_steps = state.bad_steps
+        run.resume_batches, run.resume_partial = state.batches_done, state.partial
     run.bad_samples = BadSampleLog(cfg.skip_bad_samples, say)
     if run.main:
-        run.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run.out_dir / "config.yaml", cfg.to_yaml())
-        _trim_log(run.log_path, start_epoch)
+        prepare_run_folder(cfg, start_epoch, say)
     n_params = sum(p.numel() for p in model.parameters())
     say(
         f"training {type(model).__name__} ({n_params / 1e6:.2f}M params, {classes} classes) on "

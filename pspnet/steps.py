@@ -1,6 +1,7 @@
-"""One guarded training step and the mid-run saves: non-finite losses and gradients never
-applied (:class:`~pspnet.guard.NonFiniteError` past ``max_bad_steps``), the resumable mid-epoch
-``last.pth`` of a stopped run; used by the loop in :mod:`pspnet.train`."""
+"""One guarded training step and the run's saves: non-finite losses and gradients never
+applied (:class:`~pspnet.guard.NonFiniteError` past ``max_bad_steps``), ``last.pth`` at the end of
+an epoch or, for a stopped run, at its position in the epoch; used by the loop in
+:mod:`pspnet.train`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .checkpoint import save_checkpoint
-from .config import Config
 from .guard import (
     NonFiniteError,
     TrainingInterrupted,
@@ -28,6 +28,8 @@ from .runtime import (
 )
 from .session import TrainRun
 
+__all__ = ["guarded_step", "stop_flags", "save_last", "save_position", "interruption"]
+
 
 def _resize_labels(y: torch.Tensor, size) -> torch.Tensor:
     if tuple(y.shape[-2:]) == tuple(size):
@@ -35,29 +37,7 @@ def _resize_labels(y: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
-def train_step(model, x, y, optimizer, scheduler, scaler, cfg: Config, device) -> tuple:
-    """One SGD step; returns detached ``(main_loss, aux_loss)``."""
-    out_size = unwrap(model).output_size(x.shape[-2], x.shape[-1])
-    y = _resize_labels(y, out_size)
-    with autocast_ctx(cfg, device):
-        _, main_loss, aux_loss = model(x, y)
-        loss = main_loss + cfg.aux_weight * aux_loss
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    scheduler.step()
-    return main_loss.detach(), aux_loss.detach()
-
-
-# ------------------------------------------------------------------------------------ setup
-
-
-def _stop_flags(run: TrainRun, empty: bool) -> tuple[int, bool]:
+def stop_flags(run: TrainRun, empty: bool) -> tuple[int, bool]:
     """``(signal to stop on or 0, whether to skip this batch)``, agreed by every process."""
     signum = (run.stop.signum or 0) if run.stop is not None else 0
     if run.world == 1:
@@ -100,7 +80,7 @@ def _bad_step(run: TrainRun, epoch: int, step: int, what: str, snapshot) -> None
     )
 
 
-def _guarded_step(run: TrainRun, x, y, epoch: int, step: int) -> tuple:
+def guarded_step(run: TrainRun, x, y, epoch: int, step: int) -> tuple:
     """One SGD step that is applied only when its losses and gradients are finite; returns
     detached ``(main_loss, aux_loss, status)``, status ``"ok"``, ``"bad"`` (skipped, counted in
     ``run.bad_steps``) or ``"amp_skip"`` (the fp16 GradScaler skipped an overflow: normal)."""
@@ -158,21 +138,19 @@ def save_position(run: TrainRun, epoch: int, batches_done: int, partial: dict) -
     of epoch ``epoch`` (0-based), with the epoch's running sums; returns the file."""
     if not run.main:
         return None
+    return save_last(run, epoch, batches_done, partial)
+
+
+def save_last(run: TrainRun, epochs_done: int, batches_done: int = 0, partial=None) -> Path:
+    """Write ``<out_dir>/last.pth`` after ``epochs_done`` epochs (and ``batches_done`` batches of
+    the next, with its running sums ``partial``); refuses non-finite weights."""
     path = run.out_dir / "last.pth"
-    _save(run, path, epoch, batches_done, partial)
-    return path
-
-
-def _save(run: TrainRun, path: Path, epochs_done: int, batches_done: int = 0, partial=None):
     bad = first_nonfinite(run.model)
     if bad is not None:
         raise NonFiniteError(
             f"not writing {path}: the model's {bad} holds NaN or inf values; the previous "
             "checkpoint is kept"
         )
-    extra = {"class_names": run.class_names, "bad_steps": run.bad_steps}
-    if batches_done:
-        extra.update(batches_done=int(batches_done), partial=partial)
     save_checkpoint(
         path,
         run.model,
@@ -181,14 +159,17 @@ def _save(run: TrainRun, path: Path, epochs_done: int, batches_done: int = 0, pa
         run.scaler,
         epochs_done,
         run.cfg,
-        extra=extra,
+        class_names=run.class_names,
+        bad_steps=run.bad_steps,
+        batches_done=batches_done,
+        partial=partial,
     )
+    return path
 
 
-def _interrupted(run: TrainRun, signum: int, where: str, path) -> TrainingInterrupted:
+def interruption(run: TrainRun, signum: int, where: str, path) -> TrainingInterrupted:
     cmd = "python -m pspnet train ... --resume auto"
-    msg = f"stopped by {signal_name(signum)} {where}: " + (
-        f"wrote the resumable checkpoint {path}; continue with {cmd}" if path else ""
+    msg = f"stopped by {signal_name(signum)} {where}" + (
+        f": wrote the resumable checkpoint {path}; continue with {cmd}" if path else ""
     )
-    run.say(msg)
-    return TrainingInterrupted(msg, signum, path)
+    return TrainingInterrupted(msg, signum, path)  # said once: by whoever catches it

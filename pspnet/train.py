@@ -1,12 +1,11 @@
 """Training PSPNet: SGD + poly schedule (official recipe), torch.compile, AMP, DDP, exact resume.
 
-Entry point: :func:`train` (``python -m pspnet train``). The pieces live in their own modules and
-are re-exported here: :func:`~pspnet.build.build_model` (including the small ``tiny`` model for
-CPU runs), :func:`~pspnet.optim.param_groups`, :class:`~pspnet.optim.PolyLR`,
-:func:`~pspnet.data.loaders.build_train_loader`, :func:`~pspnet.checkpoint.save_checkpoint` /
-:func:`~pspnet.checkpoint.load_training_state`, and the runtime helpers of :mod:`pspnet.runtime`.
-This module holds the loop only, cut into setup (:func:`setup`), one epoch (:func:`train_epoch`),
-validation (:func:`validate_epoch`), saving (:func:`save_epoch`) and the final evaluation.
+Entry point: :func:`train` (``python -m pspnet train``). This module holds the loop: one epoch
+(:func:`train_epoch`), validation (:func:`validate_epoch`), saving (:func:`save_epoch`) and the
+final evaluation (:func:`final_evaluation`). The run is set up by :func:`pspnet.session.setup`
+(data, model, optimiser, resume); one guarded step and the checkpoint saves are in
+:mod:`pspnet.steps`; the model is built by :func:`pspnet.build.build_model`, the optimiser and
+schedule by :mod:`pspnet.optim`, the loaders by :mod:`pspnet.data.loaders`.
 
 Reproducibility: the sample order depends only on ``(seed, epoch)`` (a seeded sampler) and every
 sample's augmentation draws from its own generator seeded from ``(seed, epoch, index)``, so the data
@@ -28,73 +27,18 @@ import time
 import torch
 import torch.distributed as dist
 
+from . import steps
 from .atomic import append_line_atomic, write_text_atomic
-from .build import TinyPSPNet, build_model, model_from_checkpoint, saved_config
-from .checkpoint import load_training_state, save_checkpoint
 from .config import Config
 from .data.faults import unpack
-from .data.loaders import (
-    AugmentedDataset,
-    build_datasets,
-    build_train_loader,
-)
+from .data.loaders import build_train_loader
 from .evaluate import evaluate
-from .guard import (
-    NonFiniteError,
-    StopSignals,
-    TrainingInterrupted,
-)
-from .optim import HEAD_MODULES, PolyLR, build_optimizer, param_groups, poly_lr
+from .guard import StopSignals
 from .plotting import draw_curves
-from .runtime import (
-    autocast_ctx,
-    init_distributed,
-    resolve_device,
-    unwrap,
-)
-from .session import TrainRun, require_backbone, setup  # noqa: F401 - re-exported
-from .steps import (  # noqa: F401 - train_step is re-exported
-    _guarded_step,
-    _interrupted,
-    _save,
-    _stop_flags,
-    save_position,
-    train_step,
-)
+from .runtime import preserved_rng
+from .session import TrainRun, setup
 
-__all__ = [
-    "TinyPSPNet",
-    "build_model",
-    "model_from_checkpoint",
-    "param_groups",
-    "poly_lr",
-    "PolyLR",
-    "AugmentedDataset",
-    "build_datasets",
-    "build_train_loader",
-    "save_checkpoint",
-    "load_training_state",
-    "train",
-    "require_backbone",
-    "unwrap",
-    # the loop's pieces
-    "TrainRun",
-    "setup",
-    "train_epoch",
-    "validate_epoch",
-    "save_epoch",
-    "final_evaluation",
-    "train_step",
-    "NonFiniteError",
-    "TrainingInterrupted",
-    # helpers that lived here before, re-exported
-    "HEAD_MODULES",
-    "autocast_ctx",
-    "build_optimizer",
-    "init_distributed",
-    "resolve_device",
-    "saved_config",
-]
+__all__ = ["train", "train_epoch", "validate_epoch", "save_epoch", "final_evaluation"]
 
 
 def _reduce_epoch(run: TrainRun, sums, counts: dict):
@@ -114,7 +58,7 @@ def train_epoch(run: TrainRun, epoch: int) -> dict:
     from tqdm import tqdm
 
     cfg, device, world = run.cfg, run.device, run.world
-    optimizer, steps = run.optimizer, run.steps_per_epoch
+    optimizer, n_steps = run.optimizer, run.steps_per_epoch
     run.net.train()
     skip = run.resume_batches if epoch == run.start_epoch else 0
     partial = (run.resume_partial or {}) if skip else {}
@@ -134,8 +78,8 @@ def train_epoch(run: TrainRun, epoch: int) -> dict:
     t_last, n_last = time.perf_counter(), 0
     show = run.main and cfg.progress
     bar = tqdm(
-        total=steps,
-        initial=min(skip, steps),
+        total=n_steps,
+        initial=min(skip, n_steps),
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         disable=not show,
         dynamic_ncols=True,
@@ -143,18 +87,18 @@ def train_epoch(run: TrainRun, epoch: int) -> dict:
     )
     last_lr = optimizer.param_groups[0]["lr"]
     for i, batch in enumerate(loader, start=skip):
-        if i >= steps:
+        if i >= n_steps:
             break
         x, y, bad = unpack(batch)
         counts["skipped_samples"] += run.bad_samples.handle(bad) if bad else 0
-        signum, empty = _stop_flags(run, x is None)
+        signum, empty = steps.stop_flags(run, x is None)
         if signum:
             bar.close()
             sums, counts = _reduce_epoch(run, sums, counts)
             keep = dict(counts, sums=sums.cpu(), images=images, time=time.perf_counter() - t0)
-            path = save_position(run, epoch, i, keep)
-            where = f"at epoch {epoch + 1}, after step {i} of {steps}"
-            raise _interrupted(run, signum, where, path)
+            path = steps.save_position(run, epoch, i, keep)
+            where = f"at epoch {epoch + 1}, after step {i} of {n_steps}"
+            raise steps.interruption(run, signum, where, path)
         if empty:  # every sample of this batch was bad and skipped
             bar.update(1)
             continue
@@ -163,7 +107,7 @@ def train_epoch(run: TrainRun, epoch: int) -> dict:
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = last_lr = optimizer.param_groups[0]["lr"]
-        main_loss, aux_loss, status = _guarded_step(run, x, y, epoch, i)
+        main_loss, aux_loss, status = steps.guarded_step(run, x, y, epoch, i)
         if status == "bad":
             counts["bad_steps"] += 1
         else:
@@ -173,7 +117,7 @@ def train_epoch(run: TrainRun, epoch: int) -> dict:
             )
         images += x.shape[0] * world
         n_last += x.shape[0] * world
-        if show and (i % 5 == 4 or i == steps - 1):
+        if show and (i % 5 == 4 or i == n_steps - 1):
             now = time.perf_counter()
             bar.set_postfix(
                 loss=f"{float(main_loss):.4f}",
@@ -199,6 +143,13 @@ def train_epoch(run: TrainRun, epoch: int) -> dict:
 
 
 def _evaluate(run: TrainRun) -> dict:
+    """Validation metrics of the model now; the global RNGs are left as they were, so that
+    validating does not change what is trained next (dropout masks)."""
+    with preserved_rng():
+        return _metrics(run)
+
+
+def _metrics(run: TrainRun) -> dict:
     return evaluate(
         run.model,
         run.val_set,
@@ -260,7 +211,7 @@ def save_epoch(run: TrainRun, epoch: int, row: dict) -> None:
     cfg = run.cfg
     append_line_atomic(run.log_path, json.dumps(row))
     if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.epochs:
-        _save(run, run.out_dir / "last.pth", epoch + 1)
+        steps.save_last(run, epoch + 1)
     if cfg.plot:
         why = draw_curves(run.log_path, run.out_dir / "curves.png")
         if why is not None and why not in run.plot_failures:  # once per reason and run
@@ -310,16 +261,16 @@ def train(cfg: Config, log=print) -> dict:
             history.append(row)
             _log_row(run, row)
             save_epoch(run, epoch, row)
-            signum, _ = _stop_flags(run, False)
+            signum, _ = steps.stop_flags(run, False)
             if signum:  # received during the epoch's last step, validation or saving
                 last = epoch + 1 == run.cfg.epochs
                 if run.main and not (last or (epoch + 1) % run.cfg.save_freq == 0):
-                    _save(run, run.out_dir / "last.pth", epoch + 1)
+                    steps.save_last(run, epoch + 1)
                 path = run.out_dir / "last.pth" if run.main else None
                 where = f"after epoch {epoch + 1}" + (
                     " (the last; the final evaluation was skipped)" if last else ""
                 )
-                raise _interrupted(run, signum, where, path)
+                raise steps.interruption(run, signum, where, path)
     run.stop = None
     if run.cfg.final_eval:
         metrics = final_evaluation(run, history, metrics)

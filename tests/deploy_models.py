@@ -15,7 +15,7 @@ EXPORTED_MODELS = {
 def build_export_model(kind: str, head: str):
     """A small eval-mode model for the export tests (seeded; random BatchNorm statistics)."""
     import pspnet
-    from pspnet.train import TinyPSPNet
+    from pspnet.model import TinyPSPNet
 
     torch.manual_seed(0)
     if kind == "tiny":

@@ -17,14 +17,8 @@ import yaml
 from PIL import Image
 
 from pspnet.__main__ import build_parser, main
-from pspnet.config import (
-    OPTIONS,
-    PRESETS,
-    Config,
-    config_from_args,
-    load_config,
-    preset_config,
-)
+from pspnet.cli_options import OPTIONS, config_from_args
+from pspnet.config import PRESETS, Config, load_config, preset_config
 from pspnet.evaluate import run_eval
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "pspnet" / "configs"
@@ -214,6 +208,19 @@ def test_preset_yaml_files_equal_presets(name):
     assert Config.from_dict(yaml.safe_load(path.read_text())) == preset_config(name)
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_files_hold_only_what_differs_from_the_defaults(name):
+    data = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    assert data["preset"] == name
+    unknown = set(data) - {f.name for f in dataclasses.fields(Config)}
+    assert not unknown, f"{name}.yaml: unknown keys {sorted(unknown)}"
+    defaults = Config().to_dict()
+    same = [
+        k for k, v in data.items() if k != "preset" and Config(**{k: v}).to_dict()[k] == defaults[k]
+    ]
+    assert not same, f"{name}.yaml repeats the defaults of {same}: leave them out"
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="eval_mode"):
         Config(eval_mode="tiles")
@@ -234,7 +241,8 @@ def test_module_entry_point_runs():
 
 
 def test_official_style_checkpoint_needs_a_config(tmp_path):
-    from pspnet.train import TinyPSPNet, model_from_checkpoint
+    from pspnet.build import model_from_checkpoint
+    from pspnet.model import TinyPSPNet
 
     model = TinyPSPNet(classes=3, width=4)
     sd = {"module." + k: v for k, v in model.state_dict().items()}
@@ -293,6 +301,7 @@ FLAG_VALUES = {
     "list_file": (["train.txt"], "train.txt"),
     "val_list_file": (["val.txt"], "val.txt"),
     "max_bad_steps": (["3"], 3),
+    "max_image_pixels": (["300000000"], 300000000),
     "eval_every": (["3"], 3),
     "val_batch_size": (["2"], 2),
     "scales": (["0.5", "1"], (0.5, 1.0)),
@@ -327,7 +336,10 @@ def test_every_config_field_has_an_option():
     assert [n for n, _, _ in OPTIONS] == [n for n in (f.name for f in dataclasses.fields(Config))
                                           if n in fields]  # fmt: skip
     assert set(FLAG_VALUES) | _BOOLS == fields
-    assert len(_config_flags()) == 57 + 56 + 16 + 6  # train, eval (no --flip), predict, export
+    assert (
+        len(_config_flags()) == 59 + 57 + 17 + 6
+    )  # train, eval (no --flip, --overwrite), predict,
+    # export
 
 
 @pytest.mark.parametrize("cmd, flag, dest", _config_flags())

@@ -266,7 +266,8 @@ def test_list_dataset_errors(tmp_path, list_tree):
     with pytest.raises(ValueError, match=r"oor\.png: values \[7, 9\] outside \[0, 5\)"):
         ds[0]
     ds = ListDataset(str(bad), root=str(root), num_classes=5, check_labels=False)
-    assert ds[0][1][0, 0] == 7
+    assert ds[0][1][0, 0] == 255 and ds[0][1][0, 1] == 255  # unchecked: ignored, not passed on
+    assert ds[0][1][0, 2] == 2
     assert ListDataset(str(bad), root=str(root), num_classes=10)[0][1][1, 1] == 255
 
     # an RGB label is rejected with a clear message

@@ -12,8 +12,8 @@ import torch.nn as nn
 from pspnet.config import Config
 from pspnet.evaluate import evaluate, net_process, predict_probs, scaled_size, slide_inference
 from pspnet.metrics import ConfusionMeter, compute_metrics, confusion_matrix, format_table
+from pspnet.model import TinyPSPNet
 from pspnet.testing import randomize_batchnorm
-from pspnet.train import TinyPSPNet
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")

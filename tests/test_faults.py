@@ -1,4 +1,6 @@
-"""Faults and bad input (issue 14): checkpoint files that are not, or not for this model."""
+"""Faults and bad input: checkpoint files that are not, or not for this model; list datasets,
+the pretrained backbone, the training plot, data faults, failed writes, non-finite losses,
+preemption, too little data."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import zipfile
 import pytest
 import torch
 
-from pspnet.checkpoint import load_checkpoint
-from pspnet.train import TinyPSPNet, load_training_state, model_from_checkpoint
+from pspnet.build import model_from_checkpoint
+from pspnet.checkpoint import load_checkpoint, load_training_state
+from pspnet.model import TinyPSPNet
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
@@ -108,7 +111,7 @@ def test_cli_eval_reports_bad_checkpoint(bad_files, capsys):
     assert "pickle.pth" in err and "plain Python pickle" in err and "weights_only" not in err
 
 
-# ---------------------------------------------------------------------- which mIoU (item 10)
+# ---------------------------------------------------------------------- which mIoU
 
 
 def _official_cal_acc(pairs, classes, ignore_index=255):
@@ -168,28 +171,15 @@ def test_miou_is_the_official_mean_over_all_classes():
     assert "absent from the ground truth: 2 of 6: c4 (4), c5 (5)" in table
 
 
-# ------------------------------------------------------------------ list dataset (item 2)
+# ------------------------------------------------------------------ list dataset
 
 
 def _list_data(root, names, size=33, classes=3, seed=0):
     """PNG image / label pairs under ``root`` and a list file naming them; returns its path."""
-    import numpy as np
-    from PIL import Image
+    from tests.cli_run import list_pairs
 
-    g = np.random.default_rng(seed)
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    (root / "lab").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for n in names:
-        Image.fromarray(g.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            root / "img" / f"{n}.png"
-        )
-        Image.fromarray(g.integers(0, classes, (size, size), dtype=np.uint8)).save(
-            root / "lab" / f"{n}.png"
-        )
-        lines.append(f"img/{n}.png lab/{n}.png")
     lst = root / f"list_{names[0]}.txt"
-    lst.write_text("\n".join(lines) + "\n")
+    lst.write_text("\n".join(list_pairs(root, names, size, classes, seed)) + "\n")
     return lst
 
 
@@ -209,7 +199,8 @@ def _list_cfg(tmp_path, **kw):
 
 
 def test_list_dataset_validates_on_its_own_list(tmp_path):
-    from pspnet.train import build_datasets, train
+    from pspnet.data.loaders import build_datasets
+    from pspnet.train import train
 
     data = tmp_path / "data"
     train_list = _list_data(data, ["t0", "t1", "t2", "t3"])
@@ -220,7 +211,7 @@ def test_list_dataset_validates_on_its_own_list(tmp_path):
     assert [os.path.basename(i) for i, _ in ds["val"].files] == ["v0.png", "v1.png"]
     out = train(cfg, log=lambda *a: None)
     assert out["metrics"]["pixels"] == 2 * 33 * 33  # evaluated on the 2 validation images
-    # the older spelling through dataset_kwargs works the same
+    # the same lists given through dataset_kwargs work too
     old = cfg.replace(
         list_file="",
         val_list_file="",
@@ -231,7 +222,8 @@ def test_list_dataset_validates_on_its_own_list(tmp_path):
 
 
 def test_list_dataset_without_val_list_refuses_to_validate(tmp_path):
-    from pspnet.train import build_datasets, train
+    from pspnet.data.loaders import build_datasets
+    from pspnet.train import train
 
     train_list = _list_data(tmp_path / "data", ["t0", "t1"])
     for cfg in (
@@ -251,7 +243,7 @@ def test_list_dataset_without_val_list_refuses_to_validate(tmp_path):
 
 def test_list_file_flags_in_help_and_parsed(capsys):
     from pspnet.__main__ import build_parser
-    from pspnet.config import config_from_args
+    from pspnet.cli_options import config_from_args
 
     args = build_parser().parse_args(
         ["train", "--dataset", "list", "--list-file", "a.txt", "--val-list-file", "b.txt"]
@@ -266,7 +258,7 @@ def test_list_file_flags_in_help_and_parsed(capsys):
     assert "--no-pretrained trains from scratch on purpose" in text
 
 
-# --------------------------------------------------------------- pretrained backbone (item 1)
+# --------------------------------------------------------------- pretrained backbone
 
 
 @pytest.fixture
@@ -307,7 +299,7 @@ def test_synthetic_and_library_keep_the_warning(no_backbone):
 
     from pspnet import PSPNet
     from pspnet.config import Config
-    from pspnet.train import require_backbone
+    from pspnet.session import require_backbone
 
     assert require_backbone(Config(dataset="synthetic", arch="pspnet", pretrained=True)) is None
     assert require_backbone(Config(preset="ade20k", dataset="ade20k", pretrained=False)) is None
@@ -320,7 +312,7 @@ def test_synthetic_and_library_keep_the_warning(no_backbone):
     assert any("resnet50_v2.pth" in str(w.message) for w in rec)
 
 
-# ------------------------------------------------------------------ training plot (item 9)
+# ------------------------------------------------------------------ training plot
 
 
 def tiny_cfg(tmp_path, **kw):
@@ -371,7 +363,7 @@ def test_plot_that_cannot_be_drawn_is_reported_once(tmp_path, monkeypatch):
     assert not list((tmp_path / "b" / "run").glob("*.tmp"))  # written atomically, no leftovers
 
 
-# ------------------------------------------------------------------ data faults (item 11)
+# ------------------------------------------------------------------ data faults
 
 
 def _corrupt(path, how):
@@ -400,7 +392,7 @@ def test_dataset_errors_name_file_and_index(tmp_path):
         build_dataset("list", list_file=str(lst), num_classes=3)
 
 
-# ------------------------------------------------------------------ failed writes (item 5)
+# ------------------------------------------------------------------ failed writes
 
 
 @pytest.fixture(scope="module")
@@ -463,7 +455,7 @@ def test_failed_prediction_write_keeps_previous_png(tiny_checkpoint, tmp_path, m
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # intact, no temp files
 
 
-# ------------------------------------------------------------ non-finite losses (item 3)
+# ------------------------------------------------------------ non-finite losses
 
 
 def _quiet(*a, **k):
@@ -474,7 +466,7 @@ def _poison_forward(monkeypatch, calls, how):
     """Make training forward call number ``calls`` (1-based, a set) non-finite: ``how`` is
     ``"aux"`` (aux_loss = NaN), ``"input"`` (NaN pixels: BatchNorm statistics spoilt too) or
     ``"grad"`` (a NaN gradient on cls.4.weight, finite losses)."""
-    from pspnet.build import TinyPSPNet as Tiny
+    from pspnet.model import TinyPSPNet as Tiny
 
     real = Tiny.forward
     seen = {"n": 0, "ckpt": None}
@@ -578,7 +570,8 @@ def test_max_bad_steps_skips_and_counts(tmp_path, monkeypatch, capsys):
 
 
 def test_gradscaler_skips_are_counted_not_errors(tmp_path):
-    from pspnet.train import _guarded_step, setup
+    from pspnet.session import setup
+    from pspnet.steps import guarded_step
 
     # aux_weight 1e3 and scale 2**127: the scaled loss and its gradients overflow (inf)
     run = setup(tiny_cfg(tmp_path, aux_weight=1e3), log=_quiet)
@@ -586,18 +579,19 @@ def test_gradscaler_skips_are_counted_not_errors(tmp_path):
     x, y = torch.randn(2, 3, 33, 33), torch.randint(0, 3, (2, 33, 33))
     before = {k: v.clone() for k, v in run.model.named_parameters()}
     run.net.train()
-    _, _, status = _guarded_step(run, x, y, 0, 0)
+    _, _, status = guarded_step(run, x, y, 0, 0)
     assert status == "amp_skip" and run.bad_steps == 0  # normal under fp16: counted only
     assert all(torch.equal(before[k], v) for k, v in run.model.named_parameters())
     run.scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
-    _, _, status = _guarded_step(run, x, y, 0, 1)
+    _, _, status = guarded_step(run, x, y, 0, 1)
     assert status == "ok"
     assert not all(torch.equal(before[k], v) for k, v in run.model.named_parameters())
 
 
 def test_no_checkpoint_from_nonfinite_weights(tmp_path):
     from pspnet.guard import NonFiniteError
-    from pspnet.train import save_epoch, setup
+    from pspnet.session import setup
+    from pspnet.train import save_epoch
 
     run = setup(tiny_cfg(tmp_path), log=_quiet)
     save_epoch(run, 0, {"epoch": 1, "loss": 1.0, "aux_loss": 1.0, "lr": 0.1})
@@ -609,7 +603,7 @@ def test_no_checkpoint_from_nonfinite_weights(tmp_path):
     assert (run.out_dir / "last.pth").read_bytes() == good
 
 
-# --------------------------------------------------------------------- preemption (item 4)
+# --------------------------------------------------------------------- preemption
 
 
 def _states_equal(a, b):
@@ -641,11 +635,12 @@ def uninterrupted(tmp_path_factory):
 def test_sigint_mid_epoch_saves_and_resumes_bit_identical(tmp_path, monkeypatch, uninterrupted):
     import signal
 
+    import pspnet.steps as S
     import pspnet.train as T
     from pspnet.guard import TrainingInterrupted
 
     cfg = tiny_cfg(tmp_path, **PREEMPT)
-    real = T._guarded_step
+    real = S.guarded_step
     calls = {"n": 0}
 
     def step(run, x, y, epoch, i):
@@ -654,13 +649,14 @@ def test_sigint_mid_epoch_saves_and_resumes_bit_identical(tmp_path, monkeypatch,
             os.kill(os.getpid(), signal.SIGINT)
         return real(run, x, y, epoch, i)
 
-    monkeypatch.setattr(T, "_guarded_step", step)
+    monkeypatch.setattr(S, "guarded_step", step)
     lines = []
     with pytest.raises(TrainingInterrupted) as info:
         T.train(cfg, log=lines.append)
     assert info.value.signum == signal.SIGINT
     assert "stopped by SIGINT at epoch 2, after step 2 of 4" in str(info.value)
-    assert "--resume auto" in str(info.value) and str(info.value) in lines
+    assert "--resume auto" in str(info.value)
+    assert str(info.value) not in lines  # said once, by the exception (the CLI prints it)
     assert calls["n"] == 6  # the step in progress was finished, no further one began
     state = torch.load(cfg.out_dir / "last.pth", weights_only=True)
     assert state["epoch"] == 1 and state["batches_done"] == 2 and state["iteration"] == 6
@@ -679,9 +675,9 @@ import torch
 from psp_kernels.ops import utils
 utils.INTERPRETER = False  # the plain-torch paths, as the plain_torch_cpu fixture
 torch.set_num_threads(1)
-import pspnet.train as T
+import pspnet.steps as S
 from pspnet.__main__ import main
-real, n = T._guarded_step, [0]
+real, n = S.guarded_step, [0]
 def step(*args):
     out = real(*args)
     n[0] += 1
@@ -690,7 +686,7 @@ def step(*args):
     if n[0] >= 5:
         time.sleep(0.25)  # slow steps from here on, so that the signal lands mid-epoch
     return out
-T._guarded_step = step
+S.guarded_step = step
 sys.exit(main(["train", "--config", sys.argv[1], "--no-progress"]))
 """
 
@@ -729,6 +725,7 @@ def test_sigterm_subprocess_mid_epoch_then_resume_auto(tmp_path, uninterrupted):
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, (out, err)
     assert "stopped by SIGTERM at epoch 2" in err and "--resume auto" in err, err
+    assert err.count("stopped by SIGTERM") == 1 and "stopped by SIGTERM" not in out, (out, err)
     state = torch.load(cfg.out_dir / "last.pth", weights_only=True)
     assert state["epoch"] == 1 and 1 <= state["batches_done"] < 4  # mid-epoch
     assert not list(cfg.out_dir.glob(".*.tmp"))
@@ -805,7 +802,7 @@ def test_eval_json_and_metrics_log_written_atomically(tmp_path, monkeypatch):
     assert not [p for p in cfg.out_dir.iterdir() if p.name.endswith(".tmp")]
 
 
-# -------------------------------------------------------------------- too little data (item 7)
+# -------------------------------------------------------------------- too little data
 
 
 def test_training_set_smaller_than_a_batch(tmp_path, capsys):
@@ -825,7 +822,7 @@ def test_training_set_smaller_than_a_batch(tmp_path, capsys):
     assert "3 sample(s)" in err and "--batch-size 8" in err
 
 
-# ------------------------------------------------------------- data faults mid-run (item 11)
+# ------------------------------------------------------------- data faults mid-run
 
 
 def test_bad_sample_in_training_stops_or_is_skipped(tmp_path):
@@ -857,7 +854,10 @@ def test_bad_sample_in_training_stops_or_is_skipped(tmp_path):
     clean.write_text("img/t0.png lab/t0.png\nimg/t1.png lab/t1.png\n")
     lines.clear()
     with pytest.raises(ValueError, match=r"v1\.png.*sample 1 of 3.*--skip-bad-samples"):
-        train(cfg.replace(epochs=1, final_eval=True, list_file=str(clean)), log=lines.append)
+        train(
+            cfg.replace(epochs=1, final_eval=True, list_file=str(clean), overwrite=True),
+            log=lines.append,
+        )
     assert any(ln.startswith("epoch 1:") for ln in lines)  # it was the evaluation that stopped
 
 
@@ -883,7 +883,7 @@ def test_eval_cli_bad_sample(tmp_path, capsys):
 
 def test_new_flags_in_help(capsys):
     from pspnet.__main__ import build_parser
-    from pspnet.config import config_from_args
+    from pspnet.cli_options import config_from_args
 
     args = build_parser().parse_args(["train", "--max-bad-steps", "3", "--skip-bad-samples"])
     cfg = config_from_args(args)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pspnet import PSPNet
-from pspnet.train import TinyPSPNet
+from pspnet.model import TinyPSPNet
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")

@@ -11,18 +11,13 @@ import pytest
 import torch
 import torch.nn as nn
 
+from pspnet.build import build_model
+from pspnet.checkpoint import load_training_state
 from pspnet.config import Config
 from pspnet.evaluate import run_eval
-from pspnet.model import PSPNet
-from pspnet.train import (
-    PolyLR,
-    TinyPSPNet,
-    build_model,
-    load_training_state,
-    param_groups,
-    poly_lr,
-    train,
-)
+from pspnet.model import PSPNet, TinyPSPNet
+from pspnet.optim import PolyLR, param_groups, poly_lr
+from pspnet.train import train
 
 # one intra-op thread and the plain-PyTorch kernel paths (see conftest.plain_torch_cpu)
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .base import ListDataset, SegmentationDataset
 from .datasets import (
     ADE20K,
     ADE20K_CLASSES,
@@ -20,12 +21,9 @@ from .datasets import (
     VOC,
     VOC_CLASSES,
     Cityscapes,
-    ListDataset,
-    SegmentationDataset,
     build_dataset,
-    read_image,
-    read_label,
 )
+from .files import read_image, read_label
 from .synthetic import SHAPE_CLASSES, SyntheticShapes
 from .transforms import (
     MEAN,

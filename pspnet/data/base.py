@@ -1,68 +1,29 @@
-"""Reading segmentation samples from files: images and single-channel labels, label maps, and
-the file-list datasets the named ones build on (:class:`SegmentationDataset`, :class:`ListDataset`).
+"""Segmentation samples from files: label maps, and the file-list datasets the named ones build on
+(:class:`SegmentationDataset`, :class:`ListDataset`); the files themselves are read by
+:mod:`pspnet.data.files`.
 
 Every dataset returns ``(image, label)``: ``image`` float32 ``(3, H, W)`` RGB with values 0..255,
 ``label`` int64 ``(H, W)`` with class ids ``0..num_classes-1`` or ``ignore_index`` (255), then
-passes them through the optional ``transform(image, label)``. Images are read with Pillow and
-converted to RGB; labels are single-channel PNGs (mode ``L`` or ``P``; the raw indices are used,
-never the palette colours).
+passes them through the optional ``transform(image, label)``. Images are read as 8-bit RGB
+(16-bit images scaled, see :func:`~pspnet.data.files.read_image`); labels are single-channel PNGs
+(mode ``L`` or ``P``; the raw indices are used, never the palette colours).
 """
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from ..errors import UserError
 from .cityscapes_labels import id_to_train_id_lut
+from .files import check_listed, read_image, read_label, read_list_file
 
 __all__ = [
     "SegmentationDataset",
     "ListDataset",
-    "read_image",
-    "read_label",
     "reduce_zero_label_lut",
 ]
-
-
-_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "1")
-
-
-def read_image(path) -> torch.Tensor:
-    """Read an image file as float32 ``(3, H, W)`` RGB, values 0..255.
-
-    Raises FileNotFoundError (missing file) or ValueError (unreadable / corrupt file), naming it.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            arr = np.array(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
-    return torch.from_numpy(arr).permute(2, 0, 1).float().contiguous()
-
-
-def read_label(path) -> torch.Tensor:
-    """Read a single-channel label PNG as int64 ``(H, W)`` (raw indices of an ``L`` or ``P``
-    image, not palette colours). Raises FileNotFoundError / ValueError naming the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"label not found: {path}")
-    try:
-        with Image.open(path) as im:
-            if im.mode not in _LABEL_MODES:
-                raise ValueError(
-                    f"label {path} has mode {im.mode!r}; labels must be single-channel images "
-                    "of class indices (PNG mode 'L' or 'P')"
-                )
-            arr = np.array(im.convert("L") if im.mode == "1" else im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read label {path}: {e}") from e
-    if arr.ndim != 2:
-        raise ValueError(f"label {path} is not single-channel (array shape {arr.shape})")
-    return torch.from_numpy(arr.astype(np.int64))
 
 
 def reduce_zero_label_lut(ignore_index: int = 255, size: int = 256) -> torch.Tensor:
@@ -81,7 +42,7 @@ def _resolve_label_map(label_map, ignore_index):
         return reduce_zero_label_lut(ignore_index)
     if label_map in ("cityscapes", "cityscapes_ids"):
         return id_to_train_id_lut(ignore_index)
-    raise ValueError(
+    raise UserError(
         "label_map must be None, a lookup tensor, a callable, 'reduce_zero_label' (ADE20K) or "
         f"'cityscapes' (labelIds -> trainIds), got {label_map!r}"
     )
@@ -97,8 +58,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         ignore_index: label value ignored by loss and metrics.
         class_names: list of names (default ``class0, class1, ...``).
         transform: optional ``t(image, label) -> (image, label)``.
-        check_labels: raise ValueError, naming the file and the bad values, when a (mapped) label
-            holds values outside ``[0, num_classes)`` other than ``ignore_index``.
+        check_labels: when a (mapped) label holds values outside ``[0, num_classes)`` other
+            than ``ignore_index``: ``True`` raises ValueError naming the file and the values;
+            ``False`` treats those pixels as ``ignore_index`` (left out of loss and metrics).
         label_map: None, an int64 lookup tensor (``lut[raw] -> class``), a callable
             ``f(label) -> label``, or ``"reduce_zero_label"`` / ``"cityscapes"``.
         sources: optional list of strings describing where each entry came from (list file and
@@ -117,14 +79,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         sources=None,
     ):
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise UserError(f"num_classes must be a positive int, got {num_classes!r}")
         self.files = [(str(i), None if lab is None else str(lab)) for i, lab in files]
         self.num_classes = num_classes
         self.ignore_index = int(ignore_index)
         if class_names is None:
             class_names = [f"class{i}" for i in range(num_classes)]
         if len(class_names) != num_classes:
-            raise ValueError(
+            raise UserError(
                 f"class_names has {len(class_names)} entries but num_classes is {num_classes}"
             )
         self.class_names = list(class_names)
@@ -153,48 +115,56 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if isinstance(lm, torch.Tensor):
             hi = int(label.max()) if label.numel() else 0
             if hi >= lm.numel() or (label.numel() and int(label.min()) < 0):
-                raise ValueError(
+                raise UserError(
                     f"label {self.files[index][1]}: value {hi} outside the label map's range "
                     f"[0, {lm.numel()}){self._where(index)}"
                 )
             return lm[label]
         return lm(label)
 
+    def _read(self, reader, path, index: int):
+        """``reader(path)``; its error says which sample it was (the same type for a missing
+        file or a folder, :class:`~pspnet.errors.UserError` for a bad one)."""
+        try:
+            return reader(path)
+        except (FileNotFoundError, IsADirectoryError) as e:
+            raise type(e)(f"{e}{self._where(index)}") from None
+        except ValueError as e:
+            raise UserError(f"{e}{self._where(index)}") from None
+
     def load(self, index: int):
         """``(image, label)`` of entry ``index`` before the transform."""
         img_path, lab_path = self.files[index]
-        try:
-            image = read_image(img_path)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}{self._where(index)}") from None
-        except ValueError as e:
-            raise ValueError(f"{e}{self._where(index)}") from None
+        image = self._read(read_image, img_path, index)
         h, w = image.shape[-2:]
         if lab_path is None:
             return image, torch.full((h, w), self.ignore_index, dtype=torch.int64)
-        try:
-            label = read_label(lab_path)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}{self._where(index)}") from None
-        except ValueError as e:
-            raise ValueError(f"{e}{self._where(index)}") from None
+        label = self._read(read_label, lab_path, index)
         if tuple(label.shape) != (h, w):
-            raise ValueError(
+            raise UserError(
                 f"label {lab_path} is {label.shape[1]}x{label.shape[0]} (WxH) but image "
                 f"{img_path} is {w}x{h}{self._where(index)}"
             )
         label = self.map_label(label, index)
-        if self.check_labels:
-            bad = (label != self.ignore_index) & ((label < 0) | (label >= self.num_classes))
-            if bool(bad.any()):
-                vals = torch.unique(label[bad]).tolist()
-                shown = ", ".join(str(v) for v in vals[:10]) + (" ..." if len(vals) > 10 else "")
-                raise ValueError(
-                    f"label {lab_path}: values [{shown}] outside [0, {self.num_classes}) "
-                    f"(ignore index {self.ignore_index}){self._where(index)}; "
-                    "pass check_labels=False to skip this check"
-                )
+        bad = (label != self.ignore_index) & ((label < 0) | (label >= self.num_classes))
+        if bool(bad.any()):
+            if not self.check_labels:  # out-of-range pixels are not labelled: ignored
+                return image, label.masked_fill(bad, self.ignore_index)
+            vals = torch.unique(label[bad]).tolist()
+            shown = ", ".join(str(v) for v in vals[:10]) + (" ..." if len(vals) > 10 else "")
+            raise UserError(
+                f"label {lab_path}: values [{shown}] outside [0, {self.num_classes}) "
+                f"(ignore index {self.ignore_index}){self._where(index)}; "
+                + self.label_hint(max(vals))
+            )
         return image, label
+
+    def label_hint(self, highest: int) -> str:
+        """What to do about label values outside the class range (the end of the error)."""
+        return (
+            "fix the labels, or ignore those pixels with --dataset-opt check_labels=false "
+            "(check_labels=False)"
+        )
 
     def __getitem__(self, index):
         if not -len(self) <= index < len(self):
@@ -231,33 +201,23 @@ class ListDataset(SegmentationDataset):
         check_files=True,
     ):
         list_file = os.fspath(list_file)
-        if not os.path.isfile(list_file):
-            raise FileNotFoundError(f"list file not found: {list_file}")
+        entries = read_list_file(list_file)
         if num_classes is None:
-            raise ValueError("ListDataset: num_classes is required")
+            raise UserError("ListDataset: num_classes is required")
         root = os.path.dirname(os.path.abspath(list_file)) if root is None else os.fspath(root)
         files, sources = [], []
-        with open(list_file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                parts = line.split()
-                if len(parts) > 2:
-                    raise ValueError(
-                        f"{list_file}, line {lineno}: expected 'image_path [label_path]', got "
-                        f"{len(parts)} columns"
-                    )
-                img = os.path.join(root, parts[0])
-                lab = os.path.join(root, parts[1]) if len(parts) == 2 else None
-                where = f"{list_file}, line {lineno}"
-                if check_files:
-                    if not os.path.isfile(img):
-                        raise FileNotFoundError(f"{where}: image not found: {img}")
-                    if lab is not None and not os.path.isfile(lab):
-                        raise FileNotFoundError(f"{where}: label not found: {lab}")
-                files.append((img, lab))
-                sources.append(where)
+        for lineno, parts in entries:
+            where = f"{list_file}, line {lineno}"
+            if len(parts) > 2:
+                raise UserError(
+                    f"{where}: expected 'image_path [label_path]', got {len(parts)} columns"
+                )
+            img = os.path.join(root, parts[0])
+            lab = os.path.join(root, parts[1]) if len(parts) == 2 else None
+            if check_files:
+                check_listed(where, img, lab)
+            files.append((img, lab))
+            sources.append(where)
         self.list_file = list_file
         self.root = root
         super().__init__(
@@ -269,4 +229,10 @@ class ListDataset(SegmentationDataset):
             check_labels=check_labels,
             label_map=label_map,
             sources=sources,
+        )
+
+    def label_hint(self, highest: int) -> str:
+        n = highest + 1
+        return f"if the dataset has {n} classes, pass --dataset-opt num_classes={n}; otherwise " + (
+            super().label_hint(highest)
         )

@@ -14,16 +14,13 @@ Attributes: ``num_classes``, ``ignore_index``, ``class_names``, ``files`` (list 
 from __future__ import annotations
 
 import glob
+import inspect
 import os
 
-from .base import (
-    ListDataset,
-    SegmentationDataset,
-    read_image,
-    read_label,
-    reduce_zero_label_lut,
-)
+from ..errors import UserError
+from .base import ListDataset, SegmentationDataset, reduce_zero_label_lut
 from .cityscapes_labels import CITYSCAPES_CLASSES, id_to_train_id_lut
+from .files import check_listed, read_list_file
 from .synthetic import SHAPE_CLASSES, SyntheticShapes
 
 __all__ = [
@@ -31,15 +28,10 @@ __all__ = [
     "VOC_CLASSES",
     "CITYSCAPES_CLASSES",
     "DATASETS",
-    "SegmentationDataset",
-    "ListDataset",
     "ADE20K",
     "Cityscapes",
     "VOC",
     "build_dataset",
-    "read_image",
-    "read_label",
-    "reduce_zero_label_lut",
 ]
 
 ADE20K_CLASSES = [
@@ -92,7 +84,7 @@ def _normalise_split(split, allowed, dataset):
     aliases = {"training": "train", "validation": "val", "valid": "val"}
     s = aliases.get(split, split)
     if s not in allowed:
-        raise ValueError(f"{dataset}: split must be one of {allowed}, got {split!r}")
+        raise UserError(f"{dataset}: split must be one of {allowed}, got {split!r}")
     return s
 
 
@@ -210,6 +202,9 @@ class VOC(SegmentationDataset):
     VOC2012 folder), split ``train_aug`` uses it; ``split="train"`` uses it too when ``aug`` is
     None (auto) and it is present, as PSPNet trains on the 10582 train_aug images. ``aug=False``
     forces the plain 1464-image train set; ``aug=True`` requires SBD.
+
+    Attributes (besides :class:`SegmentationDataset`'s): ``uses_sbd`` (whether this split reads
+    the SBD augmented set) and ``list_file`` (the id list read).
     """
 
     def __init__(
@@ -251,22 +246,15 @@ class VOC(SegmentationDataset):
             if not os.path.isfile(list_file):
                 raise FileNotFoundError(f"VOC: split list not found: {list_file}")
         files, sources = [], []
-        with open(list_file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                # an id per line; some train_aug lists hold "/JPEGImages/x.jpg /Seg.../x.png"
-                name = os.path.splitext(os.path.basename(parts[0]))[0]
-                img = os.path.join(img_dir, name + ".jpg")
-                lab = None if split == "test" else os.path.join(lab_dir, name + ".png")
-                where = f"{list_file}, line {lineno}"
-                if not os.path.isfile(img):
-                    raise FileNotFoundError(f"VOC: {where}: image not found: {img}")
-                if lab is not None and not os.path.isfile(lab):
-                    raise FileNotFoundError(f"VOC: {where}: label not found: {lab}")
-                files.append((img, lab))
-                sources.append(where)
+        for lineno, parts in read_list_file(list_file):
+            # an id per line; some train_aug lists hold "/JPEGImages/x.jpg /Seg.../x.png"
+            name = os.path.splitext(os.path.basename(parts[0]))[0]
+            img = os.path.join(img_dir, name + ".jpg")
+            lab = None if split == "test" else os.path.join(lab_dir, name + ".png")
+            where = f"{list_file}, line {lineno}"
+            check_listed(f"VOC: {where}", img, lab)
+            files.append((img, lab))
+            sources.append(where)
         self.root, self.split, self.uses_sbd = root, split, use_aug
         self.list_file = list_file
         super().__init__(
@@ -295,6 +283,8 @@ def build_dataset(name, root=None, split="train", transform=None, **kwargs):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     key = name.lower().replace("-", "").replace("_", "")
     key = {"pascalvoc": "voc", "voc2012": "voc", "ade": "ade20k"}.get(key, key)
+    if key in _CLASSES:
+        _check_options(name, _CLASSES[key], kwargs, _ALIASES.get(key, ()))
     if key == "synthetic":
         split = _normalise_split(split, ("train", "val", "test"), "synthetic")
         if "classes" in kwargs:
@@ -302,25 +292,44 @@ def build_dataset(name, root=None, split="train", transform=None, **kwargs):
         return SyntheticShapes(split=split, transform=transform, **kwargs)
     if key == "list":
         if "list_file" not in kwargs:
-            raise ValueError("build_dataset('list', ...) needs list_file=...")
+            raise UserError("build_dataset('list', ...) needs list_file=...")
         if "classes" in kwargs:
             kwargs["num_classes"] = kwargs.pop("classes")
         preset = kwargs.pop("preset", None)
         if preset is not None:
             if preset not in DATASETS:
-                raise ValueError(f"preset must be one of {sorted(DATASETS)}, got {preset!r}")
+                raise UserError(f"preset must be one of {sorted(DATASETS)}, got {preset!r}")
             p = DATASETS[preset]
             kwargs.setdefault("num_classes", p["classes"])
             kwargs.setdefault("class_names", p["class_names"])
             if preset == "ade20k":
                 kwargs.setdefault("label_map", "reduce_zero_label")
         return ListDataset(kwargs.pop("list_file"), root=root, transform=transform, **kwargs)
-    classes = {"ade20k": ADE20K, "cityscapes": Cityscapes, "voc": VOC}
-    if key not in classes:
-        raise ValueError(
+    if key not in _CLASSES:
+        raise UserError(
             f"unknown dataset {name!r}; expected one of 'synthetic', 'ade20k', 'cityscapes', "
             "'voc', 'list'"
         )
     if root is None:
-        raise ValueError(f"build_dataset({name!r}): root (the data folder) is required")
-    return classes[key](root, split=split, transform=transform, **kwargs)
+        raise UserError(f"build_dataset({name!r}): root (the data folder) is required")
+    return _CLASSES[key](root, split=split, transform=transform, **kwargs)
+
+
+_CLASSES = {
+    "synthetic": SyntheticShapes, "list": ListDataset, "ade20k": ADE20K, "cityscapes": Cityscapes,
+    "voc": VOC,
+}  # fmt: skip
+# options build_dataset takes besides the constructor's arguments
+_ALIASES = {"synthetic": ("classes",), "list": ("classes", "preset")}
+
+
+def _check_options(name: str, cls, kwargs: dict, aliases) -> None:
+    """Refuse keyword arguments the dataset does not take, naming the ones it does."""
+    params = inspect.signature(cls).parameters
+    known = [p for p in params if p not in ("self", "root", "split", "transform")]
+    unknown = [k for k in kwargs if k not in known and k not in aliases]
+    if unknown:
+        raise UserError(
+            f"dataset {name!r} takes no option {', '.join(map(repr, unknown))} (--dataset-opt / "
+            f"dataset_kwargs); its options: {', '.join([*known, *aliases])}"
+        )

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from torch.utils.data import default_collate
 
+from ..errors import UserError
+
 __all__ = [
     "BadSample",
     "BadSampleLog",
@@ -64,7 +66,7 @@ def bad_sample_error(bad: BadSample) -> Exception:
         f"{bad.error}; fix or remove the file, or pass --skip-bad-samples to skip such samples "
         "(each logged once, counted in the epoch summary)"
     )
-    return FileNotFoundError(msg) if bad.kind == "FileNotFoundError" else ValueError(msg)
+    return FileNotFoundError(msg) if bad.kind == "FileNotFoundError" else UserError(msg)
 
 
 class BadSampleLog:

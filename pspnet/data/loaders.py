@@ -3,12 +3,15 @@ per-sample seeded augmentation wrapper and the seeded (distributed) training loa
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 
+from ..errors import UserError, user_input
 from .datasets import build_dataset
 from .faults import BadSample, collate_samples, load_or_mark
+from .files import set_max_image_pixels
 from .seeding import mix
 from .transforms import train_transform
 
@@ -20,6 +23,7 @@ __all__ = [
     "build_datasets",
     "build_train_loader",
     "check_batch_fits",
+    "init_eval_worker",
     "train_transform_for",
 ]
 
@@ -98,19 +102,25 @@ def build_datasets(cfg: Config, splits=("train", "val")):
             lst = lists.get(s, lists["val"])
             if not lst:
                 if s == "train":
-                    raise ValueError("--dataset list needs the training list: --list-file FILE")
-                raise ValueError(
+                    raise UserError("--dataset list needs the training list: --list-file FILE")
+                raise UserError(
                     "--dataset list: validation needs its own list, --val-list-file FILE (the "
                     "training list is never used for validation); to train without validating "
                     "pass --no-final-eval --eval-every 0"
                 )
             kw["list_file"] = lst
-        out[s] = build_dataset(cfg.dataset, root=cfg.data_root, split=names.get(s, s), **kw)
+        with user_input(f"dataset {cfg.dataset!r}"):
+            out[s] = build_dataset(cfg.dataset, root=cfg.data_root, split=names.get(s, s), **kw)
     return out
 
 
 def train_transform_for(cfg: Config):
     """The training augmentation ``cfg`` describes (crop, scale, rotate, blur, flip)."""
+    with user_input("the config's augmentation"):
+        return _train_transform(cfg)
+
+
+def _train_transform(cfg: Config):
     return train_transform(
         cfg.crop_size,
         scale=(cfg.scale_min, cfg.scale_max) if (cfg.scale_min, cfg.scale_max) != (1, 1) else None,
@@ -126,7 +136,7 @@ def train_transform_for(cfg: Config):
 def check_batch_fits(n: int, batch_size: int) -> None:
     """Refuse a training set smaller than one batch: with drop_last no step would run."""
     if n < batch_size:
-        raise ValueError(
+        raise UserError(
             f"the training set has {n} sample(s), fewer than one batch of --batch-size "
             f"{batch_size}: training drops an incomplete batch (drop_last, as the official "
             f"code), so no step would run; lower --batch-size to at most {n} or add data"
@@ -148,13 +158,20 @@ class _SkipSampler(torch.utils.data.Sampler):
         return max(len(self.sampler) - self.skip, 0)
 
 
-def _worker_ignores_stop_signals(_worker_id: int) -> None:
+def _init_train_worker(_worker_id: int, max_image_pixels: int = 0) -> None:
     """DataLoader workers leave SIGINT / SIGTERM to the main process, which finishes the current
-    step, saves and then shuts the workers down (a worker killed first would crash the loader)."""
+    step, saves and then shuts the workers down (a worker killed first would crash the loader);
+    and read images up to the run's pixel limit."""
     import signal
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    set_max_image_pixels(max_image_pixels)
+
+
+def init_eval_worker(_worker_id: int, max_image_pixels: int = 0) -> None:
+    """An evaluation DataLoader worker reads images up to the run's pixel limit."""
+    set_max_image_pixels(max_image_pixels)
 
 
 def build_train_loader(
@@ -174,7 +191,7 @@ def build_train_loader(
     from torch.utils.data import DataLoader, DistributedSampler
 
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world size {world}")
+        raise UserError(f"batch_size {cfg.batch_size} must be divisible by world size {world}")
     per_rank = cfg.batch_size // world
     check_batch_fits(len(dataset), cfg.batch_size)
     sampler = DistributedSampler(
@@ -195,5 +212,5 @@ def build_train_loader(
         generator=g,
         persistent_workers=False,
         collate_fn=collate_samples if marks else None,
-        worker_init_fn=_worker_ignores_stop_signals if cfg.workers else None,
+        worker_init_fn=partial(_init_train_worker, max_image_pixels=cfg.max_image_pixels),
     )

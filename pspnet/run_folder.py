@@ -1,0 +1,75 @@
+"""A training run's output folder (``cfg.out_dir``): what it holds, when it may be written.
+
+A folder holds a run when it has ``last.pth``, ``metrics.jsonl`` or ``eval.json``. Such a folder
+is never written over silently: a new run there is refused (:func:`check_run_folder`) unless it
+continues that run (``--resume``) or replaces it on purpose (``--overwrite``, which deletes the
+old run's files first). The checks run before anything is trained.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from .atomic import check_writable, remove_stale_temps, write_text_atomic
+from .config import Config
+from .errors import UserError
+
+__all__ = ["RUN_FILES", "RUN_RESULTS", "check_run_folder", "prepare_run_folder"]
+
+#: every file a run writes in its folder
+RUN_FILES = ("last.pth", "metrics.jsonl", "eval.json", "curves.png", "config.yaml")
+#: the files whose presence means the folder holds a run
+RUN_RESULTS = ("last.pth", "metrics.jsonl", "eval.json")
+
+
+def _held(out: Path) -> list[str]:
+    return [name for name in RUN_RESULTS if (out / name).exists()]
+
+
+def check_run_folder(cfg: Config) -> None:
+    """Refuse, before any work, an output folder that cannot be written or that holds another
+    run this one would overwrite (no ``resume``, no ``overwrite``)."""
+    out = cfg.out_dir
+    check_writable(out, "the output folder", folder=True)
+    held = _held(out) if out.is_dir() else []
+    if held and not cfg.resume and not cfg.overwrite:
+        raise UserError(
+            f"{out} holds another run ({', '.join(held)}): continue it with --resume auto, "
+            "replace it with --overwrite (its files are deleted first), or pass --output-dir "
+            "with a new folder"
+        )
+
+
+def prepare_run_folder(cfg: Config, epochs_done: int, say: Callable) -> None:
+    """Rank 0, once the run is set up: create the folder; with ``overwrite`` (and no resume)
+    delete the previous run's files; remove temporary files an interrupted save left; drop the
+    ``metrics.jsonl`` rows past the checkpoint resumed from; write ``config.yaml``."""
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite and not cfg.resume and _held(out):
+        gone = [name for name in RUN_FILES if (out / name).exists()]
+        for name in gone:
+            (out / name).unlink()
+        say(f"--overwrite: deleted the previous run's {', '.join(gone)} in {out}")
+    stale = remove_stale_temps(out, RUN_FILES)
+    if stale:
+        names = ", ".join(p.name for p in stale)
+        say(f"removed {len(stale)} temporary file(s) left in {out} by an interrupted save: {names}")
+    _trim_log(out / "metrics.jsonl", epochs_done)
+    write_text_atomic(out / "config.yaml", cfg.to_yaml())
+
+
+def _trim_log(log_path: Path, epochs_done: int) -> None:
+    """Keep the rows of the epochs the resumed checkpoint holds (all gone when starting over):
+    a row written before a checkpoint that failed to save is dropped."""
+    if not log_path.exists():
+        return
+    if epochs_done == 0:
+        log_path.unlink()
+        return
+    rows = [r for r in log_path.read_text().splitlines() if r.strip()]
+    keep = [r for r in rows if json.loads(r).get("epoch", 0) <= epochs_done]
+    if keep != rows:
+        write_text_atomic(log_path, "".join(r + "\n" for r in keep))
