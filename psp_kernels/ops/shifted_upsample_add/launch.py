@@ -17,7 +17,6 @@ from ..utils import (
     compute_arch,
     device_guard,
     gpu_tiles,
-    next_power_of_2,
     num_sms,
     pow2_divisor,
 )
@@ -27,49 +26,14 @@ from .kernels import (
     _shifted_upsample_add_bwd_plane_kernel,
     _shifted_upsample_add_fwd_kernel,
 )
-from .separable import pyramid_matrices
+from .separable import dense_tables
 
 __all__ = ["map_sizes", "kernel_limit", "launch_forward", "launch_backward"]
 
 
 @functools.lru_cache(maxsize=128)
-def _tables_cpu(height, width, sizes, align_corners, dtype, taps=9, pad=configs.MAX_K):
-    """Dense padded ``ahat``/``bhat``, the int32 gather tables and the packed size per channel.
-
-    With ``s`` taps per axis (3, or 1 for the one-tap form), packed value
-    ``offset_b + (s * di + dj) * h * w + bi * w + bj`` (tap ``(di, dj)``, 0-based, of map ``b``)
-    belongs to row ``k = (b, di, bi)`` and column ``j = (b, dj, bj)`` of the dense
-    block-diagonal tile. ``gidx[k * J_PAD + j]``: its packed index (or the always-zero padding
-    slot ``T_PAD - 1``); ``cidx[t]``: the tile position ``k * J_PAD + j`` of packed value ``t``.
-    ``pad``: ``K_PAD = J_PAD`` (:func:`configs.tile_width`).
-    """
-    s = 3 if taps == 9 else 1
-    total = sum(taps * h * w for h, w in sizes)
-    t_pad = next_power_of_2(total + 1)
-    gidx = torch.full((pad, pad), t_pad - 1, dtype=torch.int32)
-    cidx = torch.zeros(t_pad, dtype=torch.int32)
-    offset = k0 = j0 = 0
-    for h, w in sizes:
-        for di in range(s):
-            for bi in range(h):
-                for dj in range(s):
-                    for bj in range(w):
-                        t = offset + (s * di + dj) * h * w + bi * w + bj
-                        k, j = k0 + di * h + bi, j0 + dj * w + bj
-                        gidx[k, j] = t
-                        cidx[t] = k * pad + j
-        offset += taps * h * w
-        k0 += s * h
-        j0 += s * w
-    ahat, bhat = pyramid_matrices(height, width, sizes, align_corners, dtype, taps=taps)
-    ahat = torch.nn.functional.pad(ahat, (0, pad - ahat.shape[1])).contiguous()
-    bhat = torch.nn.functional.pad(bhat, (0, pad - bhat.shape[1])).contiguous()
-    return ahat, bhat, gidx.reshape(-1), cidx, total
-
-
-@functools.lru_cache(maxsize=128)
 def _tables(height, width, sizes, align_corners, dtype, device, taps=9, pad=configs.MAX_K):
-    *tensors, total = _tables_cpu(height, width, sizes, align_corners, dtype, taps, pad)
+    *tensors, total = dense_tables(height, width, sizes, align_corners, dtype, taps, pad)
     return (*(t.to(device) for t in tensors), total)
 
 
