@@ -14,7 +14,7 @@ from . import geometry, reference
 from ._backend import interpreting, resolve_backend
 from .ops.pyramid_pool_conv.op import pyramid_pool_conv
 from .ops.pyramid_pooling.op import pyramid_pooling
-from .ops.shifted_upsample_add.conv import concat_free_conv, split_concat_conv
+from .ops.shifted_upsample_add.conv import concat_free_conv, concat_free_pays, split_concat_conv
 from .ops.shifted_upsample_add.op import shifted_upsample_add
 from .ops.upsample_concat.op import upsample_concat
 from .ops.upsample_cross_entropy.op import upsample_cross_entropy
@@ -27,6 +27,7 @@ __all__ = [
     "upsample_cross_entropy",
     "concat_free_conv",
     "split_concat_conv",
+    "concat_free_pays",
     "reference",
     "geometry",
     "interpreting",

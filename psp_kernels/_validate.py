@@ -138,7 +138,9 @@ def check_upsample_concat(x, branches):
 
 
 def check_shifted_upsample_add(base, maps):
-    """Validate ``shifted_upsample_add`` arguments; returns the maps as a list."""
+    """Validate ``shifted_upsample_add`` arguments; returns the maps as a list.
+
+    Every map has 9 taps (the 3x3 form) or 1 (the one-tap form of a 1x1 conv), all the same."""
     _check_tensor(base, "base")
     if base.dim() != 4:
         raise ValueError(
@@ -149,7 +151,8 @@ def check_shifted_upsample_add(base, maps):
     n, o = base.shape[:2]
     maps = _as_list(maps, "maps")
     if len(maps) == 0:
-        raise ValueError("maps must contain at least one (N, 9, O, h, w) tensor")
+        raise ValueError("maps must contain at least one (N, 9, O, h, w) or (N, 1, O, h, w) tensor")
+    taps = None
     for i, m in enumerate(maps):
         name = f"maps[{i}]"
         _check_tensor(m, name)
@@ -157,10 +160,22 @@ def check_shifted_upsample_add(base, maps):
             raise ValueError(f"{name} is on {m.device} but base is on {base.device}")
         if m.dtype != base.dtype:
             raise TypeError(f"{name} has dtype {m.dtype} but base has dtype {base.dtype}")
-        if m.dim() != 5 or m.shape[0] != n or m.shape[1] != 9 or m.shape[2] != o or m.numel() == 0:
+        if m.dim() == 5 and taps is None and m.shape[1] in (1, 9):
+            taps = m.shape[1]
+        expected = taps or 9
+        if (
+            m.dim() != 5
+            or m.shape[0] != n
+            or m.shape[1] != expected
+            or m.shape[2] != o
+            or (m.numel() == 0)
+        ):
+            shapes = f"({n}, {expected}, {o}, h, w)"
+            if taps is None:
+                shapes += f" or the one-tap ({n}, 1, {o}, h, w)"
             raise ValueError(
-                f"{name} must have shape ({n}, 9, {o}, h, w) for base of shape "
-                f"{tuple(base.shape)}, got {tuple(m.shape)}"
+                f"{name} must have shape {shapes} for base of shape {tuple(base.shape)} (every "
+                f"map with the same tap count), got {tuple(m.shape)}"
             )
     return maps
 
@@ -210,3 +225,32 @@ def check_upsample_cross_entropy(logits, target, weight, ignore_index, reduction
         raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_concat_conv(x, branches, weight, bias):
+    """Validate ``concat_free_conv`` arguments (after :func:`check_upsample_concat` of ``x`` and
+    ``branches``); returns the conv's kernel size (1 or 3)."""
+    # (dtypes may differ: under autocast the convolutions cast them)
+    _check_tensor(weight, "weight")
+    if weight.device != x.device:
+        raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
+    c = x.shape[1]
+    expected = c + sum(y.shape[1] for y in branches)
+    k = weight.shape[-1] if weight.dim() == 4 else None
+    if (
+        weight.dim() != 4
+        or weight.shape[1] != expected
+        or k not in (1, 3)
+        or (weight.shape[2] != k)
+    ):
+        raise ValueError(
+            f"weight must have shape (O, {expected}, 3, 3) or (O, {expected}, 1, 1) for x with "
+            f"{c} channels and branches with {expected - c}, got {tuple(weight.shape)}"
+        )
+    if bias is not None:
+        _check_tensor(bias, "bias")
+        if bias.device != x.device:
+            raise ValueError(f"bias is on {bias.device} but x is on {x.device}")
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    return k

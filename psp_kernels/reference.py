@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._validate import (
+    check_concat_conv,
     check_pyramid_pool_conv,
     check_shifted_upsample_add,
     check_upsample_concat,
@@ -24,6 +25,7 @@ __all__ = [
     "upsample_concat",
     "upsample",
     "shifted_upsample_add",
+    "concat_free_conv",
     "upsample_cross_entropy",
 ]
 
@@ -81,15 +83,17 @@ def upsample_concat(x, branches, *, align_corners=True):
 
 
 def shifted_upsample_add(base, maps, *, align_corners=True):
-    """Add the nine 3x3-conv-shifted bilinear upsamplings of every map to ``base``.
+    """Add the 3x3-conv-shifted bilinear upsamplings of every map's taps to ``base``.
 
     ``maps[i]`` has shape ``(N, 9, O, h_i, w_i)``; tap ``t = 3 * (di + 1) + (dj + 1)`` of it is
     upsampled to ``base``'s ``(H, W)`` and read at ``(h + di, w + dj)``, zero outside the map (the
     zero padding of a 3x3 convolution). Returns
-    ``base + sum_i sum_t shift_t(upsample(maps[i][:, t]))``, a new tensor.
+    ``base + sum_i sum_t shift_t(upsample(maps[i][:, t]))``, a new tensor. The one-tap form
+    (every map ``(N, 1, O, h_i, w_i)``, the centre tap only) returns
+    ``base + sum_i upsample(maps[i][:, 0])``.
 
-    This is the pyramid half of a 3x3 convolution over ``cat([x, upsample(y_1), ...])``: with
-    ``maps[i][:, t] = conv1x1(y_i, W_i[:, :, di + 1, dj + 1])`` it equals that convolution's
+    This is the pyramid half of a 3x3 (or 1x1) convolution over ``cat([x, upsample(y_1), ...])``:
+    with ``maps[i][:, t] = conv1x1(y_i, W_i[:, :, di + 1, dj + 1])`` it equals that convolution's
     contribution from the upsampled channels, computed at low resolution.
     """
     maps = check_shifted_upsample_add(base, maps)
@@ -98,6 +102,9 @@ def shifted_upsample_add(base, maps, *, align_corners=True):
     for m in maps:
         n, taps, o, h, w = m.shape
         up = upsample(m.reshape(n, taps * o, h, w), (height, width), align_corners)
+        if taps == 1:
+            out = out + up
+            continue
         up = F.pad(up.view(n, taps, o, height, width), (1, 1, 1, 1))
         for t, (di, dj) in enumerate(CONV_TAPS):
             out = out + up[:, t, :, 1 + di : 1 + di + height, 1 + dj : 1 + dj + width]
@@ -133,3 +140,17 @@ def upsample_cross_entropy(
     if return_prediction:
         return loss, up.detach().argmax(1)
     return loss
+
+
+def concat_free_conv(x, branches, weight, *, align_corners=True, x_last=False, bias=None):
+    """The convolution over the concat that ``psp_kernels.concat_free_conv`` computes without it.
+
+    Returns ``F.conv2d(cat, weight, bias, padding=k // 2)`` with ``cat`` the concat of ``x`` and
+    every branch upsampled bilinearly to ``x``'s size: ``[x, up(y_1), ...]``, or
+    ``[up(y_1), ..., x]`` with ``x_last``. ``weight``: ``(O, C + sum R_i, k, k)``, ``k`` 3 or 1.
+    """
+    branches = check_upsample_concat(x, branches)
+    k = check_concat_conv(x, branches, weight, bias)
+    ups = [upsample(y, x.shape[-2:], align_corners) for y in branches]
+    cat = torch.cat(ups + [x] if x_last else [x] + ups, 1)
+    return F.conv2d(cat, weight, bias, padding=k // 2)

@@ -5,9 +5,10 @@ in their own submodules and are imported on use).
 """
 
 from .checkpoint import load_checkpoint
+from .convert import convert_ppm
 from .export import export_onnx, export_program
 from .model import PSPNet, TinyPSPNet
-from .ppm import PPM, convert_ppm
+from .ppm import PPM
 from .resnet import Bottleneck, ResNet, resnet50, resnet101, resnet152
 
 __all__ = [

@@ -97,12 +97,24 @@ def shifted_upsample_add(base: torch.Tensor, maps, align_corners: bool = True) -
 
     ``out = base + ahat @ cat_b(V_b @ bhat_b^T)`` with ``ahat = [S_di A_b]`` (``H x 3 sum h_b``),
     ``bhat = [S_dj B_b]`` (``W x 3 sum w_b``) and ``V_b`` map ``b`` laid out as
-    ``(N, O, (di, row), (dj, col))``.
+    ``(N, O, (di, row), (dj, col))``. One-tap maps (``(N, 1, O, h, w)``): ``ahat = [A_b]``,
+    ``bhat = A_b`` per map, no shifts.
     """
     height, width = base.shape[-2:]
     n, o = base.shape[:2]
     kw = dict(dtype=base.dtype, device=base.device, taps_dtype=_taps_dtype(base.dtype))
     sizes = [tuple(m.shape[-2:]) for m in maps]
+    if maps[0].shape[1] == 1:
+        ahat = torch.cat(
+            [geometry.interp_matrix(height, h, align_corners, **kw) for h, _ in sizes], 1
+        )
+        parts = [
+            torch.matmul(
+                m.reshape(n, o, h, w), geometry.interp_matrix(width, w, align_corners, **kw).t()
+            )
+            for m, (h, w) in zip(maps, sizes)
+        ]
+        return base + geometry.apply_rows(ahat, torch.cat(parts, 2))
     ahat = geometry.shifted_pyramid_matrix(height, [h for h, _ in sizes], align_corners, **kw)
     parts = []
     for m, (h, w) in zip(maps, sizes):

@@ -20,7 +20,8 @@ initialised process group of several ranks is left to synchronise its statistics
 While exporting (``torch.export``, ``torch.onnx.export``) both paths use the plain formulation of
 :mod:`pspnet.export_ops` instead, exact at every (symbolic) input size.
 
-:func:`convert_ppm` swaps the official PPM modules of an existing model for this one in place.
+:func:`pspnet.convert_ppm` swaps the official PPM modules of an existing model for this one in
+place (and converts the PSP heads of other libraries, :mod:`pspnet.convert`).
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
 
 import psp_kernels
 
 from . import export_ops
 
-__all__ = ["PPM", "convert_ppm"]
+__all__ = ["PPM"]
 
 
 def _bin_of(pool: nn.Module) -> int | None:
@@ -168,61 +168,3 @@ class PPM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bins={self.bins}, fused=True"
-
-
-def _is_official_ppm(module: nn.Module) -> bool:
-    """True for a module laid out like the official PPM (only child: ``features``)."""
-    if isinstance(module, PPM):
-        return False
-    children = dict(module.named_children())
-    features = children.get("features")
-    if set(children) != {"features"} or not isinstance(features, nn.ModuleList):
-        return False
-    if len(features) == 0:
-        return False
-    in_dims = set()
-    for f in features:
-        if not isinstance(f, nn.Sequential) or len(f) != 4:
-            return False
-        pool, conv, bn, act = f
-        if not isinstance(pool, nn.AdaptiveAvgPool2d) or _bin_of(pool) is None:
-            return False
-        if not (
-            type(conv) is nn.Conv2d
-            and conv.kernel_size == (1, 1)
-            and conv.stride == (1, 1)
-            and conv.padding == (0, 0)
-            and conv.dilation == (1, 1)
-            and conv.groups == 1
-            and conv.bias is None
-        ):
-            return False
-        if not isinstance(bn, _BatchNorm) or bn.num_features != conv.out_channels:
-            return False
-        if type(act) is not nn.ReLU:
-            return False
-        in_dims.add(conv.in_channels)
-    return len(in_dims) == 1
-
-
-def convert_ppm(model: nn.Module) -> nn.Module:
-    """Replace every official-style PPM in ``model`` with the fused :class:`PPM`, in place.
-
-    A module is converted when its only child is a ``features`` ``nn.ModuleList`` of
-    ``Sequential(AdaptiveAvgPool2d(b), Conv2d(C, R, 1, bias=False), BatchNorm2d(R), ReLU)``
-    (square bins, one input width; ``SyncBatchNorm`` counts as BatchNorm). The new module
-    reuses the same submodules, so weights, buffers, device, dtype, training flags and
-    ``state_dict`` keys are kept. Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, returns the
-    model, or the new module when ``model`` itself is a PPM::
-
-        model = pspnet.convert_ppm(model)
-    """
-    if _is_official_ppm(model):
-        fused = PPM.from_features(model.features)
-        fused.training = model.training  # not .train(): children keep their own flags
-        return fused
-    for name, child in model.named_children():
-        new = convert_ppm(child)
-        if new is not child:
-            setattr(model, name, new)
-    return model

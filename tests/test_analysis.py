@@ -158,7 +158,8 @@ SAME_AS_PSPNET = textwrap.dedent(
     """
     import json, torch
     import pspnet
-    from pspnet.heads import concat_free_conv3x3
+    from pspnet.convert.units import fused_head
+    from pspnet.heads import concat_free_conv, concat_free_conv3x3
     from psp_kernels.analysis.record import recording
     from psp_kernels.analysis.workloads import HEAD_OUT, LOSS_CLASSES, Shape, crop, record_workload
     from pspnet.model import fused_loss_options
@@ -167,18 +168,36 @@ SAME_AS_PSPNET = textwrap.dedent(
         return [(l.name, l.grid, sorted((k, repr(v)) for k, v in l.args.items()), l.options)
                 for l in launches]
 
+    def converted_head(s):
+        # a PSPHead-like module read by pspnet.convert, in eval (what converted heads run)
+        nn = torch.nn
+        branches = [nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(s.c, s.r, 1, bias=False),
+                                  nn.BatchNorm2d(s.r), nn.ReLU()) for b in s.bins]
+        post = nn.Sequential(nn.Conv2d(s.c + s.r * len(s.bins), HEAD_OUT, 3, padding=1,
+                                       bias=False), nn.BatchNorm2d(HEAD_OUT), nn.ReLU())
+        return [b.to("meta", s.dtype).eval() for b in branches], post.to("meta", s.dtype).eval()
+
     def pspnet_launches(workload, s):
         x = torch.empty(s.n, s.c, s.h, s.w, device="meta", dtype=s.dtype)
         if s.layout == "nhwc":
             x = x.to(memory_format=torch.channels_last)
-        x.requires_grad_(workload != "ppm")
+        x.requires_grad_(workload not in ("ppm", "psphead"))
         with recording(132, 90) as rec:
-            if workload == "head":
+            if workload == "psphead":
+                branches, post = converted_head(s)
+                # (the recorder sees only Triton launches: post's cuDNN-side ops are not kept)
+                with torch.no_grad():
+                    out = fused_head(x, branches, post, x_last=False, align_corners=False)
+            elif workload.startswith("head"):
+                k = 1 if workload == "head-1x1" else 3
                 ys = [torch.empty(s.n, s.r, b, b, device="meta", dtype=s.dtype,
                                   requires_grad=True) for b in s.bins]
-                w = torch.empty(HEAD_OUT, s.c + s.r * len(s.bins), 3, 3, device="meta",
+                w = torch.empty(HEAD_OUT, s.c + s.r * len(s.bins), k, k, device="meta",
                                 dtype=s.dtype, requires_grad=True)
-                out = concat_free_conv3x3(x, ys, w)
+                if workload == "head":
+                    out = concat_free_conv3x3(x, ys, w)
+                else:
+                    out = concat_free_conv(x, ys, w, x_last=True)
             else:
                 ppm = pspnet.PPM(s.c, s.r, s.bins).to("meta", s.dtype).train(workload != "ppm")
                 with torch.set_grad_enabled(workload != "ppm"):
@@ -201,8 +220,11 @@ SAME_AS_PSPNET = textwrap.dedent(
         return [rec.launches[0], rec.launches[2]]
 
     same = {}
+    # (the heads in NCHW only: on meta tensors F.conv2d returns a channels_last input's conv
+    # contiguous, where the workloads follow cuDNN's channels_last output)
     for workload, layout in [("ppm", "nchw"), ("ppm", "nhwc"), ("ppm-train", "nchw"),
-                             ("ppm-train", "nhwc"), ("head", "nchw"), ("loss", "nchw")]:
+                             ("ppm-train", "nhwc"), ("head", "nchw"), ("head-xlast", "nchw"),
+                             ("head-1x1", "nchw"), ("psphead", "nchw"), ("loss", "nchw")]:
         s = Shape(2, 64, 13, 17, torch.bfloat16, layout)
         ours = record_workload(workload, s, 132, 90)
         theirs = pspnet_loss_launches(s) if workload == "loss" else pspnet_launches(workload, s)
@@ -214,13 +236,13 @@ SAME_AS_PSPNET = textwrap.dedent(
 
 def test_workloads_launch_what_pspnet_launches():
     """The report's workloads, written with psp_kernels' own ops, launch exactly the kernels,
-    grids and arguments that pspnet's PPM (eval and training), concat-free head and fused
-    training loss launch."""
+    grids and arguments that pspnet's PPM (eval and training), concat-free head (3x3, x last,
+    1x1), converted third-party heads (``pspnet.convert``, eval) and fused training loss launch."""
     proc = subprocess.run([sys.executable, "-c", SAME_AS_PSPNET], capture_output=True,
                           text=True, env=_env(), cwd=ROOT, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     same = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(same) == 6
+    assert len(same) == 9
     for case, (ours, theirs, equal) in same.items():
         assert ours > 0 and ours == theirs and equal, f"{case}: {ours} vs {theirs} launches"
 

@@ -23,11 +23,11 @@ CASES = [
 ]
 
 
-def _inputs(n, o, h, w, sizes, dtype, device, channels_last=False):
+def _inputs(n, o, h, w, sizes, dtype, device, channels_last=False, taps=9):
     base = torch.randn(n, o, h, w, dtype=dtype, device=device)
     if channels_last:
         base = base.to(memory_format=torch.channels_last)
-    maps = [torch.randn(n, 9, o, a, b, dtype=dtype, device=device) for a, b in sizes]
+    maps = [torch.randn(n, taps, o, a, b, dtype=dtype, device=device) for a, b in sizes]
     return base.requires_grad_(), [m.requires_grad_() for m in maps]
 
 
@@ -37,14 +37,16 @@ def _check(out, grads, ref, ref_grads, dtype):
         assert_close_to_reference(g, r, dtype, f"gradient {i}")
 
 
+@pytest.mark.parametrize("taps", [9, 1])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("path", ["triton", "separable"])
-def test_matches_reference(case, dtype, path, device):
+def test_matches_reference(case, dtype, path, taps, device):
+    """Both forms: nine taps (a 3x3 conv after the concat) and the one-tap form (a 1x1 conv)."""
     n, o, h, w, sizes, ac = case
     if path == "triton":
         skip_unless_kernels_take(dtype, device)
-    base, maps = _inputs(n, o, h, w, sizes, dtype, device, channels_last=(h == 13))
+    base, maps = _inputs(n, o, h, w, sizes, dtype, device, channels_last=(h == 13), taps=taps)
     if path == "triton":
         out = shifted_upsample_add(base, maps, align_corners=ac, backend="triton")
     else:
@@ -72,16 +74,16 @@ _BWD_TILES = _distinct(
     [("FWD", dict(t)) for t in _FWD_TILES] + [("BWD", dict(t)) for t in _BWD_TILES],
     ids=str,
 )
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_every_tile_config(table, tiles, channels_last, device, monkeypatch):
+@pytest.mark.parametrize("channels_last, taps", [(False, 9), (True, 9), (False, 1), (True, 1)])
+def test_every_tile_config(table, tiles, channels_last, taps, device, monkeypatch):
     """Each configuration the launchers can pick (backward: 2 or 4 channels per program),
-    forced on float64: a ragged channel block (5 channels) and maps wider than one column
-    chunk and taller than one row step."""
+    forced on float64, for both forms (the one-tap form's 16-wide tiles): a ragged channel
+    block (5 channels) and maps wider than one column chunk and taller than one row step."""
     skip_unless_kernels_take(torch.float64, device)
     monkeypatch.setattr(configs, "BWD_PLANE", {})  # the tiled backward, whatever the plane
     for layout in ("nchw", "nhwc"):
         monkeypatch.setitem(getattr(configs, table), (tile_class(torch.float64), layout), tiles)
-    base, maps = _inputs(1, 5, 37, 61, PSP_SIZES, torch.float64, device, channels_last)
+    base, maps = _inputs(1, 5, 37, 61, PSP_SIZES, torch.float64, device, channels_last, taps)
     _check_against_reference(base, maps)
 
 
@@ -93,9 +95,9 @@ _PLANE_TILES = _distinct(
 
 
 @pytest.mark.parametrize("tiles", [dict(t) for t in _PLANE_TILES], ids=str)
-@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("groups, taps", [(1, 9), (3, 9), (3, 1)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_every_plane_config(tiles, groups, channels_last, device, monkeypatch):
+def test_every_plane_config(tiles, groups, taps, channels_last, device, monkeypatch):
     """The one-tile-per-plane backward with each configuration (2 or 4 channels per block),
     one or three blocks per program (13 channels: a ragged block, and a last program with
     blocks past the last channel),
@@ -110,7 +112,7 @@ def test_every_plane_config(tiles, groups, channels_last, device, monkeypatch):
         launch, "_shifted_upsample_add_bwd_plane_kernel",
         _Spy(kernel, launched),
     )  # fmt: skip
-    base, maps = _inputs(2, 13, 29, 45, PSP_SIZES, torch.float64, device, channels_last)
+    base, maps = _inputs(2, 13, 29, 45, PSP_SIZES, torch.float64, device, channels_last, taps)
     _check_against_reference(base, maps)
     blocks = -(-13 // tiles["BLOCK_O"])
     assert launched == [(2 * -(-blocks // groups),)]
@@ -174,18 +176,20 @@ def test_non_contiguous_base(device):
         assert_close_to_reference(out, ref, dtype, "output")
 
 
-def test_gradcheck(device):
+@pytest.mark.parametrize("taps", [9, 1])
+def test_gradcheck(taps, device):
     skip_unless_kernels_take(torch.float64, device)
-    base, maps = _inputs(1, 1, 3, 4, [(1, 1), (2, 1)], torch.float64, device)
+    base, maps = _inputs(1, 1, 3, 4, [(1, 1), (2, 1)], torch.float64, device, taps=taps)
     fn = lambda b, *m: shifted_upsample_add(b, list(m), align_corners=False, backend="triton")
     assert torch.autograd.gradcheck(fn, (base, *maps), eps=1e-6, atol=1e-8, fast_mode=True)
 
 
-def test_opcheck(device):
-    base, maps = _inputs(1, 2, 5, 6, [(1, 1), (2, 2)], torch.float32, device)
+@pytest.mark.parametrize("taps", [9, 1])
+def test_opcheck(taps, device):
+    base, maps = _inputs(1, 2, 5, 6, [(1, 1), (2, 2)], torch.float32, device, taps=taps)
     torch.library.opcheck(_fwd_op, (base, maps, True))
     grad = torch.randn(1, 2, 5, 6, device=device)
-    torch.library.opcheck(_bwd_op, (grad, [1, 1, 2, 2], False))
+    torch.library.opcheck(_bwd_op, (grad, [1, 1, 2, 2], False, taps))
 
 
 @pytest.mark.gpu
@@ -202,9 +206,9 @@ def test_deterministic(device):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_compile_fullgraph(dynamic, device):
-    base, maps = _inputs(1, 2, 9, 7, [(1, 1), (3, 3)], torch.float32, device)
+@pytest.mark.parametrize("dynamic, taps", [(False, 9), (True, 9), (True, 1)])
+def test_compile_fullgraph(dynamic, taps, device):
+    base, maps = _inputs(1, 2, 9, 7, [(1, 1), (3, 3)], torch.float32, device, taps=taps)
 
     def fn(b, m0, m1):
         return shifted_upsample_add(b, [m0, m1], backend="triton").square().sum()
@@ -226,6 +230,27 @@ def test_separable_compiles_fullgraph(device):
     torch.testing.assert_close(out, fn(base, maps))
 
 
+@pytest.mark.parametrize("width", [16, 32])
+def test_one_tap_tile_widths(width, device, monkeypatch):
+    """The one-tap form at each tile width the launchers pick (float32: 16, 16-bit: 32; float64
+    in the interpreter takes the 16-bit one), forced: odd sizes, channels_last."""
+    skip_unless_kernels_take(torch.float64, device)
+    monkeypatch.setitem(configs.ONE_TAP_K, tile_class(torch.float64), width)
+    base, maps = _inputs(2, 5, 13, 17, PSP_SIZES, torch.float64, device, True, taps=1)
+    _check_against_reference(base, maps)
+
+
+def test_one_tap_tiles():
+    """The one-tap form takes narrower tiles while its pyramid fits (PSPNet's 12), the full
+    width beyond; the three-tap form always the full width."""
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert configs.tile_width(1, 12, 12, fp32) == 16 and configs.tile_width(1, 12, 12, bf16) == 32
+    assert configs.tile_width(1, 17, 12, fp32) == configs.MAX_K
+    assert configs.tile_width(9, 12, 12, bf16) == configs.MAX_K
+    assert launch.kernel_limit([(22, 22)], 9) is not None
+    assert launch.kernel_limit([(22, 22)], 1) is None
+
+
 def test_large_pyramid_falls_back(device):
     dtype = torch.float32 if device == "cuda" else torch.float64  # a dtype the kernels take
     base, maps = _inputs(1, 1, 8, 8, [(12, 12), (10, 10)], dtype, device)
@@ -244,6 +269,7 @@ def test_large_pyramid_falls_back(device):
     [
         (lambda b, m: (b[0], m), ValueError, "base must have shape"),
         (lambda b, m: (b, [m[0][:, :8]]), ValueError, r"maps\[0\] must have shape"),
+        (lambda b, m: (b, [m[0], m[0][:, :1]]), ValueError, r"maps\[1\] must have shape"),
         (lambda b, m: (b, [m[0][:, :, :1]]), ValueError, r"maps\[0\] must have shape"),
         (lambda b, m: (b, []), ValueError, "at least one"),
         (lambda b, m: (b, m[0]), TypeError, "list or tuple"),

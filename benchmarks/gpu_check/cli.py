@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     from psp_kernels import interpreting
 
     from ..run_gpu import result_stem
-    from . import estimates, output, parity, timing
+    from . import estimates, output, parity, thirdparty, timing
 
     cuda = torch.cuda.is_available() and not args.dry_run
     if not cuda and not args.dry_run:
@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     moved = copy["bytes"] / 2**30
     print(f"copy   {copy['gbps']:.0f} GB/s (device-to-device, {moved:.2f} GiB moved)", flush=True)
     rows = timing.run(device, args.dry_run, deadline, copy)
+    rows += thirdparty.run(device, args.dry_run, deadline)
     if modelled is None:
         model_result = {"note": skipped_model}
     else:

@@ -15,6 +15,12 @@ from .workloads import WORKLOADS, Shape
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 #: The matrix CI checks (issue "See what a GPU would run"): every workload at these sizes.
 CI_MATRIX = dict(n=[1, 8, 16], hw=[(60, 60), (90, 90)], dtype=list(DTYPES), layout=["nchw", "nhwc"])
+#: ... and at Cityscapes' 1/8 maps (512x1024 crops: 64x128; 1024x2048 whole images: 128x256),
+#: where mmseg's PSPNet runs its head.
+CITYSCAPES = dict(n=[1, 8], hw=[(64, 128), (128, 256)], dtype=list(DTYPES), layout=["nchw", "nhwc"])
+#: Workloads reported at :data:`CITYSCAPES` only in CI (a converted mmseg PSPHead: PSPNet's 60x60
+#: and 90x90 maps are the official model's, whose head ``ppm`` / ``head`` cover).
+CITYSCAPES_ONLY = ("psphead",)
 
 
 def add_arguments(parser) -> None:
@@ -35,21 +41,33 @@ def add_arguments(parser) -> None:
     group.add_argument("--layout", nargs="+", choices=["nchw", "nhwc"], default=["nchw"])
     group.add_argument(
         "--ci", action="store_true",
-        help="the CI matrix: N 1 8 16, 60x60 and 90x90, bf16/fp16/fp32, nchw and nhwc",
+        help="the CI matrix: N 1 8 16 at 60x60 and 90x90, N 1 8 at 64x128 and 128x256, "
+        "bf16/fp16/fp32, nchw and nhwc",
     )  # fmt: skip
     group.add_argument("--rows", action="store_true", help="print every launch's row")
     group.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     group.add_argument("--warn-only", action="store_true", help="print the findings but exit 0")
 
 
-def _shapes(args) -> list[Shape]:
-    if args.ci:
-        n, hw, dtypes, layouts = (CI_MATRIX[k] for k in ("n", "hw", "dtype", "layout"))
-    else:
-        n, hw, dtypes, layouts = args.n, args.hw or [(60, 60)], args.dtype, args.layout
+def _matrix(c, n, hw, dtypes, layouts) -> list[Shape]:
     return [
-        Shape(b, args.c, h, w, DTYPES[d], layout)
+        Shape(b, c, h, w, DTYPES[d], layout)
         for b, (h, w), d, layout in itertools.product(n, hw, dtypes, layouts)
+    ]
+
+
+def _cases(args, workloads) -> list[tuple[str, Shape]]:
+    """The ``(workload, shape)`` pairs to report: the CI matrices with ``--ci`` (every workload
+    at :data:`CITYSCAPES`, all but ``psphead``, mmseg's Cityscapes head, at :data:`CI_MATRIX`),
+    else every workload at the shapes the options give."""
+    if not args.ci:
+        shapes = _matrix(args.c, args.n, args.hw or [(60, 60)], args.dtype, args.layout)
+        return [(w, s) for w in workloads for s in shapes]
+    keys = ("n", "hw", "dtype", "layout")
+    psp = _matrix(args.c, *(CI_MATRIX[k] for k in keys))
+    city = _matrix(args.c, *(CITYSCAPES[k] for k in keys))
+    return [(w, s) for w in workloads if w not in CITYSCAPES_ONLY for s in psp] + [
+        (w, s) for w in workloads for s in city
     ]
 
 
@@ -70,8 +88,9 @@ def _summary(findings: list[str]) -> list[str]:
 def run(args) -> int:
     start = time.perf_counter()
     workloads = list(WORKLOADS) if "all" in args.workload else args.workload
-    shapes = _shapes(args)
-    rep = report.build(workloads, shapes, archs=tuple(args.arch), jobs=args.jobs)
+    cases = _cases(args, workloads)
+    shapes = list(dict.fromkeys(s for _, s in cases))
+    rep = report.build(workloads, shapes, archs=tuple(args.arch), jobs=args.jobs, cases=cases)
     if args.rows or len(shapes) <= 4:
         print(report.format_rows(rep.rows))
         print()

@@ -128,20 +128,22 @@ def _analyse_all(sources: dict, jobs: int) -> dict:
     return {k: dict(r, arch=sources[k]["arch"]) for k, r in zip(keys, results)}
 
 
-def build(workloads, shapes, archs=(80, 90), jobs: int = 2) -> Report:
-    """The report of ``workloads`` x ``shapes`` compiled for ``archs``."""
+def build(workloads, shapes, archs=(80, 90), jobs: int = 2, cases=None) -> Report:
+    """The report of ``workloads`` x ``shapes`` (or of the ``(workload, shape)`` pairs
+    ``cases``) compiled for ``archs``."""
     models = _traffic_models()
     recorded = []  # (workload, shape, arch, launch, source key)
     sources = {}
-    for workload in workloads:
-        for shape in shapes:
-            for arch in archs:
-                sms = cost.GPUS[ARCH_GPUS[arch][0]].sms
-                for launch in record_workload(workload, shape, sms, arch):
-                    src = machine.jit_source(launch, arch)
-                    key = machine.source_key(src)
-                    sources.setdefault(key, src)
-                    recorded.append((workload, shape, arch, launch, key))
+    if cases is None:
+        cases = [(w, s) for w in workloads for s in shapes]
+    for workload, shape in cases:
+        for arch in archs:
+            sms = cost.GPUS[ARCH_GPUS[arch][0]].sms
+            for launch in record_workload(workload, shape, sms, arch):
+                src = machine.jit_source(launch, arch)
+                key = machine.source_key(src)
+                sources.setdefault(key, src)
+                recorded.append((workload, shape, arch, launch, key))
     analysed = _analyse_all(sources, jobs)
 
     rows, totals = [], []

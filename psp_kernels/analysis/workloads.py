@@ -12,6 +12,14 @@ Each is written with ``psp_kernels``' own public ops, as ``pspnet`` calls them (
 * ``head``: the concat-free head conv (``psp_kernels.split_concat_conv`` +
   ``psp_kernels.shifted_upsample_add``, what ``psp_kernels.concat_free_conv`` runs for the default
   model's classifier conv over the PPM), forward and backward;
+* ``head-xlast``: the same with ``x`` last in the concat (mmseg's ICNet): only the weight slices
+  move, so it launches what ``head`` launches;
+* ``head-1x1``: the one-tap form of a 1x1 conv after the concat (smp's PSPNet decoder, x last,
+  ``align_corners=True``), forward and backward;
+* ``psphead``: a converted mmseg ``PSPHead`` (``pspnet.convert_ppm``) in eval, under
+  ``torch.no_grad()``: kernel 1 with the branches' BatchNorm and ReLU folded, then the
+  concat-free 3x3 bottleneck with ``align_corners=False`` (its Triton launches; the ``x``-half
+  conv is cuDNN's);
 * ``loss``: the training loss of PSPNet's main head, ``psp_kernels.upsample_cross_entropy`` of
   ``LOSS_CLASSES`` stride-8 logits of the map's size against int64 labels of the crop's size
   ``(h - 1) * 8 + 1`` (60 -> 473, 90 -> 713), with the prediction, forward and backward.
@@ -32,7 +40,7 @@ import psp_kernels
 
 from .record import Recorder, recording
 
-WORKLOADS = ("ppm", "ppm-train", "head", "loss")
+WORKLOADS = ("ppm", "ppm-train", "head", "head-xlast", "head-1x1", "psphead", "loss")
 HEAD_OUT = 512
 #: ADE20K's classes: the loss workload's logits channels (the shape's ``c`` is the PPM's).
 LOSS_CLASSES = 150
@@ -83,6 +91,15 @@ def _ppm_params(s: Shape, train: bool):
     return weights, scale, shift
 
 
+def _train_norm(y, gamma, beta):
+    """A branch's BatchNorm in training; a single value per channel (batch 1, bin 1) is
+    normalised with running statistics, as ``pspnet.PPM`` does."""
+    if y.shape[0] * y.shape[2] * y.shape[3] > 1:
+        return F.batch_norm(y, None, None, gamma, beta, training=True)
+    stats = torch.empty(y.shape[1], device=y.device, dtype=y.dtype)
+    return F.batch_norm(y, stats, stats, gamma, beta, training=False)
+
+
 def _ppm(s: Shape, train: bool, rec: Recorder) -> None:
     x = _x(s, requires_grad=train)
     weights, scale, shift = _ppm_params(s, train)
@@ -94,10 +111,7 @@ def _ppm(s: Shape, train: bool, rec: Recorder) -> None:
         return
     with rec.step("PPM train forward"):
         ys = psp_kernels.pyramid_pool_conv(x, weights, s.bins)
-        ys = [
-            F.relu(F.batch_norm(y, None, None, gamma, beta, training=True))
-            for y, gamma, beta in zip(ys, scale, shift)
-        ]
+        ys = [F.relu(_train_norm(y, gamma, beta)) for y, gamma, beta in zip(ys, scale, shift)]
         out = psp_kernels.upsample_concat(x, ys, align_corners=True)
     with rec.step("PPM train backward"):
         out.backward(torch.empty_like(out))
@@ -111,17 +125,19 @@ def _cudnn_like_conv2d(inp, *args, **kwargs):
     return F.conv2d(inp, *args, **kwargs).contiguous(memory_format=fmt)
 
 
-def _head(s: Shape, rec: Recorder) -> None:
+def _head(s: Shape, rec: Recorder, k: int = 3, x_last: bool = False) -> None:
     x = _x(s, requires_grad=True)
     branches = [
         torch.empty(s.n, s.r, b, b, device="meta", dtype=s.dtype, requires_grad=True)
         for b in s.bins
     ]
     weight = torch.empty(
-        HEAD_OUT, s.c + s.r * len(s.bins), 3, 3, device="meta", dtype=s.dtype, requires_grad=True
+        HEAD_OUT, s.c + s.r * len(s.bins), k, k, device="meta", dtype=s.dtype, requires_grad=True
     )
     with rec.step("head forward"):
-        base, maps = psp_kernels.split_concat_conv(x, branches, weight, conv2d=_cudnn_like_conv2d)
+        base, maps = psp_kernels.split_concat_conv(
+            x, branches, weight, conv2d=_cudnn_like_conv2d, x_last=x_last
+        )
         out = psp_kernels.shifted_upsample_add(base, maps, align_corners=True)
     with rec.step("head backward"):
         out.backward(torch.empty_like(out))
@@ -146,16 +162,29 @@ def _loss(s: Shape, rec: Recorder) -> None:
         loss.backward()
 
 
+def _psphead(s: Shape, rec: Recorder) -> None:
+    x = _x(s, requires_grad=False)
+    weights, scale, shift = _ppm_params(s, train=False)
+    weight = torch.empty(HEAD_OUT, s.c + s.r * len(s.bins), 3, 3, device="meta", dtype=s.dtype)
+    with torch.no_grad(), rec.step("PSPHead eval forward"):
+        ys = psp_kernels.pyramid_pool_conv(x, weights, s.bins, scale=scale, shift=shift, relu=True)
+        base, maps = psp_kernels.split_concat_conv(x, ys, weight, conv2d=_cudnn_like_conv2d)
+        psp_kernels.shifted_upsample_add(base, maps, align_corners=False)
+
+
 def record_workload(workload: str, shape: Shape, num_sms: int, arch: int = 90):
     """The launches of ``workload`` at ``shape`` on a GPU with ``num_sms`` SMs of compute
     capability ``arch``."""
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")
     with recording(num_sms, arch) as rec:
-        if workload == "head":
-            _head(shape, rec)
+        if workload == "psphead":
+            _psphead(shape, rec)
         elif workload == "loss":
             _loss(shape, rec)
+        elif workload.startswith("head"):
+            _head(shape, rec, k=1 if workload == "head-1x1" else 3,
+                  x_last=workload in ("head-xlast", "head-1x1"))  # fmt: skip
         else:
             _ppm(shape, workload == "ppm-train", rec)
     return rec.launches
@@ -175,9 +204,9 @@ def ideal_bytes(workload: str, s: Shape) -> int:
         forward = x + weights + out + pooled
         backward = out + weights + pooled + x + weights  # read grad, weights, pooled; write dx, dW
         return forward + backward
-    if workload == "head":
-        base = s.n * HEAD_OUT * hw * e
-        maps = s.n * 9 * HEAD_OUT * s.cells * e
+    base = s.n * HEAD_OUT * hw * e
+    if workload.startswith("head"):
+        maps = s.n * (1 if workload == "head-1x1" else 9) * HEAD_OUT * s.cells * e
         return (base + maps + base) + (base + maps)  # forward; backward (d base is grad itself)
     if workload == "loss":
         logits = s.n * LOSS_CLASSES * hw * e
@@ -186,4 +215,8 @@ def ideal_bytes(workload: str, s: Shape) -> int:
         # forward: read logits and labels, write the logsumexp (saved) and the prediction;
         # backward: read logits, labels and the logsumexp, write the logits' gradient
         return (logits + labels + lse + pred) + (logits + labels + lse + logits)
+    if workload == "psphead":
+        ys = s.n * s.cells * s.r * e
+        maps = s.n * 9 * HEAD_OUT * s.cells * e
+        return (x + weights + ys) + (base + maps + base)  # kernel 1; the head op
     raise ValueError(f"workload must be one of {WORKLOADS}, got {workload!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import triton
 
@@ -25,6 +27,21 @@ from .kernels import (
 #: width for every pyramid that fits (PSPNet's 1, 2, 3, 6 has K = J = 36): a single compiled
 #: configuration per dtype; the zero columns cost nothing measurable.
 MAX_K = 64
+#: The tile width of the one-tap form (a 1x1 conv after the concat: no shifts, ``K = sum(h_b)``,
+#: 12 for bins 1, 2, 3, 6) when its pyramid fits, per dtype class: a quarter (16-bit) or a
+#: sixteenth (float32) of the three-tap form's dot work. From the workload report: 16-wide
+#: 16-bit NCHW backward tiles spill on sm_90, 32-wide float32 channels_last ones on sm_80.
+#: Larger one-tap pyramids take :data:`MAX_K`.
+ONE_TAP_K = {"16bit": 32, "fp32": 16}
+
+
+def tile_width(taps: int, k: int, j: int, dtype: torch.dtype = torch.float32) -> int:
+    """``K_PAD`` (= ``J_PAD``) of a pyramid with ``taps`` (9 or 1) taps whose dense tile has
+    ``k`` rows and ``j`` columns (at most :data:`MAX_K`), for inputs of ``dtype``."""
+    width = ONE_TAP_K[tile_class(dtype)]
+    return width if taps == 1 and max(k, j) <= width else MAX_K
+
+
 #: Tiles and warps per direction, dtype class ("16bit", "fp32") and layout ("nchw", "nhwc"):
 #: ``BLOCK_O`` channels per program (the forward always takes 4), ``BLOCK_H`` rows per step,
 #: ``BLOCK_W`` columns per program (forward) or per step (backward), warps. Chosen from the
@@ -101,20 +118,24 @@ def plane_tiles(
     return tiles
 
 
-def meta(dtype: torch.dtype, total: int, direction: str = "fwd", layout: str = "nchw") -> dict:
+def meta(
+    dtype: torch.dtype, total: int, direction: str = "fwd", layout: str = "nchw", width: int = MAX_K
+) -> dict:
     """Constexprs and launch options of the ``direction`` ("fwd" / "bwd" / "bwd_plane") kernel for inputs of
-    ``dtype`` in ``layout`` ("nchw" / "nhwc"), ``total`` packed values per channel."""
+    ``dtype`` in ``layout`` ("nchw" / "nhwc"), ``total`` packed values per channel, tiles of
+    ``width`` (:func:`tile_width`) rows and columns."""
     table = {"fwd": FWD, "bwd": BWD, "bwd_plane": BWD_PLANE}[direction]
     tiles = table[tile_class(dtype), layout]
     return dict(
-        tiles, K_PAD=MAX_K, J_PAD=MAX_K, T_PAD=next_power_of_2(total + 1),
+        tiles, K_PAD=width, J_PAD=width, T_PAD=next_power_of_2(total + 1),
         PRECISION=dot_precision(dtype), ACC=tl_acc_dtype(dtype),
     )  # fmt: skip
 
 
 def aot_specs() -> list[AotSpec]:
-    """Every configuration the launcher can pick for PSPNet's pyramid (450 packed values per
-    channel: T_PAD = 512), one per dtype, for compile_check."""
+    """Every configuration the launcher can pick for PSPNet's pyramid, one per dtype: the 3x3 form
+    (450 packed values per channel: T_PAD = 512) and the one-tap form (50: T_PAD = 64, tiles of
+    :data:`ONE_TAP_K`), for compile_check."""
     specs = []
     for dtype in GPU_DTYPES:
         ty = TRITON_DTYPE[dtype]
@@ -126,21 +147,24 @@ def aot_specs() -> list[AotSpec]:
                    ("bn", "bo", "bh", "bw", "vn", "vo", "on", "oo", "oh", "ow")})  # fmt: skip
         bwd = dict(common, grad_ptr=f"*{ty}", dv_ptr=f"*{ty}", cidx_ptr="*i32",
                    **{f"stride_{k}": i32 for k in ("gn", "go", "gh", "gw", "dvn", "dvo")})  # fmt: skip
-        for layout in ("nchw", "nhwc"):
+        for layout, (form, total, width) in itertools.product(
+            ("nchw", "nhwc"), (("", 450, MAX_K), ("1tap,", 50, ONE_TAP_K[tile_class(dtype)]))
+        ):
             divs = dict(V_DIV=1, W_DIV=1, CHANNELS_FAST=layout == "nhwc")
-            fwd_c = dict(meta(dtype, 450, "fwd", layout), BN_DIV=1, BO_DIV=1, BH_DIV=1,
+            fwd_c = dict(meta(dtype, total, "fwd", layout, width), BN_DIV=1, BO_DIV=1, BH_DIV=1,
                          ON_DIV=1, OO_DIV=1, OH_DIV=1, **divs)  # fmt: skip
-            bwd_c = dict(meta(dtype, 450, "bwd", layout), GN_DIV=1, GO_DIV=1, GH_DIV=1, **divs)
+            bwd_c = dict(meta(dtype, total, "bwd", layout, width), GN_DIV=1, GO_DIV=1, GH_DIV=1,
+                         **divs)  # fmt: skip
             variants = [("fwd", _shifted_upsample_add_fwd_kernel, fwd, fwd_c),
                         ("bwd", _shifted_upsample_add_bwd_kernel, bwd, bwd_c)]  # fmt: skip
             if (tile_class(dtype), layout) in BWD_PLANE:
-                plane_c = dict(meta(dtype, 450, "bwd_plane", layout), GN_DIV=1, GO_DIV=1,
-                               GH_DIV=1, **divs)  # fmt: skip
+                plane_c = dict(meta(dtype, total, "bwd_plane", layout, width), GN_DIV=1,
+                               GO_DIV=1, GH_DIV=1, **divs)  # fmt: skip
                 variants.append(("bwd_plane", _shifted_upsample_add_bwd_plane_kernel,
                                  dict(bwd, GROUPS=i32), plane_c))  # fmt: skip
             for label, kernel, sig, c in variants:
                 num_warps, num_stages = c.pop("num_warps"), c.pop("num_stages", 3)
-                specs.append(AotSpec(f"shifted_upsample_add_{label}[{ty},{layout}]", kernel, sig,
+                specs.append(AotSpec(f"shifted_upsample_add_{label}[{form}{ty},{layout}]", kernel, sig,
                                      c, num_warps=num_warps, num_stages=num_stages))  # fmt: skip
     return specs
 

@@ -1,13 +1,17 @@
-"""The concat-free convolution: ``conv3x3(cat([x, up(y_1), ..., up(y_B)]), W)`` without the concat.
+"""The concat-free convolution: ``conv(cat([x, up(y_1), ..., up(y_B)]), W)`` without the concat.
 
-Convolution is linear, so the conv over the concat splits into the real 3x3 conv of ``x`` with
-its weight slice ``W_x`` (the only full-resolution work), plus, per branch ``b`` and tap
+Convolution is linear, so the conv over the concat splits into the real conv of ``x`` with its
+weight slice ``W_x`` (the only full-resolution work), plus, per branch ``b`` and tap
 ``(di, dj)``, the 1x1 product of that tap's weight slice with ``y_b`` at the branch's own
 ``b x b`` resolution, upsampled and shifted by the tap (zero outside the map: exactly the conv's
-zero padding). :func:`~psp_kernels.shifted_upsample_add` adds those nine shifted upsamplings per
+zero padding). :func:`~psp_kernels.shifted_upsample_add` adds those shifted upsamplings per
 branch to the ``x`` half in one pass over the output. The result is the same function (float64
 agrees to ~1e-13), with the pyramid half of the conv's FLOPs gone and no ``C + sum R`` channel
 tensor built or saved for backward.
+
+The conv is a 3x3 (padding 1: nine taps) or a 1x1 (the one-tap form: no shifts, a ninth of the
+low-resolution work), and ``x`` comes first in the concat (PSPNet, UPerNet) or last
+(``cat([up(y_1), ..., x])``: only the weight slices move).
 """
 
 from __future__ import annotations
@@ -17,9 +21,20 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..._validate import check_concat_conv, check_upsample_concat
 from .op import shifted_upsample_add
 
-__all__ = ["concat_free_conv", "split_concat_conv"]
+__all__ = ["concat_free_conv", "split_concat_conv", "concat_free_pays"]
+
+
+def _slices(c: int, rs: Sequence[int], x_last: bool) -> tuple[slice, list[slice]]:
+    """The weight's input-channel slice of ``x`` and of every branch."""
+    start = 0 if x_last else c
+    branch = []
+    for r in rs:
+        branch.append(slice(start, start + r))
+        start += r
+    return (slice(start, start + c) if x_last else slice(0, c)), branch
 
 
 def split_concat_conv(
@@ -28,49 +43,78 @@ def split_concat_conv(
     weight: torch.Tensor,
     *,
     conv2d: Callable[..., torch.Tensor] = F.conv2d,
+    x_last: bool = False,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The two halves of ``conv3x3(cat([x] + [up(y) for y in branches]), weight, padding=1)``.
+    """The two halves of ``conv2d(cat, weight, bias, padding=k // 2)`` over
+    ``cat = [x, up(y_1), ...]`` (or ``[up(y_1), ..., x]`` with ``x_last``), ``k`` 3 or 1.
 
-    Returns ``(base, maps)``: ``base = conv2d(x, weight[:, :C], padding=1)`` at full resolution,
+    Returns ``(base, maps)``: ``base = conv2d(x, W_x, bias, padding=k // 2)`` at full resolution,
     and per branch ``y`` of ``R`` channels the ``(N, 9, O, h, w)`` products of its nine tap
-    slices with ``y`` (tap ``t = 3 * (di + 1) + (dj + 1)``), the ``maps`` that
-    :func:`~psp_kernels.shifted_upsample_add` takes. ``conv2d`` computes the full-resolution
-    half (``F.conv2d`` by default; a caller may pass another implementation of it).
+    slices with ``y`` (tap ``t = 3 * (di + 1) + (dj + 1)``), or for a 1x1 conv the one-tap
+    ``(N, 1, O, h, w)`` product: the ``maps`` that :func:`~psp_kernels.shifted_upsample_add`
+    takes. ``conv2d`` computes the full-resolution half (``F.conv2d`` by default; a caller may
+    pass another implementation of it). Raises ``ValueError`` when ``weight`` does not fit.
     """
+    branches = check_upsample_concat(x, branches)
+    k = check_concat_conv(x, branches, weight, bias)
     n, c = x.shape[:2]
-    o = weight.shape[0]
-    expected = c + sum(y.shape[1] for y in branches)
-    if weight.dim() != 4 or weight.shape[1] != expected or tuple(weight.shape[2:]) != (3, 3):
-        raise ValueError(
-            f"weight must have shape (O, {expected}, 3, 3) for x with {c} channels and branches "
-            f"with {expected - c}, got {tuple(weight.shape)}"
-        )
-    base = conv2d(x, weight[:, :c], padding=1)
+    o, taps = weight.shape[0], k * k
+    x_slice, branch_slices = _slices(c, [y.shape[1] for y in branches], x_last)
+    base = conv2d(x, weight[:, x_slice], bias, padding=k // 2)
     maps = []
-    start = c
-    for y in branches:
+    for y, cols in zip(branches, branch_slices):
         r = y.shape[1]
-        # (O, R, 3, 3) -> (9 * O, R, 1, 1): tap t = 3 * (di + 1) + (dj + 1) -> channel block t
-        taps = weight[:, start : start + r].permute(2, 3, 0, 1).reshape(9 * o, r, 1, 1)
-        maps.append(F.conv2d(y, taps).view(n, 9, o, y.shape[-2], y.shape[-1]))
-        start += r
+        # (O, R, k, k) -> (k * k * O, R, 1, 1): tap t = 3 * (di + 1) + (dj + 1) -> block t
+        w_taps = weight[:, cols].permute(2, 3, 0, 1).reshape(taps * o, r, 1, 1)
+        maps.append(F.conv2d(y, w_taps.to(y.dtype)).view(n, taps, o, y.shape[-2], y.shape[-1]))
     return base, maps
 
 
-def concat_free_conv(x, branches, weight, *, align_corners=True, backend="auto"):
-    """Return ``F.conv2d(cat([x] + [up(y) for y in branches], 1), weight, padding=1)``, concat-free.
+def concat_free_conv(
+    x, branches, weight, *, align_corners=True, backend="auto", x_last=False, bias=None
+):
+    """Return ``F.conv2d(cat, weight, bias, padding=k // 2)`` over the concat, concat-free.
+
+    ``cat = [x, up(y_1), ..., up(y_B)]``, or ``[up(y_1), ..., up(y_B), x]`` with ``x_last``
+    (``psp_kernels.reference.concat_free_conv`` is the definition with the concat).
 
     Args:
-        x: ``(N, C, H, W)`` feature map (the first ``C`` input channels of the conv).
+        x: ``(N, C, H, W)`` feature map.
         branches: low-resolution maps ``(N, R_i, h_i, w_i)``, upsampled bilinearly to ``H x W``
             (with ``align_corners``) in the concat; here they are never upsampled channel-wise.
-        weight: ``(O, C + sum R_i, 3, 3)``, the bias-free 3x3 conv weight (stride 1, padding 1).
+        weight: ``(O, C + sum R_i, 3, 3)`` (stride 1, padding 1) or ``(O, C + sum R_i, 1, 1)``
+            (the one-tap form).
+        x_last: ``x`` is the last block of the concat's channels instead of the first.
+        bias: optional ``(O,)`` bias of the conv.
         backend: passed to :func:`~psp_kernels.shifted_upsample_add`.
 
-    Differentiable in ``x``, every branch and ``weight``; raises ``ValueError`` when ``weight``
-    does not fit ``x`` and ``branches``.
+    Differentiable in ``x``, every branch, ``weight`` and ``bias``; raises ``ValueError`` when
+    ``weight`` does not fit ``x`` and ``branches``.
     """
-    base, maps = split_concat_conv(x, branches, weight)
+    base, maps = split_concat_conv(x, branches, weight, x_last=x_last, bias=bias)
     if not maps:
         return base
     return shifted_upsample_add(base, maps, align_corners=align_corners, backend=backend)
+
+
+def concat_free_pays(x, branches, weight) -> bool:
+    """Whether :func:`concat_free_conv` needs fewer multiply-adds than the conv over the concat.
+
+    Per output channel, the concat's pyramid half costs ``H W k^2 sum R_i``; the concat-free
+    form costs its low-resolution products ``k^2 sum R_i h_i w_i`` plus the upsample-add's two
+    small products (``s`` taps per axis, ``s = k``): ``sum s^2 h_i w_i W`` and
+    ``H W s sum h_i``. The concat-free form wins by orders of magnitude on maps larger than the
+    pyramid; on a map smaller than the largest bin (a 1/32 map of a small image) the plain
+    concat can be cheaper. Only shapes are read.
+    """
+    height, width = x.shape[-2:]
+    k = weight.shape[-1]
+    s = 3 if k == 3 else 1
+    concat = height * width * k * k * sum(y.shape[1] for y in branches)
+    free = sum(
+        k * k * y.shape[1] * y.shape[-2] * y.shape[-1] + s * s * y.shape[-2] * y.shape[-1] * width
+        for y in branches
+    )
+    free += height * width * s * sum(y.shape[-2] for y in branches)
+    return free < concat

@@ -11,6 +11,10 @@ so per sample and channel the whole pyramid part is one small product ``Ahat (H 
 with ``K = 3 * sum(h_b)`` (36 for bins 1, 2, 3, 6) and ``M = sum_dj V_dj (S_dj B)^T``. The Triton
 kernels build ``M`` (forward) and the interpolation tiles on the fly from tap tables, so the
 512-channel output is read and written once and the 4096-channel concat never exists.
+
+The one-tap form (a 1x1 conv after the concat: maps ``(N, 1, O, h, w)``, no shifts) runs the same
+kernels on other tables: ``ahat = [A_b]``, ``bhat = [B_b]``, ``K = sum(h_b)`` (12 for bins 1, 2,
+3, 6) in narrower tiles (``K_PAD``, ``J_PAD``, ``T_PAD`` are constexprs; see ``configs``).
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from ..utils import (
     compute_arch,
     device_guard,
     gpu_tiles,
-    next_power_of_2,
     num_sms,
     pow2_divisor,
 )
@@ -27,61 +26,35 @@ from .kernels import (
     _shifted_upsample_add_bwd_plane_kernel,
     _shifted_upsample_add_fwd_kernel,
 )
-from .separable import pyramid_matrices
+from .separable import dense_tables
 
 __all__ = ["map_sizes", "kernel_limit", "launch_forward", "launch_backward"]
 
 
 @functools.lru_cache(maxsize=128)
-def _tables_cpu(height, width, sizes, align_corners, dtype):
-    """Dense padded ``ahat``/``bhat``, the int32 gather tables and the packed size per channel.
-
-    Packed value ``offset_b + (3 * di + dj) * h * w + bi * w + bj`` (tap ``(di, dj)``, 0-based,
-    of map ``b``) belongs to row ``k = (b, di, bi)`` and column ``j = (b, dj, bj)`` of the dense
-    block-diagonal tile. ``gidx[k * J_PAD + j]``: its packed index (or the always-zero padding
-    slot ``T_PAD - 1``); ``cidx[t]``: the tile position ``k * J_PAD + j`` of packed value ``t``.
-    """
-    total = sum(9 * h * w for h, w in sizes)
-    t_pad = next_power_of_2(total + 1)
-    gidx = torch.full((configs.MAX_K, configs.MAX_K), t_pad - 1, dtype=torch.int32)
-    cidx = torch.zeros(t_pad, dtype=torch.int32)
-    offset = k0 = j0 = 0
-    for h, w in sizes:
-        for di in range(3):
-            for bi in range(h):
-                for dj in range(3):
-                    for bj in range(w):
-                        t = offset + (3 * di + dj) * h * w + bi * w + bj
-                        k, j = k0 + di * h + bi, j0 + dj * w + bj
-                        gidx[k, j] = t
-                        cidx[t] = k * configs.MAX_K + j
-        offset += 9 * h * w
-        k0 += 3 * h
-        j0 += 3 * w
-    ahat, bhat = pyramid_matrices(height, width, sizes, align_corners, dtype)
-    k, j = ahat.shape[1], bhat.shape[1]
-    ahat = torch.nn.functional.pad(ahat, (0, configs.MAX_K - k)).contiguous()
-    bhat = torch.nn.functional.pad(bhat, (0, configs.MAX_K - j)).contiguous()
-    return ahat, bhat, gidx.reshape(-1), cidx, total
-
-
-@functools.lru_cache(maxsize=128)
-def _tables(height, width, sizes, align_corners, dtype, device):
-    *tensors, total = _tables_cpu(height, width, sizes, align_corners, dtype)
+def _tables(height, width, sizes, align_corners, dtype, device, taps=9, pad=configs.MAX_K):
+    *tensors, total = dense_tables(height, width, sizes, align_corners, dtype, taps, pad)
     return (*(t.to(device) for t in tensors), total)
+
+
+def _tile_width(sizes, taps: int, dtype: torch.dtype) -> int:
+    s = 3 if taps == 9 else 1
+    k, j = s * sum(h for h, _ in sizes), s * sum(w for _, w in sizes)
+    return configs.tile_width(taps, k, j, dtype)
 
 
 def map_sizes(maps) -> tuple:
     return tuple((int(m.shape[-2]), int(m.shape[-1])) for m in maps)
 
 
-def kernel_limit(sizes) -> str | None:
+def kernel_limit(sizes, taps: int = 9) -> str | None:
     """Why maps of these ``(h, w)`` sizes exceed the kernels' single K/J tile, else ``None``."""
-    k, j = 3 * sum(h for h, _ in sizes), 3 * sum(w for _, w in sizes)
+    s = 3 if taps == 9 else 1
+    k, j = s * sum(h for h, _ in sizes), s * sum(w for _, w in sizes)
     if k <= configs.MAX_K and j <= configs.MAX_K:
         return None
     return (
-        f"maps of sizes {sizes} exceed the kernel's tile (3 * sum(h) and 3 * sum(w) must be "
+        f"maps of sizes {sizes} exceed the kernel's tile ({s} * sum(h) and {s} * sum(w) must be "
         f"<= {configs.MAX_K})"
     )
 
@@ -120,12 +93,14 @@ def _layout(t: torch.Tensor) -> str:
 
 def launch_forward(base, maps, align_corners):
     n, o, height, width = base.shape
+    taps, sizes = maps[0].shape[1], map_sizes(maps)
+    pad = _tile_width(sizes, taps, base.dtype)
     ahat, bhat, gidx, _, total = _tables(
-        height, width, map_sizes(maps), align_corners, acc_dtype(base.dtype), base.device
+        height, width, sizes, align_corners, acc_dtype(base.dtype), base.device, taps, pad
     )
     v = _pack(maps, total)
     out = torch.empty_like(base)
-    meta = configs.meta(base.dtype, total, "fwd", _layout(base))
+    meta = configs.meta(base.dtype, total, "fwd", _layout(base), pad)
     num_o_blocks = triton.cdiv(o, 4)
     num_w_blocks = triton.cdiv(width, meta["BLOCK_W"])
     hints = dict(_hints(base, "B"), **_hints(out, "O"), CHANNELS_FAST=_channels_fast(base))
@@ -142,17 +117,18 @@ def launch_forward(base, maps, align_corners):
     return out
 
 
-def launch_backward(grad, sizes, align_corners):
+def launch_backward(grad, sizes, align_corners, taps=9):
     n, o, height, width = grad.shape
+    pad = _tile_width(sizes, taps, grad.dtype)
     ahat, bhat, _, cidx, total = _tables(
-        height, width, sizes, align_corners, acc_dtype(grad.dtype), grad.device
+        height, width, sizes, align_corners, acc_dtype(grad.dtype), grad.device, taps, pad
     )
     dv = torch.empty(n, o, _packed_width(total), dtype=grad.dtype, device=grad.device)
     layout = _layout(grad)
     gpu = gpu_tiles()
     arch = compute_arch(grad.device) if gpu else None
     plane = configs.plane_tiles(grad.dtype, layout, height, width, arch)
-    meta = configs.meta(grad.dtype, total, "bwd" if plane is None else "bwd_plane", layout)
+    meta = configs.meta(grad.dtype, total, "bwd" if plane is None else "bwd_plane", layout, pad)
     num_o_blocks = triton.cdiv(o, meta["BLOCK_O"])
     hints = dict(_hints(grad, "G"), CHANNELS_FAST=_channels_fast(grad))
     args = (
@@ -176,7 +152,7 @@ def launch_backward(grad, sizes, align_corners):
             )  # fmt: skip
     grads, start = [], 0
     for h, w in sizes:
-        size = 9 * h * w
-        grads.append(dv[:, :, start : start + size].reshape(n, o, 9, h, w).transpose(1, 2))
+        size = taps * h * w
+        grads.append(dv[:, :, start : start + size].reshape(n, o, taps, h, w).transpose(1, 2))
         start += size
     return grads

@@ -25,29 +25,32 @@ def _(base, maps, align_corners):
 
 
 @custom_op("psp_kernels::shifted_upsample_add_bwd")
-def _bwd_op(grad: torch.Tensor, sizes: list[int], align_corners: bool) -> list[torch.Tensor]:
+def _bwd_op(
+    grad: torch.Tensor, sizes: list[int], align_corners: bool, taps: int
+) -> list[torch.Tensor]:
     pairs = tuple(zip(sizes[0::2], sizes[1::2]))
     # the gradients are views of one packed buffer: outputs of a custom op may not alias
     return [
         g.clone(memory_format=torch.contiguous_format)
-        for g in launch_backward(grad, pairs, align_corners)
+        for g in launch_backward(grad, pairs, align_corners, taps)
     ]
 
 
 @register_fake(_bwd_op)
-def _(grad, sizes, align_corners):
+def _(grad, sizes, align_corners, taps):
     n, o = grad.shape[:2]
-    return [grad.new_empty(n, 9, o, h, w) for h, w in zip(sizes[0::2], sizes[1::2])]
+    return [grad.new_empty(n, taps, o, h, w) for h, w in zip(sizes[0::2], sizes[1::2])]
 
 
 def _setup_context(ctx, inputs, output):
     _, maps, align_corners = inputs
     ctx.sizes = [s for m in maps for s in m.shape[-2:]]
     ctx.align_corners = align_corners
+    ctx.taps = maps[0].shape[1]
 
 
 def _backward(ctx, grad):
-    grad_maps = _bwd_op(grad, ctx.sizes, ctx.align_corners)
+    grad_maps = _bwd_op(grad, ctx.sizes, ctx.align_corners, ctx.taps)
     return grad, grad_maps, None
 
 
@@ -60,7 +63,9 @@ def shifted_upsample_add(base, maps, *, align_corners=True, backend="auto"):
     Args:
         base: ``(N, O, H, W)``, typically the ``x``-half of the head's 3x3 convolution.
         maps: tensors ``(N, 9, O, h_i, w_i)``: tap ``t = 3 * (di + 1) + (dj + 1)`` of map ``i`` is
-            the head conv's tap-``t`` weight slice applied (1x1) to pyramid branch ``i``.
+            the head conv's tap-``t`` weight slice applied (1x1) to pyramid branch ``i``. Or the
+            one-tap form, every map ``(N, 1, O, h_i, w_i)`` (a 1x1 conv after the concat): each
+            map upsampled and added, with no shifts (a ninth of the taps, smaller tiles).
         align_corners: bilinear mode of the upsampling.
         backend: ``"auto"`` (Triton on CUDA or under the interpreter, otherwise the separable
             PyTorch path), ``"triton"`` or ``"reference"`` (the literal definition).
@@ -71,7 +76,7 @@ def shifted_upsample_add(base, maps, *, align_corners=True, backend="auto"):
     maps = check_shifted_upsample_add(base, maps)
     if backend == "reference":
         return reference.shifted_upsample_add(base, maps, align_corners=align_corners)
-    limit = kernel_limit(map_sizes(maps))
+    limit = kernel_limit(map_sizes(maps), maps[0].shape[1])
     if resolve_backend(backend, base, kernel_limit=limit) == "triton":
         return _fwd_op(base, list(maps), bool(align_corners))
     return separable_shifted_upsample_add(base, maps, align_corners)

@@ -1,0 +1,102 @@
+"""pspnet.convert_ppm without the third-party libraries: what it warns and logs about, and that
+pspnet neither needs nor imports mmseg, transformers or segmentation_models_pytorch."""
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import pspnet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_warns_when_nothing_is_recognised():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.warns(UserWarning, match="no pyramid pooling head") as record:
+        assert pspnet.convert_ppm(model) is model
+    message = str(record[0].message)
+    for looked_for in ("official semseg PPM", "mmseg PSPHead", "transformers UperNetHead",
+                       "smp PSPNet decoder"):  # fmt: skip
+        assert looked_for in message
+
+
+def test_bad_argument():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        pspnet.convert_ppm("model")
+
+
+class CsailPPM(nn.Module):
+    """CSAIL's layout: the conv, BatchNorm and ReLU run after the upsampling."""
+
+    def __init__(self, c=8, r=4, scales=(1, 2, 3, 6)):
+        super().__init__()
+        self.ppm_pooling = nn.ModuleList(nn.AdaptiveAvgPool2d(s) for s in scales)
+        self.ppm_conv = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, r, 1, bias=False), nn.BatchNorm2d(r), nn.ReLU())
+            for _ in scales
+        )
+
+    def forward(self, x):
+        size = x.shape[-2:]
+        ups = [
+            conv(F.interpolate(pool(x), size, mode="bilinear"))
+            for pool, conv in zip(self.ppm_pooling, self.ppm_conv, strict=True)
+        ]
+        return torch.cat([x] + ups, 1)
+
+
+def test_csail_layout_is_left_and_logged(caplog, recwarn):
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), CsailPPM())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="pspnet.convert"):
+        assert pspnet.convert_ppm(model) is model
+    assert "CSAIL" in caplog.text and "after the upsampling" in caplog.text
+    assert type(model[1]) is CsailPPM
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not [w for w in recwarn if "no pyramid pooling head" in str(w.message)]
+
+
+def test_already_fused_models_are_recognised(recwarn):
+    model = pspnet.TinyPSPNet(width=2)
+    assert pspnet.convert_ppm(model) is model
+    assert not [w for w in recwarn if "no pyramid pooling head" in str(w.message)]
+
+
+BLOCKED = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    BLOCKED = ("mmseg", "mmcv", "mmengine", "transformers", "segmentation_models_pytorch")
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import torch, pspnet
+    from pspnet.testing import OfficialPPM
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), OfficialPPM(8, 2, (1, 2, 3, 6)))
+    model = pspnet.convert_ppm(model).eval()
+    assert isinstance(model[1], pspnet.PPM)
+    model(torch.randn(1, 3, 9, 9))
+    loaded = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+    assert not loaded, loaded
+    print("ok")
+    """
+)
+
+
+def test_pspnet_works_without_the_libraries():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-c", BLOCKED], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
