@@ -13,7 +13,7 @@ from .kernels import _upsample_ce_bwd_kernel, _upsample_ce_fwd_kernel
 
 #: Source columns a backward program owns (wider logits split into column groups): it holds two
 #: ``BLOCK_K x COLUMNS`` gradient rows.
-COLUMNS = {"16bit": 32, "fp32": 64}
+COLUMNS = {"16bit": 16, "fp32": 64}
 #: Backward programs resident per SM with its tiles (registers): the row groups fill this.
 BWD_RESIDENT = {"16bit": 2, "fp32": 1}
 #: GPU tiles shared by both kernels (the work items and column windows): BLOCK_R output rows
