@@ -103,8 +103,7 @@ def test_narrow_targets(path, target_dtype, device):
     _check(path, z, t.to(target_dtype), None, 255, "mean", True)
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_gpu_tiles_under_interpreter(path, monkeypatch, device):
+def test_gpu_tiles_under_interpreter(monkeypatch, device):
     """The GPU tiles on CPU tensors: 16-class blocks (35 classes: a ragged third), 64-column
     tiles (150 columns: three, ragged), bands of 19 rows split into 8-row items, and the
     backward's three source-row groups (each walking the band before its rows)."""
