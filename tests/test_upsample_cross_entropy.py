@@ -325,6 +325,20 @@ def test_public_function_and_backends(device, monkeypatch):
             psp_kernels.upsample_cross_entropy(z, t, backend="triton")
 
 
+def test_autocast_computes_in_float32(device):
+    """Under autocast the loss is float32 (as PyTorch's cross-entropy): the stride-8 logits are
+    cast once, the gradient flows back in their own dtype."""
+    z = torch.randn(2, 5, 4, 4, device=device).to(torch.bfloat16).requires_grad_()
+    t = torch.randint(0, 5, (2, 25, 25), device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        loss = psp_kernels.upsample_cross_entropy(z, t)
+    assert loss.dtype == torch.float32
+    expected = reference.upsample_cross_entropy(z.detach().float(), t)
+    assert_close(loss, expected, "autocast loss")
+    (grad,) = torch.autograd.grad(loss, z)
+    assert grad.dtype == torch.bfloat16
+
+
 def test_labels_out_of_range(device):
     z = torch.randn(1, 3, 2, 2, device=device)
     t = torch.zeros(1, 5, 5, dtype=torch.long, device=device)

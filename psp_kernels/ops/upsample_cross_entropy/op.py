@@ -109,6 +109,10 @@ def _backward(ctx, grad, *_):
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+# Under autocast the loss is computed in float32, as PyTorch's cross-entropy is: float32 logits
+# (a copy at stride 8) and a float32 loss, which a GradScaler can scale without overflow.
+for _device in ("cuda", "cpu"):
+    torch.library.register_autocast(_fwd_op, _device, torch.float32)
 
 
 def upsample_cross_entropy(
@@ -145,7 +149,8 @@ def upsample_cross_entropy(
             PyTorch path), ``"triton"`` or ``"reference"`` (the materialised definition).
 
     Returns:
-        The loss (a 0-d tensor in the logits' dtype), or ``(loss, prediction)``. Differentiable
+        The loss (a 0-d tensor in the logits' dtype; float32 under autocast, like PyTorch's
+        cross-entropy), or ``(loss, prediction)``. Differentiable
         in ``logits``; deterministic. A counted label outside ``[0, K)`` raises ``ValueError`` on
         the PyTorch path and gives a ``nan`` loss in the kernels (a check would synchronise the
         GPU).
