@@ -7,15 +7,18 @@ Bilinear upsampling is separable: the upsampled logits of output rows ``[a, b)``
 rows along the columns once, ``Y = A_W @ z[n, :, lo:hi]`` (pixel-major, ``(rows, W, K)``, a
 fraction of the full map), then walks its band in *chunks* of a few rows: ``v = A_H[chunk] @ Y``
 is the chunk's upsampled logits, of which it keeps the logsumexp, the target logit and the
-argmax. The backward recomputes ``v``, turns it into ``(softmax - onehot) * w(t) / norm`` in
-place and accumulates ``A_H[chunk]^T @ G`` into the task's rows, then ``A_W^T`` brings them back
-to the source columns.
+argmax. With ``with_grad`` (the logits need a gradient) the same exponentials then become
+``(softmax - onehot) * w(t)`` in place, ``A_H[chunk]^T`` accumulates them into the task's rows and
+``A_W^T`` brings those back to the source columns: the loss's gradient for an upstream gradient
+of 1, which the backward only scales. :func:`backward` recomputes it instead (when the forward
+did not compute it).
 
 Memory: one task's ``Y`` and one chunk per worker (chunks of at most :data:`CHUNK_ELEMENTS`
-values, which stay in cache) instead of several full-resolution tensors (see :func:`_tasks`). Tasks run on a pool of
-``torch.get_num_threads()`` worker threads, each single-threaded: hundreds of small
-multi-threaded ops would each wait at a barrier, which on a busy machine costs a scheduler time
-slice per op. Results are combined in task order, so the result does not depend on the threads.
+values, which stay in cache) instead of several full-resolution tensors (see :func:`_tasks`).
+Tasks run on a pool of ``torch.get_num_threads()`` worker threads, each single-threaded:
+hundreds of small multi-threaded ops would each wait at a barrier, which on a busy machine costs
+a scheduler time slice per op. Results are combined in task order, so the result does not
+depend on the threads.
 """
 
 from __future__ import annotations
