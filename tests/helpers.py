@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from psp_kernels.testing import TOL
 
 __all__ = [
+    "Allocations",
     "assert_close",
     "assert_compiled_matches",
     "assert_close_to_reference",
@@ -153,3 +155,23 @@ def make_params(
     sc = [torch.rand(r, dtype=dtype, device=device) + 0.5 for r in rs] if scale else None
     sh = [torch.randn(r, dtype=dtype, device=device) * 0.1 for r in rs] if shift else None
     return ws, sc, sh
+
+
+# ----------------------------------------------------------------------------------------------
+# allocations
+# ----------------------------------------------------------------------------------------------
+
+
+class Allocations(TorchDispatchMode):
+    """Records the element count of every tensor an op returns (in this thread only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numels = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.numels.append(t.numel())
+        return out

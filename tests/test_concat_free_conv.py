@@ -12,7 +12,7 @@ import psp_kernels
 from psp_kernels import reference
 from pspnet import export_ops
 from pspnet.heads import concat_free_conv
-from tests.helpers import assert_close, skip_unless_kernels_take
+from tests.helpers import Allocations, assert_close, skip_unless_kernels_take
 
 FORMS = list(itertools.product((3, 1), (False, True), (False, True)))  # (k, x_last, bias)
 CASES = [
@@ -75,6 +75,28 @@ def test_x_last_moves_only_weight_slices():
     assert torch.equal(base_f, base_l)
     assert all(torch.equal(a, b) for a, b in zip(maps_f, maps_l, strict=True))
     assert [m.shape[1] for m in maps_f] == [9] * 4 and c == 5
+
+
+@pytest.mark.parametrize("x_last", [False, True])
+def test_weight_gradient_built_once(x_last):
+    """The weight's gradient is written once, not as one weight-sized tensor per block for
+    autograd to add up (slicing the weight per block would make 1 + B of them); the same
+    backward through slices shows that the count can fail."""
+    x, ys, weight, _, _ = _inputs(CASES[0], 3, False, torch.float64, "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a dispatch mode sees its own thread only
+    try:
+        out = psp_kernels.concat_free_conv(x, ys, weight, backend="reference", x_last=x_last)
+        with Allocations() as mode:
+            (grad,) = torch.autograd.grad(out.sum(), weight)
+        sliced = sum(weight[:, i : i + 1].sum() for i in range(weight.shape[1]))
+        with Allocations() as spread:
+            torch.autograd.grad(sliced, weight)
+    finally:
+        torch.set_num_threads(threads)
+    assert grad.shape == weight.shape
+    assert mode.numels.count(weight.numel()) == 1, mode.numels
+    assert spread.numels.count(weight.numel()) > 1
 
 
 def test_one_tap_maps():

@@ -9,14 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import psp_kernels
 from psp_kernels import reference
 from psp_kernels.ops import utils as ops_utils
 from psp_kernels.ops.upsample_cross_entropy import configs, separable
 from psp_kernels.ops.upsample_cross_entropy.op import _bwd_op, _fwd_op
-from tests.helpers import assert_close, skip_unless_kernels_take
+from tests.helpers import Allocations, assert_close, skip_unless_kernels_take
 
 #: The kernels; the PyTorch path as the public function runs it (the gradient computed in the
 #: forward when the logits need one); the PyTorch path's own backward (recomputing it).
@@ -222,21 +221,6 @@ def test_opcheck(use_triton, with_grad, device):
                                     "mean", True, use_triton))  # fmt: skip
 
 
-class _Allocations(TorchDispatchMode):
-    """Records the element count of every tensor an op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.numels = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.numels.append(t.numel())
-        return out
-
-
 @pytest.mark.parametrize("n", [2, 1])
 @pytest.mark.parametrize("path", PATHS + ["reference"])
 def test_no_full_resolution_tensor(path, n, device):
@@ -249,7 +233,7 @@ def test_no_full_resolution_tensor(path, n, device):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with _Allocations() as mode:
+        with Allocations() as mode:
             if path == "reference":
                 loss = reference.upsample_cross_entropy(z, t, return_prediction=True)[0]
             else:
