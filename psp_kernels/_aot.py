@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 
@@ -32,6 +33,17 @@ class AotSpec:
     constexprs: dict = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 2
+
+    @classmethod
+    def of(cls, name: str, kernel, constexprs: dict, pointers: dict, cfg: dict) -> AotSpec:
+        """The spec of ``kernel`` launched with the config ``cfg`` (its block sizes and
+        ``num_warps``/``num_stages``) and the other ``constexprs``: the arguments named in
+        ``pointers`` get those Triton types, every other non-constexpr argument ``"i32"``."""
+        meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
+        constexprs = dict(constexprs, **meta)
+        names = inspect.signature(kernel.fn).parameters
+        signature = {k: pointers.get(k, "i32") for k in names if k not in constexprs}
+        return cls(name, kernel, signature, constexprs, cfg["num_warps"], cfg["num_stages"])
 
 
 @dataclass(frozen=True)

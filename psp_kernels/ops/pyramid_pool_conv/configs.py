@@ -9,8 +9,6 @@ element), unless ``ops.utils.GPU_TILES`` asks for the GPU ones (tests).
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import triton
 
@@ -113,14 +111,6 @@ def conv_config(m: int, r: int, c: int, dtype: torch.dtype) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _spec(name, kernel, constexprs, pointers, cfg) -> AotSpec:
-    names = inspect.signature(kernel.fn).parameters
-    meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
-    constexprs = dict(constexprs, **meta)
-    signature = {k: pointers.get(k, "i32") for k in names if k not in constexprs}
-    return AotSpec(name, kernel, signature, constexprs, cfg["num_warps"], cfg["num_stages"])
-
-
 def aot_specs() -> list[AotSpec]:
     """Every (kernel, configuration, dtype) the launchers can pick on a GPU, for compile_check."""
     specs = []
@@ -130,14 +120,14 @@ def aot_specs() -> list[AotSpec]:
         ptr = f"*{t}"
         for block_k in CELL_BLOCKS:
             for copy_x in (False, True):
-                specs.append(_spec(
+                specs.append(AotSpec.of(
                     f"pool_cells[{t},cells={block_k}{',copy_x' if copy_x else ''}]",
                     _pool_cells_kernel, dict(divs, COPY_X=copy_x, DOT_PRECISION=prec),
                     dict(x_ptr=ptr, t_ptr=ptr, area_ptr="*fp32", ws_ptr="*fp32", out_ptr=ptr),
                     _with_cells(POOL_CONFIGS[cls], block_k),
                 ))  # fmt: skip
             for add in (False, True):
-                specs.append(_spec(
+                specs.append(AotSpec.of(
                     f"cells_to_pixels[{t},cells={block_k}{',addend' if add else ''}]",
                     _cells_to_pixels_kernel,
                     dict(DN_DIV=1, DC_DIV=1, AN_DIV=1, AC_DIV=1, HW_DIV=1, HAS_ADDEND=add,
@@ -147,7 +137,7 @@ def aot_specs() -> list[AotSpec]:
                 ))  # fmt: skip
         pointers = {f"{k}{i}_ptr": ptr for k in "wsby" for i in range(GROUP)}
         pointers.update(ws_ptr="*fp32", tiles_ptr="*i32", pooled_ptr="*fp32")
-        specs.append(_spec(
+        specs.append(AotSpec.of(
             f"cells_conv[{t}]", _cells_conv_kernel,
             dict(SPLITS=2, HAS_SCALE=True, HAS_SHIFT=True, RELU=True, WRITE_POOLED=True,
                  DOT_PRECISION=prec),

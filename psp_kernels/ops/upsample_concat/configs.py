@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import triton
 
@@ -66,14 +64,6 @@ def bwd_config(dtype: torch.dtype, cells_pad: int) -> tuple[dict, dict]:
     )
 
 
-def _spec(name, kernel, constexprs, pointers, cfg) -> AotSpec:
-    meta, opts = split_launch_options(cfg)
-    constexprs = dict(constexprs, **meta)
-    names = inspect.signature(kernel.fn).parameters
-    signature = {k: pointers.get(k, "i32") for k in names if k not in constexprs}
-    return AotSpec(name, kernel, signature, constexprs, opts["num_warps"], opts["num_stages"])
-
-
 def aot_specs() -> list[AotSpec]:
     """Every kernel configuration the launchers can pick on a GPU (fp32, fp16, bf16)."""
     specs = []
@@ -82,7 +72,7 @@ def aot_specs() -> list[AotSpec]:
         ptr = f"*{t}"
         for block_k in CELL_BLOCKS:
             tile_k = min(block_k, MAX_CELLS)
-            specs.append(_spec(
+            specs.append(AotSpec.of(
                 f"upsample_concat_fwd[{t},cells={block_k}]", _upsample_concat_fwd_kernel,
                 dict(X_FLAT=True, O_FLAT=True, XN_DIV=1, XC_DIV=1, ON_DIV=1, OC_DIV=1, HW_DIV=1,
                      ROW_DIV=1, DOT_PRECISION=prec, NUM_K_BLOCKS=block_k // tile_k),
@@ -90,7 +80,7 @@ def aot_specs() -> list[AotSpec]:
                      t_ptr="*fp32", work_ptr="*i32"),
                 dict(FWD_CONFIGS[cls], BLOCK_K=tile_k),
             ))  # fmt: skip
-            specs.append(_spec(
+            specs.append(AotSpec.of(
                 f"upsample_concat_bwd[{t},cells={block_k}]", _upsample_concat_bwd_kernel,
                 dict(G_FLAT=True, GN_DIV=1, GC_DIV=1, HW_DIV=1, ROW_DIV=1, DOT_PRECISION=prec),
                 dict(g_ptr=ptr, dy_ptr=ptr, t_ptr="*fp32", work_ptr="*i32"),

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import triton
 
 from ..._aot import AotSpec, Traffic, dot_kind
-from ..utils import GPU_DTYPES, TRITON_DTYPE, clamp, dot_precision, split_launch_options, tile_class
+from ..utils import GPU_DTYPES, TRITON_DTYPE, clamp, dot_precision, tile_class
 from .kernels import _upsample_ce_bwd_kernel, _upsample_ce_fwd_kernel
 
 #: Source columns a backward program owns (wider logits split into column groups): it holds two
@@ -57,14 +55,6 @@ def config(dtype: torch.dtype, classes: int, width: int, row_index, gpu: bool):
     return tiles, cfg, dict(cfg)
 
 
-def _spec(name, kernel, constexprs, pointers, cfg) -> AotSpec:
-    meta, opts = split_launch_options(cfg)
-    constexprs = dict(constexprs, **meta)
-    names = inspect.signature(kernel.fn).parameters
-    signature = {k: pointers.get(k, "i32") for k in names if k not in constexprs}
-    return AotSpec(name, kernel, signature, constexprs, opts["num_warps"], opts["num_stages"])
-
-
 def aot_specs() -> list[AotSpec]:
     """Every kernel configuration the launchers pick on a GPU (fp32, fp16, bf16), at PSPNet's
     geometry (a 16-column window, 64-column groups in the backward)."""
@@ -78,11 +68,11 @@ def aot_specs() -> list[AotSpec]:
                     lse_ptr="*fp32",
                     pred_ptr="*i64", part_ptr="*fp32", scale_ptr="*fp32", dz_ptr=f"*{t}")  # fmt: skip
         for pred in (False, True):
-            specs.append(_spec(
+            specs.append(AotSpec.of(
                 f"upsample_ce_fwd[{t},pred={pred}]", _upsample_ce_fwd_kernel,
                 dict(common, HAS_WEIGHT=False, WANT_PRED=pred), ptrs, FWD[cls],
             ))  # fmt: skip
-        specs.append(_spec(
+        specs.append(AotSpec.of(
             f"upsample_ce_bwd[{t}]", _upsample_ce_bwd_kernel,
             dict(common, HAS_WEIGHT=False, DN_DIV=16, DK_DIV=16, DH_DIV=4, WP=COLUMNS[cls]), ptrs, BWD[cls],
         ))  # fmt: skip
