@@ -269,7 +269,9 @@ def _upsample_ce_bwd_kernel(
 
     acc_a = tl.zeros((BLOCK_K, WP), dtype=acc_dtype)  # gradient of source row `cur`
     acc_b = tl.zeros((BLOCK_K, WP), dtype=acc_dtype)  # ... and of row `cur + 1`
-    cur = tl.load(item_ptr + it_begin * 4)
+    # (a group without items, rows no output pixel reads, stores zeros at its own first rows)
+    # (a group without items, rows no output pixel reads, stores zeros at its own first rows)
+    cur = tl.load(item_ptr + it_begin * 4, mask=it_begin < it_end, other=s_a)
     for it in range(it_begin, it_end):
         i0 = tl.load(item_ptr + it * 4)
         i1 = tl.load(item_ptr + it * 4 + 1)
@@ -311,7 +313,9 @@ def _upsample_ce_bwd_kernel(
             coef = tl.where(inrange, wt * tl.where(inrange, scale, 1.0), 0.0)  # no 0 * inf
             coef = tl.where(valid & ~inrange, float("nan"), coef)  # a label outside [0, K)
             lse = tl.load(lse_base + (rows * W)[:, None] + j[None, :], mask=mask2, other=0.0)
-            p = tl.exp(v - lse[None, :, :])
+            # v <= lse on the tile's pixels; off them (padding rows interpolate real source rows)
+            # exp(v) alone can overflow, and inf * their zero coef would be nan: clamp at 0
+            p = tl.exp(tl.minimum(v - lse[None, :, :], 0.0))
             g = (p - tl.where(k3 == tk[None, :, :], 1.0, 0.0)) * coef[None, :, :]
             g1 = tl.sum(g * lam3, 1)  # to source row i1
             g0 = tl.sum(g, 1) - g1  # to source row i0
