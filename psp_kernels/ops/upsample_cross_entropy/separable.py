@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import os
+import threading
 
 import torch
 
@@ -82,21 +85,45 @@ def _tasks(n: int, height: int, width: int, classes: int):
     return [(s, a, min(a + rows, height)) for s in range(n) for a in range(0, height, rows)], chunk
 
 
+@functools.cache
+def _pool(workers: int, pid: int) -> concurrent.futures.ThreadPoolExecutor:
+    """``workers`` single-threaded worker threads, made once per process (``pid``: a forked
+    child makes its own; the parent's threads are not in it).
+
+    ``torch.set_num_threads(1)`` in a worker sets that thread's OpenMP team size, but also the
+    process-wide count that threads starting to use torch read: the workers all start here, at
+    once, and the caller's count is restored before any task runs.
+    """
+    threads = torch.get_num_threads()
+    started = threading.Barrier(workers + 1)
+    pool = concurrent.futures.ThreadPoolExecutor(
+        workers, thread_name_prefix="psp_kernels-ce", initializer=torch.set_num_threads,
+        initargs=(1,),
+    )  # fmt: skip
+    waits = [pool.submit(started.wait) for _ in range(workers)]
+    started.wait()
+    concurrent.futures.wait(waits)
+    torch.set_num_threads(threads)
+    return pool
+
+
 def _run(fn, tasks, device):
-    """``[fn(task) for task in tasks]``, on worker threads for CPU tensors."""
+    """``[fn(task) for task in tasks]``, on worker threads for CPU tensors.
+
+    Each task runs under the caller's inference mode (thread-local state that worker threads do
+    not inherit: tensors made by the caller under ``torch.inference_mode()`` can only be written
+    in it).
+    """
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads <= 1 or len(tasks) <= 1:
         return [fn(t) for t in tasks]
-    try:
-        workers = min(threads, len(tasks))
-        # each worker single-threaded (set in the worker: it is the worker's OpenMP setting);
-        # the process-wide default is restored below
-        with concurrent.futures.ThreadPoolExecutor(
-            workers, initializer=torch.set_num_threads, initargs=(1,)
-        ) as pool:
-            return list(pool.map(fn, tasks))
-    finally:
-        torch.set_num_threads(threads)
+    inference = torch.is_inference_mode_enabled()
+
+    def run(task):
+        with torch.inference_mode(inference):
+            return fn(task)
+
+    return list(_pool(min(threads, len(tasks)), os.getpid()).map(run, tasks))
 
 
 def _pixel_major(logits: torch.Tensor) -> torch.Tensor:
@@ -111,8 +138,9 @@ def _columns(geo: _Geometry, z: torch.Tensor, n: int, lo: int, hi: int) -> torch
 
 def _weights(target, weight, ignore_index, classes, dtype):
     """Per pixel: the class to gather (0 where ignored), whether it counts, and its weight."""
+    target = target.long()  # compared as int64: -100 is not 156 in uint8 labels
     valid = target != ignore_index
-    safe = torch.where(valid, target, 0).long()
+    safe = torch.where(valid, target, 0)
     if weight is None:
         w = valid.to(dtype)
     else:
@@ -122,6 +150,7 @@ def _weights(target, weight, ignore_index, classes, dtype):
 
 def check_targets(target, ignore_index, classes) -> None:
     """``ValueError`` naming ``target`` when a counted label is outside ``[0, classes)``."""
+    target = target.long()  # compared as int64, as the kernels and the reference do
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= classes))
     if bool(bad.any()):
