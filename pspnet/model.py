@@ -9,11 +9,13 @@ size works, bad arguments raise ``ValueError``, batch size 1 trains, the PPM is 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.nn.modules.module as _module
 
 from psp_kernels import upsample_cross_entropy
 
@@ -29,21 +31,33 @@ _HEADS = ("concat", "concat_free")
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run a hook: its own (forward, backward) or a global one."""
+    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+           module._backward_pre_hooks)  # fmt: skip
+    glob = (_module._global_forward_hooks, _module._global_forward_pre_hooks,
+            _module._global_backward_hooks, _module._global_backward_pre_hooks)  # fmt: skip
+    return any(own) or any(glob)
+
+
 def fused_loss_options(criterion) -> dict | None:
     """The options of :func:`psp_kernels.upsample_cross_entropy` that compute ``criterion``, or
     ``None`` when it is not a plain ``nn.CrossEntropyLoss`` (a subclass with its own
-    ``forward``, hooks, label smoothing or ``reduction="none"`` keep the materialised path)."""
+    ``forward``, hooks of its own or global module hooks, label smoothing, ``reduction="none"``
+    or an ``ignore_index`` that is not an integer keep the materialised path)."""
     if not isinstance(criterion, nn.CrossEntropyLoss):
         return None
     if type(criterion).forward is not nn.CrossEntropyLoss.forward:
         return None
-    if criterion._forward_hooks or criterion._forward_pre_hooks:
+    if _has_hooks(criterion):
         return None
     if criterion.label_smoothing != 0.0 or criterion.reduction not in ("mean", "sum"):
         return None
-    return dict(
-        weight=criterion.weight, ignore_index=criterion.ignore_index, reduction=criterion.reduction
-    )
+    try:  # an index-like ignore_index (a numpy integer) works in PyTorch's loss too
+        ignore_index = operator.index(criterion.ignore_index)
+    except TypeError:
+        return None
+    return dict(weight=criterion.weight, ignore_index=ignore_index, reduction=criterion.reduction)
 
 
 def _head(in_dim: int, mid_dim: int, classes: int, dropout: float) -> nn.Sequential:

@@ -111,6 +111,34 @@ def test_which_criteria_take_the_fused_loss(criterion, fused):
     assert fused_loss_options(hooked) is None
 
 
+@pytest.mark.parametrize(
+    "hook",
+    ["register_forward_pre_hook", "register_full_backward_hook",
+     "register_full_backward_pre_hook"],
+)  # fmt: skip
+def test_a_criterion_with_hooks_keeps_the_materialised_path(hook):
+    """Every kind of hook of the criterion, and global module hooks, would be skipped by the
+    fused loss: such criteria keep the materialised path."""
+    hooked = nn.CrossEntropyLoss()
+    getattr(hooked, hook)(lambda *args: None)
+    assert fused_loss_options(hooked) is None
+    plain = nn.CrossEntropyLoss()
+    assert fused_loss_options(plain) is not None
+    handle = nn.modules.module.register_module_forward_hook(lambda *args: None)
+    try:
+        assert fused_loss_options(plain) is None
+    finally:
+        handle.remove()
+    assert fused_loss_options(plain) is not None
+
+
+def test_an_index_like_ignore_index_is_taken():
+    """PyTorch's loss takes a numpy integer ``ignore_index``; so does the fused one."""
+    numpy = pytest.importorskip("numpy")
+    options = fused_loss_options(nn.CrossEntropyLoss(ignore_index=numpy.int64(255)))
+    assert options["ignore_index"] == 255 and type(options["ignore_index"]) is int
+
+
 def test_label_smoothing_keeps_the_materialised_path(fused_calls):
     """A criterion the fused loss does not compute sees the upsampled logits, as before."""
     torch.manual_seed(0)

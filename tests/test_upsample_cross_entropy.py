@@ -5,6 +5,7 @@ interpreter on CPU, and the row-chunked PyTorch path), forward, gradient and pre
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 import psp_kernels
 from psp_kernels import reference
 from psp_kernels.ops import utils as ops_utils
-from psp_kernels.ops.upsample_cross_entropy import configs, separable
+from psp_kernels.ops.upsample_cross_entropy import configs, launch, separable
 from psp_kernels.ops.upsample_cross_entropy.op import _bwd_op, _fwd_op
 from tests.helpers import Allocations, assert_close, skip_unless_kernels_take
 
@@ -102,9 +103,80 @@ def test_narrow_targets(path, target_dtype, device):
     _check(path, z, t.to(target_dtype), None, 255, "mean", True)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_uint8_targets_and_a_negative_ignore_index(path, device):
+    """``ignore_index=-100`` with uint8 labels ignores nothing: class 156 (-100 wrapped to 8 bits)
+    counts, as in PyTorch's loss (labels and ``ignore_index`` compared as int64)."""
+    z, t, _ = _inputs((1, 160, 3, 3, 9, 11, True, 0), torch.float64, device)
+    t = torch.full_like(t, 156)
+    t[0, 0] = 3
+    _check(path, z, t.to(torch.uint8), None, -100, "mean", True)
+
+
+# the kernels' padding class lanes (past K, never stored) overflow too: numpy warns of them
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("path", PATHS)
+def test_large_logits(path, align_corners, device, monkeypatch):
+    """Logits of +-300 (exp overflows float32 past 88.7): finite loss and gradient, equal to the
+    reference, with the GPU tiles' padding rows (items shorter than a tile) in the kernels."""
+    if path == "triton" and device == "cpu":
+        monkeypatch.setattr(ops_utils, "GPU_TILES", True)
+    z, t, _ = _inputs((1, 3, 4, 4, 13, 13, align_corners, 255), torch.float32, device)
+    z = (z.detach() * 100).requires_grad_()
+    _check(path, z, t, None, 255, "sum", align_corners)
+
+
+def test_inference_mode_on_worker_threads():
+    """The PyTorch path's worker threads write the caller's inference tensors."""
+    z, t, _ = _inputs((2, 5, 6, 6, 41, 41, True, 255), torch.float64, "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            loss, lse, _, pred, _ = separable.forward(z.detach(), t, None, 255, "mean", True, True)
+    finally:
+        torch.set_num_threads(threads)
+    ref, ref_pred = reference.upsample_cross_entropy(z.detach(), t, ignore_index=255,
+                                                     return_prediction=True)  # fmt: skip
+    assert_close(loss, ref, "loss", nonzero=True)
+    assert torch.equal(pred, ref_pred)
+
+
+def test_worker_threads_leave_the_thread_count_alone():
+    """Threads that start using torch while the PyTorch path runs see the process's thread
+    count, not the workers' one (the workers are made once, before any task)."""
+    z, t, _ = _inputs((2, 5, 6, 6, 97, 97, True, 255), torch.float32, "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen, stop = [], threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+            worker.start()
+            worker.join()
+
+    try:
+        _fused("separable", z, t, ignore_index=255)  # the pool is made here
+        watcher = threading.Thread(target=probe)
+        watcher.start()
+        try:
+            for _ in range(5):
+                loss, _ = _fused("separable", z, t, ignore_index=255)
+                torch.autograd.grad(loss, z)
+        finally:
+            stop.set()
+            watcher.join()
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and set(seen) == {2}, sorted(set(seen))
+
+
 def test_gpu_tiles_under_interpreter(monkeypatch, device):
-    """The GPU tiles on CPU tensors: 16-class blocks (35 classes: a ragged third), 64-column
-    tiles (150 columns: three, ragged), bands of 19 rows split into 8-row items, and the
+    """The GPU tiles on CPU tensors: class blocks (35 classes: the last one ragged), column
+    tiles (150 columns: the last one ragged), bands of 19 rows split into items, and the
     backward's three source-row groups (each walking the band before its rows)."""
     if device == "cuda":
         pytest.skip("the GPU tiles run natively on CUDA in the other tests")
@@ -113,6 +185,20 @@ def test_gpu_tiles_under_interpreter(monkeypatch, device):
     for ac in (True, False):
         z, t, weight = _inputs((1, 35, 4, 9, 58, 150, ac, 255), torch.float64, device, True)
         _check("triton", z, t, weight, 255, "mean", ac)
+
+
+def test_backward_groups_no_item_reaches(monkeypatch, device):
+    """Labels much shorter than the logits: row groups whose source rows no output pixel reads
+    (no items: their gradient is zero, and the kernel reads no item past the table)."""
+    if device == "cuda":
+        pytest.skip("the GPU tiles run natively on CUDA in the other tests")
+    monkeypatch.setattr(ops_utils, "GPU_TILES", True)
+    monkeypatch.setattr(configs, "FORCE_GROUPS", 10)
+    z, t, _ = _inputs((1, 3, 10, 4, 2, 4, False, 255), torch.float64, device)
+    t[:] = torch.randint(0, 3, t.shape)
+    plan = launch.plan(z, t.shape[-2:], False)
+    assert any(begin == end for begin, end, _, _ in launch._groups(plan, 10, 10))
+    _check("triton", z, t, None, 255, "mean", False)
 
 
 def test_backward_column_groups_under_interpreter(monkeypatch, device):
@@ -252,6 +338,8 @@ def test_no_full_resolution_tensor(path, n, device):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_deterministic(path, device):
+    if path == "triton" and device == "cpu":
+        pytest.skip("the interpreter runs programs one at a time: equal runs by construction")
     z, t, weight = _inputs((2, 20, 6, 6, 49, 49, True, 255), torch.float32, device, True)
     runs = []
     for _ in range(2):
