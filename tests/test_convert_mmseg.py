@@ -192,3 +192,16 @@ def test_sync_batchnorm_head():
     x = [torch.randn(2, 16, 11, 13)]
     with torch.no_grad():
         assert_close(head(x), original(x), tol=1e-5, nonzero=True)
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickles_with_every_protocol(protocol):
+    """A converted head round-trips through pickle with every protocol (0 and 1 included), as
+    the converted class, computing the same output."""
+    torch.manual_seed(0)
+    head = pspnet.convert_ppm(MODELS.build(copy.deepcopy(HEADS["PSPHead"]))).eval()
+    other = pickle.loads(pickle.dumps(head, protocol=protocol))
+    assert type(other) is type(head)
+    x = [torch.randn(2, 16, 9, 11)]
+    with torch.no_grad():
+        assert_close(other(x), head(x), tol=0.0)

@@ -30,8 +30,11 @@ class Converted:
     _psp_mixin: type = object
 
     def __reduce_ex__(self, protocol):
-        reduced = super().__reduce_ex__(protocol)
-        if reduced[0] is not copyreg.__newobj__:  # protocols 0 and 1: rebuild unconverted
+        # The fused class shares its name with the mixin, so pickle cannot find it by name:
+        # every protocol rebuilds it from the two classes it is made of. Protocol 2's reduction
+        # (``copyreg.__newobj__``) is taken for all: its state is what every protocol restores.
+        reduced = super().__reduce_ex__(max(protocol, 2))
+        if reduced[0] is not copyreg.__newobj__:  # the original class reduces itself
             return reduced
         _, args, *rest = reduced
         return (_new, (self._psp_original, self._psp_mixin, *args[1:]), *rest)
