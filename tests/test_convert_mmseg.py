@@ -205,3 +205,18 @@ def test_pickles_with_every_protocol(protocol):
     x = [torch.randn(2, 16, 9, 11)]
     with torch.no_grad():
         assert_close(other(x), head(x), tol=0.0)
+
+
+def test_batch_size_one_training_raises_as_the_original():
+    """Training with batch size 1: the bin-1 branch's BatchNorm sees one value per channel; the
+    converted head calls that module as the original does, so it raises the same error and
+    updates no statistics (no silent switch to the running statistics)."""
+    torch.manual_seed(0)
+    original = MODELS.build(copy.deepcopy(HEADS["PSPHead"])).train()
+    converted = pspnet.convert_ppm(copy.deepcopy(original))
+    x = [torch.randn(1, 16, 9, 11)]
+    for head in (original, converted):
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            head(x)
+    for (name, a), (_, b) in zip(converted.named_buffers(), original.named_buffers(), strict=True):
+        assert torch.equal(a, b), name

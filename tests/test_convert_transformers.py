@@ -80,3 +80,17 @@ def test_checkpoint_round_trip(tmp_path):
         torch.testing.assert_close(loaded(pixel_values=x).logits, model(pixel_values=x).logits)
     assert type(loaded.decode_head).__name__ == "UperNetHead"
     pspnet.convert_ppm(copy.deepcopy(loaded))  # and converts after loading
+
+
+def test_batch_size_one_training_raises_as_the_original():
+    """Training with batch size 1 raises in the bin-1 branch's BatchNorm, converted or not, and
+    no statistics change."""
+    torch.manual_seed(0)
+    original = _upernet().train()
+    converted = pspnet.convert_ppm(copy.deepcopy(original))
+    x = torch.randn(1, 3, 64, 64)
+    for model in (original, converted):
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            _logits(model, x)
+    for (name, a), (_, b) in zip(converted.named_buffers(), original.named_buffers(), strict=True):
+        assert torch.equal(a, b), name

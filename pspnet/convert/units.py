@@ -13,8 +13,9 @@ without importing the libraries, and return a reason instead where the maths doe
 * the branches: kernel 1 (``pyramid_pool_conv``, every bin from one read of ``x``) with each
   branch's eval BatchNorm (or conv bias: ``scale = 1``, ``shift = bias``) and ReLU folded into its
   epilogue; otherwise (training, other norms or activations) the bias-free products from kernel 1
-  and each branch's own modules on them, so BatchNorm running statistics update exactly
-  (``SyncBatchNorm`` included; batch size 1 as in :class:`pspnet.PPM`);
+  and each branch's own modules called on them as the original calls them, so BatchNorm running
+  statistics update exactly (``SyncBatchNorm`` included) and batch size 1 in training raises in
+  the bin-1 branch's BatchNorm as the original does;
 * the conv after the concat: concat-free (``psp_kernels.concat_free_conv``, 3x3 or the one-tap
   1x1 form, ``x`` first or last) where :func:`psp_kernels.concat_free_pays` says so for these
   shapes, else the conv over the concat, the same function; its own norm and activation modules
@@ -35,7 +36,7 @@ from psp_kernels import reference
 
 from .. import export_ops
 from ..heads import concat_free_conv
-from ..ppm import _bin_of, _branch_norm, _folded, _uses_batch_stats
+from ..ppm import _bin_of, _folded, _uses_batch_stats
 
 __all__ = ["Unit", "conv_unit", "branch", "branches", "check_head", "fused_head", "module_is"]
 
@@ -74,7 +75,10 @@ class Unit:
     post: tuple[nn.Module, ...]
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        y = self.conv(y)
+        return self.finish(self.conv(y))
+
+    def finish(self, y: torch.Tensor) -> torch.Tensor:
+        """The modules after the conv on its output ``y``, each called as a module."""
         for m in self.post:
             y = m(y)
         return y
@@ -206,12 +210,6 @@ def _folded_pyramid(units: list[Unit], dtype: torch.dtype):
     return weights, scale, shift, relus.pop()
 
 
-def _apply_post(unit: Unit, y: torch.Tensor) -> torch.Tensor:
-    for m in unit.post:
-        y = _branch_norm(m, y) if isinstance(m, _BatchNorm) else m(y)
-    return y
-
-
 def pyramid(x: torch.Tensor, parts: list[tuple[int, Unit]]) -> list[torch.Tensor]:
     """Every branch's output at its ``b x b`` resolution (see the module docstring)."""
     bins = tuple(b for b, _ in parts)
@@ -227,7 +225,7 @@ def pyramid(x: torch.Tensor, parts: list[tuple[int, Unit]]) -> list[torch.Tensor
     for u, y in zip(units, ys):
         if u.conv.bias is not None:
             y = y + u.conv.bias.to(y.dtype)[None, :, None, None]
-        out.append(_apply_post(u, y).to(x.dtype))
+        out.append(u.finish(y).to(x.dtype))
     return out
 
 
@@ -250,6 +248,4 @@ def fused_head(x, branch_modules, post_module, *, x_last: bool, align_corners: b
         out = conv(torch.cat(ups + [x], 1))
     else:
         out = conv(psp_kernels.upsample_concat(x, ys, align_corners=align_corners))
-    for m in post.post:
-        out = m(out)
-    return out
+    return post.finish(out)
