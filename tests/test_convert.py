@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pspnet
+from pspnet.convert import units
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,3 +101,24 @@ def test_pspnet_works_without_the_libraries():
     proc = subprocess.run([sys.executable, "-c", BLOCKED], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=300)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+
+
+class _Scaled(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+class _Pool(nn.AdaptiveAvgPool2d):
+    def forward(self, x):
+        return super().forward(x) + 1
+
+
+def test_modules_overriding_forward_are_not_read_as_plain_ones():
+    """The fused head reads a branch's and a conv unit's children and skips their forward: a
+    Sequential (or a pooling) whose class overrides forward is refused, with a reason."""
+    conv, relu = nn.Conv2d(4, 2, 1, bias=False), nn.ReLU()
+    assert not isinstance(units.branch(nn.Sequential(nn.AdaptiveAvgPool2d(2), conv, relu)), str)
+    for bad in (_Scaled(nn.AdaptiveAvgPool2d(2), conv, relu), nn.Sequential(_Pool(2), conv, relu),
+                nn.Sequential(nn.AdaptiveAvgPool2d(2), _Scaled(conv, relu))):  # fmt: skip
+        assert isinstance(units.branch(bad), str)
+    assert isinstance(units.conv_unit(_Scaled(conv, nn.ReLU())), str)

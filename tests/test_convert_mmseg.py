@@ -220,3 +220,46 @@ def test_batch_size_one_training_raises_as_the_original():
             head(x)
     for (name, a), (_, b) in zip(converted.named_buffers(), original.named_buffers(), strict=True):
         assert torch.equal(a, b), name
+
+
+class _NearestPPM(mmseg_models.decode_heads.psp_head.PPM):
+    """mmseg's PPM upsampling with mode="nearest": its own forward, which the fused head skips."""
+
+    def forward(self, x):
+        return [torch.nn.functional.interpolate(p(x), x.shape[2:], mode="nearest") for p in self]
+
+
+class _Scaled(torch.nn.Sequential):
+    """A Sequential overriding forward (the fused head reads its children, skipping it)."""
+
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def _nearest_ppm(head):
+    ppm = _NearestPPM((1, 2, 3, 6), 16, 8, None, NORM, dict(type="ReLU"), False)
+    ppm.load_state_dict(head.psp_modules.state_dict())
+    head.psp_modules = ppm
+
+
+def _scaled_branch(head):
+    head.psp_modules[0] = _Scaled(*head.psp_modules[0])
+
+
+@pytest.mark.parametrize(
+    "swap, reason",
+    [(_nearest_ppm, "its pyramid is a _NearestPPM"), (_scaled_branch, "the branch _Scaled")],
+)
+def test_overridden_forward_is_left_unconverted(swap, reason, caplog):
+    """A pyramid or branch whose class overrides the forward the fused head would skip: the
+    head is left as it was (same outputs), with the reason logged."""
+    torch.manual_seed(0)
+    head = MODELS.build(copy.deepcopy(HEADS["PSPHead"])).eval()
+    swap(head)
+    original = copy.deepcopy(head)
+    with caplog.at_level(logging.INFO, logger="pspnet.convert"):
+        pspnet.convert_ppm(head)
+    assert type(head) is type(original) and "unconverted" in caplog.text and reason in caplog.text
+    x = [torch.randn(2, 16, 9, 11)]
+    with torch.no_grad():
+        assert_close(head(x), original(x), tol=0.0)

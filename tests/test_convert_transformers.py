@@ -94,3 +94,25 @@ def test_batch_size_one_training_raises_as_the_original():
             _logits(model, x)
     for (name, a), (_, b) in zip(converted.named_buffers(), original.named_buffers(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_overridden_pyramid_forward_is_left_unconverted(caplog):
+    """A pyramid module whose class overrides forward (here: nearest upsampling): the fused
+    head would skip that forward, so the head is left as it was, with the reason logged."""
+    from transformers.models.upernet import modeling_upernet
+
+    class NearestPyramid(modeling_upernet.UperNetPyramidPoolingModule):
+        def forward(self, x):
+            return [torch.nn.functional.interpolate(b(x), x.shape[2:]) for b in self.blocks]
+
+    torch.manual_seed(0)
+    model = _upernet().eval()
+    model.decode_head.psp_modules.__class__ = NearestPyramid
+    original = copy.deepcopy(model)
+    with caplog.at_level(logging.INFO, logger="pspnet.convert"):
+        pspnet.convert_ppm(model)
+    assert type(model.decode_head).__name__ == "UperNetHead"
+    assert "unconverted" in caplog.text and "its pyramid is a NearestPyramid" in caplog.text
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(_logits(model, x), _logits(original, x), rtol=0, atol=0)

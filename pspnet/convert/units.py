@@ -6,7 +6,10 @@ upsampled bilinearly and concatenated with the feature map ``x`` (first or last)
 after the concat (a 3x3 or 1x1 ``Conv2d``, its norm, its activation). The libraries wrap these in
 their own classes (mmcv's ``ConvModule``, transformers' ``UperNetConvModule`` / ``BeitConvLayer``,
 smp's ``Conv2dReLU``, plain ``nn.Sequential``); :func:`conv_unit` and :func:`branch` read them
-without importing the libraries, and return a reason instead where the maths does not map.
+without importing the libraries, and return a reason instead where the maths does not map. The
+fused computation skips the forward of every module it reads (it calls only the norm and
+activation modules), so each must run its class's own forward: a subclass overriding it (a
+``Sequential`` that scales its output, say) is refused.
 
 :func:`fused_head` computes the head with ``psp_kernels``:
 
@@ -26,6 +29,7 @@ without importing the libraries, and return a reason instead where the maths doe
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -38,7 +42,17 @@ from .. import export_ops
 from ..heads import concat_free_conv
 from ..ppm import _bin_of, _folded, _uses_batch_stats
 
-__all__ = ["Unit", "conv_unit", "branch", "branches", "check_head", "fused_head", "module_is"]
+__all__ = [
+    "Parts",
+    "Unit",
+    "conv_unit",
+    "branch",
+    "branches",
+    "check_head",
+    "fused_head",
+    "module_is",
+    "plain",
+]
 
 #: Tests set this to force the conv after the concat concat-free (``True``) or over the concat
 #: (``False``) instead of deciding from the shapes (``None``).
@@ -67,6 +81,33 @@ def module_is(module: nn.Module, library: str, names) -> bool:
     return cls.__name__ in names and cls.__module__.split(".")[0] == library
 
 
+def plain(module: nn.Module, cls: type) -> bool:
+    """Whether ``module`` is a ``cls`` running ``cls``'s own forward (not a subclass's override,
+    which a fused computation skipping that forward would silently drop)."""
+    return isinstance(module, cls) and type(module).forward is cls.forward
+
+
+class Parts(NamedTuple):
+    """Where a head keeps what :func:`fused_head` reads (a head's ``parts`` function gives it)."""
+
+    #: The pyramid module the head's original method calls (its branches, upsampled), or
+    #: ``None`` where the head is the pyramid itself.
+    pyramid: nn.Module | None
+    #: The branch modules, in concat order.
+    branches: list[nn.Module]
+    #: The conv unit after the concat.
+    post: nn.Module
+    #: Whether ``x`` comes last in the concat.
+    x_last: bool
+    align_corners: bool
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's ``post(cat(...))`` on ``x`` by :func:`fused_head`."""
+        return fused_head(
+            x, self.branches, self.post, x_last=self.x_last, align_corners=self.align_corners
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Unit:
     """A ``Conv2d`` and the modules applied to its output, in order (norm, activation)."""
@@ -84,10 +125,6 @@ class Unit:
         return y
 
 
-def _plain_conv(conv) -> bool:
-    return isinstance(conv, nn.Conv2d) and type(conv).forward is nn.Conv2d.forward
-
-
 def conv_unit(module: nn.Module) -> Unit | str:
     """The :class:`Unit` of a library's conv block, or why it is not one."""
     if module_is(module, "mmcv", "ConvModule"):
@@ -99,7 +136,7 @@ def conv_unit(module: nn.Module) -> Unit | str:
             [module.activate] if module.with_activation else []
         )
         conv, post = module.conv, tuple(post)
-    elif isinstance(module, nn.Sequential) or any(
+    elif plain(module, nn.Sequential) or any(
         module_is(module, lib, names) for lib, names in SEQUENTIAL_UNITS.items()
     ):
         children = list(module.children())
@@ -108,7 +145,7 @@ def conv_unit(module: nn.Module) -> Unit | str:
         conv, post = children[0], tuple(children[1:])
     else:
         return f"{type(module).__name__} is not a conv block this converter knows"
-    if not _plain_conv(conv):
+    if not plain(conv, nn.Conv2d):
         return f"its conv is a {type(conv).__name__}, not a plain Conv2d"
     if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
         return "its conv is strided, dilated or grouped"
@@ -119,16 +156,16 @@ def conv_unit(module: nn.Module) -> Unit | str:
 
 def branch(module: nn.Module) -> tuple[int, Unit] | str:
     """``(bin, unit)`` of a pyramid branch (``AdaptiveAvgPool2d(bin)`` then a 1x1 conv unit)."""
-    if isinstance(module, nn.Sequential) or any(
+    if plain(module, nn.Sequential) or any(
         module_is(module, lib, names) for lib, names in BRANCH_BLOCKS.items()
     ):
         children = list(module.children())
-        if len(children) == 1 and isinstance(children[0], nn.Sequential):
+        if len(children) == 1 and plain(children[0], nn.Sequential):
             children = list(children[0].children())  # smp's PSPBlock: its `pool` Sequential
     else:
         return f"the branch {type(module).__name__} is not a pooling block this converter knows"
-    if len(children) < 2 or not isinstance(children[0], nn.AdaptiveAvgPool2d):
-        return "a branch does not start with AdaptiveAvgPool2d"
+    if len(children) < 2 or not plain(children[0], nn.AdaptiveAvgPool2d):
+        return "a branch does not start with a plain AdaptiveAvgPool2d"
     b = _bin_of(children[0])
     if b is None:
         return f"a branch pools to {children[0].output_size}, not a square bin"
@@ -177,15 +214,20 @@ def _is_relu(m: nn.Module) -> bool:
     return type(m) is nn.ReLU
 
 
+def _foldable_norm(m: nn.Module) -> bool:
+    # (SyncBatchNorm has a forward of its own; the other BatchNorms share _BatchNorm's)
+    return plain(m, _BatchNorm) or plain(m, nn.SyncBatchNorm)
+
+
 def _folded_pyramid(units: list[Unit], dtype: torch.dtype):
     """``(weights, scale, shift, relu)`` with every branch's bias, eval BatchNorm and ReLU folded
     into kernel 1's epilogue, or ``None`` where a branch has anything else (or batch statistics)."""
     weights, scale, shift, relus = [], [], [], set()
     for u in units:
-        post = [m for m in u.post if not isinstance(m, nn.Identity)]
+        post = [m for m in u.post if not plain(m, nn.Identity)]
         relu = bool(post) and _is_relu(post[-1])
         norms = post[:-1] if relu else post
-        if len(norms) > 1 or (norms and not isinstance(norms[0], _BatchNorm)):
+        if len(norms) > 1 or (norms and not _foldable_norm(norms[0])):
             return None
         if norms and _uses_batch_stats(norms[0]):
             return None
