@@ -122,3 +122,24 @@ def test_modules_overriding_forward_are_not_read_as_plain_ones():
                 nn.Sequential(nn.AdaptiveAvgPool2d(2), _Scaled(conv, relu))):  # fmt: skip
         assert isinstance(units.branch(bad), str)
     assert isinstance(units.conv_unit(_Scaled(conv, nn.ReLU())), str)
+
+
+def test_hooked_sees_module_and_global_hooks():
+    """What a converted head checks before it skips modules: their own hooks of every kind
+    (named, at the conversion) and module hooks registered globally."""
+    from pspnet.convert.hooks import first_hooked, hooked
+
+    root = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Sequential(nn.ReLU()))
+    assert not hooked(root.modules()) and first_hooked(root.modules(), root) is None
+    for register in ("register_forward_pre_hook", "register_forward_hook",
+                     "register_full_backward_pre_hook", "register_full_backward_hook"):  # fmt: skip
+        handle = getattr(root[1][0], register)(lambda *a: None)
+        assert hooked(root.modules())
+        assert first_hooked(root.modules(), root).startswith("1.0 (ReLU) has ")
+        handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda *a: None)
+    try:
+        assert hooked([])
+    finally:
+        handle.remove()
+    assert not hooked(root.modules())

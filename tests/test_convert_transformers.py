@@ -116,3 +116,29 @@ def test_overridden_pyramid_forward_is_left_unconverted(caplog):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(_logits(model, x), _logits(original, x), rtol=0, atol=0)
+
+
+def test_hooks_on_skipped_modules(caplog):
+    """A hook on a module the fused head skips: present at the conversion, the head is left
+    (the module named in the log); added after it, the head runs its original method while the
+    hook is there, so the outputs are those of the unconverted model."""
+    torch.manual_seed(0)
+    model = _upernet().eval()
+    original = copy.deepcopy(model)
+    hook = (
+        model.decode_head.psp_modules.blocks[1]
+        .layers[1]
+        .conv.register_forward_pre_hook(lambda m, i: (i[0] * 2,))
+    )
+    with caplog.at_level(logging.INFO, logger="pspnet.convert"):
+        pspnet.convert_ppm(model)
+    assert type(model.decode_head).__name__ == "UperNetHead"
+    assert "psp_modules.1.1.conv (Conv2d) has forward pre-hooks" in caplog.text
+    hook.remove()
+    pspnet.convert_ppm(model)
+    assert type(model.decode_head).__name__ == "FusedUperNetHead"
+    x = torch.randn(1, 3, 64, 64)
+    for m in (model, original):
+        m.decode_head.psp_modules.register_forward_hook(lambda m, i, out: [t / 2 for t in out])
+    with torch.no_grad():
+        torch.testing.assert_close(_logits(model, x), _logits(original, x), rtol=0, atol=0)

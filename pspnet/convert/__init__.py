@@ -13,10 +13,11 @@ and after and a converted model's ``state_dict`` loads into the unconverted libr
   pyramid, the conv after the concat concat-free).
 
 Recognition reads class names, module paths and module structure: none of those libraries is
-imported, and ``pspnet`` works without them. Each converted head is logged (``logging``, logger
-``pspnet.convert``, level INFO); a recognised head whose maths does not map is left as it was and
-logged at WARNING with the reason; a model in which nothing is recognised gets a
-``UserWarning`` naming what was looked for.
+imported, and ``pspnet`` works without them. A module whose forward the fused computation skips
+must run its class's own forward and have no hooks (:mod:`.fused`), else its head is left. Each
+converted head is logged (``logging``, logger ``pspnet.convert``, level INFO); a recognised head
+whose maths does not map is left as it was and logged at WARNING with the reason; a model in
+which nothing is recognised gets a ``UserWarning`` naming what was looked for.
 """
 
 from __future__ import annotations

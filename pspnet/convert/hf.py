@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .fused import Converted
 from .registry import Head
-from .units import Parts
+from .units import Parts, unless_hooked
 
 __all__ = ["HEADS"]
 
@@ -34,11 +34,13 @@ def _beit_parts(head) -> Parts:
 
 
 class FusedUperNetHead(Converted):
+    @unless_hooked(_upernet_parts)
     def psp_forward(self, inputs):
         return _upernet_parts(self).fused(inputs[-1])
 
 
 class FusedBeitUperHead(Converted):
+    @unless_hooked(_beit_parts)
     def psp_forward(self, hidden_states):
         return _beit_parts(self).fused(hidden_states[-1])
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .fused import Converted
 from .registry import Head, Unsupported
-from .units import Parts
+from .units import Parts, unless_hooked
 
 __all__ = ["HEADS", "UNSUPPORTED"]
 
@@ -38,22 +38,26 @@ _fast_scnn_parts = _parts("ppm", "out")
 
 
 class FusedPSPHead(Converted):
+    @unless_hooked(_psp_parts)
     def _forward_feature(self, inputs):
         return _psp_parts(self).fused(self._transform_inputs(inputs))
 
 
 class FusedUPerHead(Converted):
+    @unless_hooked(_psp_parts)
     def psp_forward(self, inputs):
         return _psp_parts(self).fused(inputs[-1])
 
 
 class FusedGlobalFeatureExtractor(Converted):
+    @unless_hooked(_fast_scnn_parts)
     def forward(self, x):
         x = self.bottleneck3(self.bottleneck2(self.bottleneck1(x)))
         return _fast_scnn_parts(self).fused(x)
 
 
 class FusedICNet(Converted):
+    @unless_hooked(_icnet_parts)
     def forward(self, x):
         def half(t):
             return F.interpolate(

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from .fused import convert_in_place
-from .units import Parts, check_head
+from .hooks import first_hooked
+from .units import Parts, bypassed, check_head
 
 __all__ = ["Head", "Unsupported", "library_class", "try_convert"]
 
@@ -92,6 +93,9 @@ def try_convert(module: nn.Module, head: Head) -> str | None:
     got = check_head(parts.branches, parts.post)
     if isinstance(got, str):
         return got
+    hooks = first_hooked(bypassed(parts), module)
+    if hooks is not None:
+        return hooks
     convert_in_place(module, head.mixin)
     return None
 

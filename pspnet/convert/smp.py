@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .fused import Converted
 from .registry import Head
-from .units import Parts
+from .units import Parts, unless_hooked
 
 __all__ = ["HEADS"]
 
@@ -28,6 +28,7 @@ def _upernet_parts(module) -> Parts:
 
 
 class FusedPSPDecoder(Converted):
+    @unless_hooked(_pspnet_parts)
     def forward(self, *args):
         # (one list of feature maps; older releases took them as separate arguments)
         features = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
@@ -35,6 +36,7 @@ class FusedPSPDecoder(Converted):
 
 
 class FusedUPerNetPSPModule(Converted):
+    @unless_hooked(_upernet_parts)
     def forward(self, feature):
         return _upernet_parts(self).fused(feature)
 

@@ -29,6 +29,8 @@ activation modules), so each must run its class's own forward: a subclass overri
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -41,6 +43,7 @@ from psp_kernels import reference
 from .. import export_ops
 from ..heads import concat_free_conv
 from ..ppm import _bin_of, _folded, _uses_batch_stats
+from .hooks import hooked
 
 __all__ = [
     "Parts",
@@ -52,6 +55,8 @@ __all__ = [
     "fused_head",
     "module_is",
     "plain",
+    "bypassed",
+    "unless_hooked",
 ]
 
 #: Tests set this to force the conv after the concat concat-free (``True``) or over the concat
@@ -291,3 +296,35 @@ def fused_head(x, branch_modules, post_module, *, x_last: bool, align_corners: b
     else:
         out = conv(psp_kernels.upsample_concat(x, ys, align_corners=align_corners))
     return post.finish(out)
+
+
+def bypassed(parts: Parts) -> Iterator[nn.Module]:
+    """The modules whose forward :func:`fused_head` skips for ``parts``: the pyramid, every
+    module of every branch (their norms and activations too: eval folds them), the conv unit
+    after the concat and its conv (its norm and activation modules are called)."""
+    if parts.pyramid is not None:
+        yield parts.pyramid
+    for b in parts.branches:
+        yield from b.modules()
+    yield parts.post
+    post = conv_unit(parts.post)
+    if isinstance(post, Unit):
+        yield post.conv
+
+
+def unless_hooked(parts_of: Callable[[nn.Module], Parts]):
+    """Decorate a converted head's method (a :class:`~pspnet.convert.fused.Converted` mixin's,
+    computing with ``parts_of(self)``): while a module it skips has hooks, or module hooks are
+    registered globally, the original class's method runs instead, so every hook runs as it
+    would unconverted (hooks may be added after the conversion, which refused hooked heads)."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            if hooked(bypassed(parts_of(self))):
+                return getattr(self._psp_original, method.__name__)(self, *args, **kwargs)
+            return method(self, *args, **kwargs)
+
+        return run
+
+    return decorate
