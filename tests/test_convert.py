@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import pspnet
 from pspnet.convert import units
+from pspnet.testing import OfficialPPM, randomize_batchnorm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,3 +144,65 @@ def test_hooked_sees_module_and_global_hooks():
     finally:
         handle.remove()
     assert not hooked(root.modules())
+
+
+class _XLastPPM(OfficialPPM):
+    """The official layout with x last in the concat (as a fork may write it)."""
+
+    def forward(self, x):
+        return torch.cat([self.upsample(f(x), x.shape[2:]) for f in self.features] + [x], 1)
+
+
+def _bilinear(y, size):  # interpolate's default align_corners=False, as forks write it
+    return F.interpolate(y, size, mode="bilinear")
+
+
+def _hooked_ppm():
+    ppm = OfficialPPM(8, 2, (1, 2, 3, 6))
+    ppm.features[1][2].register_forward_hook(lambda m, i, out: out * 2)
+    return ppm
+
+
+@pytest.mark.parametrize(
+    "build, reason",
+    [
+        (lambda: OfficialPPM(8, 2, (1, 2, 3, 6), upsample=_bilinear), "something else"),
+        (lambda: _XLastPPM(8, 2, (1, 2, 3, 6)), "something else"),
+        (_hooked_ppm, "features.1.2 (BatchNorm2d) has forward hooks"),
+    ],
+    ids=["align_corners=False", "x last", "hooks"],
+)
+def test_official_layout_with_other_maths_or_hooks_is_left(build, reason, caplog):
+    """The official layout with another forward (align_corners=False, x last) or with hooks is
+    not swapped for pspnet.PPM: the probe (or the hooks) is logged, and the outputs stay."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(nn.Sequential(nn.Conv2d(3, 8, 1), build()), seed=1).eval()
+    ppm = model[1]
+    x = torch.randn(2, 3, 9, 11)
+    with torch.no_grad():
+        want = model(x)
+    with caplog.at_level(logging.INFO, logger="pspnet.convert"):
+        assert pspnet.convert_ppm(model) is model
+    assert model[1] is ppm
+    assert "left the official semseg PPM at 1 unconverted" in caplog.text and reason in caplog.text
+    with torch.no_grad():
+        assert torch.equal(model(x), want)
+
+
+def test_official_probe_leaves_the_module_as_it_was():
+    """The probe runs on a float64 copy with its own weights and random numbers: the converted
+    PPM shares the original's tensors, whose values, dtype and training flags (and the global
+    random state) are as before."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(nn.Sequential(OfficialPPM(8, 2, (1, 2, 3, 6))), seed=1)
+    model.train()
+    model[0].features[2].eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    rng = torch.get_rng_state()
+    pspnet.convert_ppm(model)
+    assert isinstance(model[0], pspnet.PPM) and model[0].training
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [m.training for m in model.modules()] == flags
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
