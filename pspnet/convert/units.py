@@ -7,9 +7,10 @@ after the concat (a 3x3 or 1x1 ``Conv2d``, its norm, its activation). The librar
 their own classes (mmcv's ``ConvModule``, transformers' ``UperNetConvModule`` / ``BeitConvLayer``,
 smp's ``Conv2dReLU``, plain ``nn.Sequential``); :func:`conv_unit` and :func:`branch` read them
 without importing the libraries, and return a reason instead where the maths does not map. The
-fused computation skips the forward of every module it reads (it calls only the norm and
-activation modules), so each must run its class's own forward: a subclass overriding it (a
-``Sequential`` that scales its output, say) is refused.
+fused computation reads the blocks, pools and convs instead of calling them (of a head's modules
+it calls only norms and activations, and in eval not even the branches' ones), so each must run
+its class's own forward: a subclass overriding it (a ``Sequential`` that scales its output, say)
+is refused; :func:`bypassed` lists them for the hook checks (:mod:`.hooks`).
 
 :func:`fused_head` computes the head with ``psp_kernels``:
 
