@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pspnet
+from pspnet.convert import units
+from pspnet.testing import OfficialPPM, randomize_batchnorm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,3 +102,107 @@ def test_pspnet_works_without_the_libraries():
     proc = subprocess.run([sys.executable, "-c", BLOCKED], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=300)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+
+
+class _Scaled(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+class _Pool(nn.AdaptiveAvgPool2d):
+    def forward(self, x):
+        return super().forward(x) + 1
+
+
+def test_modules_overriding_forward_are_not_read_as_plain_ones():
+    """The fused head reads a branch's and a conv unit's children and skips their forward: a
+    Sequential (or a pooling) whose class overrides forward is refused, with a reason."""
+    conv, relu = nn.Conv2d(4, 2, 1, bias=False), nn.ReLU()
+    assert not isinstance(units.branch(nn.Sequential(nn.AdaptiveAvgPool2d(2), conv, relu)), str)
+    for bad in (_Scaled(nn.AdaptiveAvgPool2d(2), conv, relu), nn.Sequential(_Pool(2), conv, relu),
+                nn.Sequential(nn.AdaptiveAvgPool2d(2), _Scaled(conv, relu))):  # fmt: skip
+        assert isinstance(units.branch(bad), str)
+    assert isinstance(units.conv_unit(_Scaled(conv, nn.ReLU())), str)
+
+
+def test_hooked_sees_module_and_global_hooks():
+    """What a converted head checks before it skips modules: their own hooks of every kind
+    (named, at the conversion) and module hooks registered globally."""
+    from pspnet.convert.hooks import first_hooked, hooked
+
+    root = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Sequential(nn.ReLU()))
+    assert not hooked(root.modules()) and first_hooked(root.modules(), root) is None
+    for register in ("register_forward_pre_hook", "register_forward_hook",
+                     "register_full_backward_pre_hook", "register_full_backward_hook"):  # fmt: skip
+        handle = getattr(root[1][0], register)(lambda *a: None)
+        assert hooked(root.modules())
+        assert first_hooked(root.modules(), root).startswith("1.0 (ReLU) has ")
+        handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda *a: None)
+    try:
+        assert hooked([])
+    finally:
+        handle.remove()
+    assert not hooked(root.modules())
+
+
+class _XLastPPM(OfficialPPM):
+    """The official layout with x last in the concat (as a fork may write it)."""
+
+    def forward(self, x):
+        return torch.cat([self.upsample(f(x), x.shape[2:]) for f in self.features] + [x], 1)
+
+
+def _bilinear(y, size):  # interpolate's default align_corners=False, as forks write it
+    return F.interpolate(y, size, mode="bilinear")
+
+
+def _hooked_ppm():
+    ppm = OfficialPPM(8, 2, (1, 2, 3, 6))
+    ppm.features[1][2].register_forward_hook(lambda m, i, out: out * 2)
+    return ppm
+
+
+@pytest.mark.parametrize(
+    "build, reason",
+    [
+        (lambda: OfficialPPM(8, 2, (1, 2, 3, 6), upsample=_bilinear), "something else"),
+        (lambda: _XLastPPM(8, 2, (1, 2, 3, 6)), "something else"),
+        (_hooked_ppm, "features.1.2 (BatchNorm2d) has forward hooks"),
+    ],
+    ids=["align_corners=False", "x last", "hooks"],
+)
+def test_official_layout_with_other_maths_or_hooks_is_left(build, reason, caplog):
+    """The official layout with another forward (align_corners=False, x last) or with hooks is
+    not swapped for pspnet.PPM: the probe (or the hooks) is logged, and the outputs stay."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(nn.Sequential(nn.Conv2d(3, 8, 1), build()), seed=1).eval()
+    ppm = model[1]
+    x = torch.randn(2, 3, 9, 11)
+    with torch.no_grad():
+        want = model(x)
+    with caplog.at_level(logging.INFO, logger="pspnet.convert"):
+        assert pspnet.convert_ppm(model) is model
+    assert model[1] is ppm
+    assert "left the official semseg PPM at 1 unconverted" in caplog.text and reason in caplog.text
+    with torch.no_grad():
+        assert torch.equal(model(x), want)
+
+
+def test_official_probe_leaves_the_module_as_it_was():
+    """The probe runs on a float64 copy with its own weights and random numbers: the converted
+    PPM shares the original's tensors, whose values, dtype and training flags (and the global
+    random state) are as before."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(nn.Sequential(OfficialPPM(8, 2, (1, 2, 3, 6))), seed=1)
+    model.train()
+    model[0].features[2].eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    rng = torch.get_rng_state()
+    pspnet.convert_ppm(model)
+    assert isinstance(model[0], pspnet.PPM) and model[0].training
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [m.training for m in model.modules()] == flags
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k

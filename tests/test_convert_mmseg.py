@@ -10,6 +10,7 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.utils.prune
 
 import pspnet
 from tests.helpers import assert_close
@@ -192,3 +193,168 @@ def test_sync_batchnorm_head():
     x = [torch.randn(2, 16, 11, 13)]
     with torch.no_grad():
         assert_close(head(x), original(x), tol=1e-5, nonzero=True)
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickles_with_every_protocol(protocol):
+    """A converted head round-trips through pickle with every protocol (0 and 1 included), as
+    the converted class, computing the same output."""
+    torch.manual_seed(0)
+    head = pspnet.convert_ppm(MODELS.build(copy.deepcopy(HEADS["PSPHead"]))).eval()
+    other = pickle.loads(pickle.dumps(head, protocol=protocol))
+    assert type(other) is type(head)
+    x = [torch.randn(2, 16, 9, 11)]
+    with torch.no_grad():
+        assert_close(other(x), head(x), tol=0.0)
+
+
+def test_batch_size_one_training_raises_as_the_original():
+    """Training with batch size 1: the bin-1 branch's BatchNorm sees one value per channel; the
+    converted head calls that module as the original does, so it raises the same error and
+    updates no statistics (no silent switch to the running statistics)."""
+    torch.manual_seed(0)
+    original = MODELS.build(copy.deepcopy(HEADS["PSPHead"])).train()
+    converted = pspnet.convert_ppm(copy.deepcopy(original))
+    x = [torch.randn(1, 16, 9, 11)]
+    for head in (original, converted):
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            head(x)
+    for (name, a), (_, b) in zip(converted.named_buffers(), original.named_buffers(), strict=True):
+        assert torch.equal(a, b), name
+
+
+class _NearestPPM(mmseg_models.decode_heads.psp_head.PPM):
+    """mmseg's PPM upsampling with mode="nearest": its own forward, which the fused head skips."""
+
+    def forward(self, x):
+        return [torch.nn.functional.interpolate(p(x), x.shape[2:], mode="nearest") for p in self]
+
+
+class _Scaled(torch.nn.Sequential):
+    """A Sequential overriding forward (the fused head reads its children, skipping it)."""
+
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def _nearest_ppm(head):
+    ppm = _NearestPPM((1, 2, 3, 6), 16, 8, None, NORM, dict(type="ReLU"), False)
+    ppm.load_state_dict(head.psp_modules.state_dict())
+    head.psp_modules = ppm
+
+
+def _scaled_branch(head):
+    head.psp_modules[0] = _Scaled(*head.psp_modules[0])
+
+
+@pytest.mark.parametrize(
+    "swap, reason",
+    [(_nearest_ppm, "its pyramid is a _NearestPPM"), (_scaled_branch, "the branch _Scaled")],
+)
+def test_overridden_forward_is_left_unconverted(swap, reason, caplog):
+    """A pyramid or branch whose class overrides the forward the fused head would skip: the
+    head is left as it was (same outputs), with the reason logged."""
+    torch.manual_seed(0)
+    head = MODELS.build(copy.deepcopy(HEADS["PSPHead"])).eval()
+    swap(head)
+    original = copy.deepcopy(head)
+    with caplog.at_level(logging.INFO, logger="pspnet.convert"):
+        pspnet.convert_ppm(head)
+    assert type(head) is type(original) and "unconverted" in caplog.text and reason in caplog.text
+    x = [torch.randn(2, 16, 9, 11)]
+    with torch.no_grad():
+        assert_close(head(x), original(x), tol=0.0)
+
+
+def _weight_norm_branch(head):
+    torch.nn.utils.weight_norm(head.psp_modules[1][1].conv)
+    return "psp_modules.1.1.conv (Conv2d) has forward pre-hooks"
+
+
+def _prune_bottleneck(head):
+    torch.nn.utils.prune.l1_unstructured(head.bottleneck.conv, "weight", amount=0.5)
+    return "bottleneck.conv (Conv2d) has forward pre-hooks"
+
+
+def _hook_pyramid(head):
+    head.psp_modules.register_forward_hook(lambda m, i, out: [t * 0.5 for t in out])
+    return "psp_modules (PPM) has forward hooks"
+
+
+def _hook_branch_bn(head):
+    head.psp_modules[2][1].bn.register_forward_pre_hook(lambda m, i: (i[0] + 1,))
+    return "psp_modules.2.1.bn (BatchNorm2d) has forward pre-hooks"
+
+
+@pytest.mark.parametrize("hook", [_weight_norm_branch, _prune_bottleneck, _hook_pyramid,
+                                  _hook_branch_bn])  # fmt: skip
+def test_hooked_head_is_left_unconverted(hook, caplog):
+    """A head where a module the fused computation skips has hooks (weight_norm and prune
+    recompute the weight in a forward pre-hook) is left as it was, the module named in the log;
+    after a parameter update it computes what an unhooked copy of the same maths computes."""
+
+    def build():  # (twice: a module with weight_norm does not deep-copy)
+        torch.manual_seed(0)
+        head = MODELS.build(copy.deepcopy(HEADS["PSPHead"])).eval()
+        return head, hook(head)
+
+    (head, reason), (original, _) = build(), build()
+    with caplog.at_level(logging.INFO, logger="pspnet.convert"):
+        pspnet.convert_ppm(head)
+    assert type(head) is type(original)
+    assert "unconverted" in caplog.text and reason in caplog.text
+    with torch.no_grad():
+        for m in (head, original):
+            for name, p in m.named_parameters():
+                if name.endswith(("weight_g", "weight_orig")):
+                    p.mul_(2)  # as an optimizer step would
+        x = [torch.randn(2, 16, 9, 11)]
+        assert_close(head(x), original(x), tol=0.0)
+
+
+def test_hooks_added_after_conversion_run():
+    """Hooks added to skipped modules after the conversion: the converted head runs its
+    original method while they are there (the same outputs as unconverted, weight_norm's
+    recomputed weight included), and the fused one again once they are removed."""
+    torch.manual_seed(0)
+    original = MODELS.build(copy.deepcopy(HEADS["PSPHead"])).eval()
+    converted = pspnet.convert_ppm(copy.deepcopy(original))
+    x = [torch.randn(2, 16, 9, 11)]
+    handles = []
+    for head in (original, converted):
+        handles.append(head.psp_modules.register_forward_hook(lambda m, i, o: [t / 2 for t in o]))
+        torch.nn.utils.weight_norm(head.bottleneck.conv)
+        with torch.no_grad():
+            head.bottleneck.conv.weight_g.mul_(2)
+    with torch.no_grad():
+        assert_close(converted(x), original(x), tol=0.0)
+        for h in handles:
+            h.remove()
+        torch.nn.utils.remove_weight_norm(original.bottleneck.conv)
+        torch.nn.utils.remove_weight_norm(converted.bottleneck.conv)
+        calls = []
+        converted.psp_modules.forward = lambda *a: calls.append(a)  # not called when fused
+        assert_close(converted(x), original(x), tol=1e-5, nonzero=True)
+        assert not calls and type(converted).__name__ == "FusedPSPHead"
+
+
+def test_global_module_hooks_run_on_converted_heads():
+    """Module hooks registered globally run on every module's call: while there are any, the
+    converted head runs its original method, so they see the same calls as unconverted."""
+    torch.manual_seed(0)
+    original = MODELS.build(copy.deepcopy(HEADS["PSPHead"])).eval()
+    converted = pspnet.convert_ppm(copy.deepcopy(original))
+    x = [torch.randn(2, 16, 9, 11)]
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(type(m).__name__)
+    )
+    try:
+        with torch.no_grad():
+            want = original(x)
+            calls, seen[:] = list(seen), []
+            got = converted(x)
+    finally:
+        handle.remove()
+    assert [c.removeprefix("Fused") for c in seen] == calls and len(calls) > 20
+    assert_close(got, want, tol=0.0)

@@ -4,7 +4,8 @@ One call finds every supported head in a model and converts it in place, keeping
 parameter and buffer (names, shapes, values, the very same tensors), so checkpoints load before
 and after and a converted model's ``state_dict`` loads into the unconverted library:
 
-* the official hszhao/semseg PPM layout: swapped for :class:`pspnet.PPM` (:mod:`.official`);
+* the official hszhao/semseg PPM layout: swapped for :class:`pspnet.PPM` where a probe shows the
+  same maths (:mod:`.official`);
 * mmsegmentation's ``PSPHead``, ``UPerHead``, ``ICNet`` and Fast-SCNN's
   ``GlobalFeatureExtractor`` (:mod:`.mmseg`); transformers' ``UperNetHead``, ``BeitUperHead``
   and ``Data2VecVisionUperHead`` (:mod:`.hf`); segmentation_models_pytorch's ``PSPNet``
@@ -13,10 +14,11 @@ and after and a converted model's ``state_dict`` loads into the unconverted libr
   pyramid, the conv after the concat concat-free).
 
 Recognition reads class names, module paths and module structure: none of those libraries is
-imported, and ``pspnet`` works without them. Each converted head is logged (``logging``, logger
-``pspnet.convert``, level INFO); a recognised head whose maths does not map is left as it was and
-logged at WARNING with the reason; a model in which nothing is recognised gets a
-``UserWarning`` naming what was looked for.
+imported, and ``pspnet`` works without them. A module whose forward the fused computation skips
+must run its class's own forward and have no hooks (:mod:`.fused`), else its head is left. Each
+converted head is logged (``logging``, logger ``pspnet.convert``, level INFO); a recognised head
+whose maths does not map is left as it was and logged at WARNING with the reason; a model in
+which nothing is recognised gets a ``UserWarning`` naming what was looked for.
 """
 
 from __future__ import annotations
@@ -63,9 +65,13 @@ def _visit(module: nn.Module, path: str, found: list) -> nn.Module:
         found.append(path)  # already fused: recognised, nothing to do
         return module
     if official.is_official_ppm(module):
-        logger.info("converted the official semseg PPM at %s: kernel 1 then kernel 2", where)
         found.append(path)
-        return official.to_fused(module)
+        reason = official.refusal(module)
+        if reason is None:
+            logger.info("converted the official semseg PPM at %s: kernel 1 then kernel 2", where)
+            return official.to_fused(module)
+        logger.warning("left the official semseg PPM at %s unconverted: %s", where, reason)
+        return module
     head = _head_of(module)
     if head is not None:
         reason = try_convert(module, head)

@@ -6,8 +6,15 @@ A third-party head builds the concat inside one of its own methods (mmseg's
 method replaced. The module keeps its identity, submodules, parameters, buffers, hooks and
 training flags: only ``type(module)`` changes, to ``fused_class(type(module), mixin)``, a
 subclass (``isinstance`` checks still hold) whose method comes from ``mixin``. Converted modules
-pickle (``torch.save(model)``), deep-copy and replicate (``nn.DataParallel``) as converted ones:
-they are rebuilt from the original class and the mixin, both found by name.
+pickle (``torch.save(model)``, every pickle protocol), deep-copy and replicate
+(``nn.DataParallel``) as converted ones: they are rebuilt from the original class and the mixin,
+both found by name.
+
+The head's own hooks run as before (it is still called). The replaced method reads the weights
+of the pyramid, branch and conv modules instead of calling them, so their hooks would not run
+(:mod:`.hooks`): a head where any of them has hooks is not converted, and a converted head runs
+its original method instead while any of them has hooks (added after the conversion) or module
+hooks are registered globally (:func:`.units.unless_hooked`).
 """
 
 from __future__ import annotations
@@ -30,8 +37,11 @@ class Converted:
     _psp_mixin: type = object
 
     def __reduce_ex__(self, protocol):
-        reduced = super().__reduce_ex__(protocol)
-        if reduced[0] is not copyreg.__newobj__:  # protocols 0 and 1: rebuild unconverted
+        # The fused class shares its name with the mixin, so pickle cannot find it by name:
+        # every protocol rebuilds it from the two classes it is made of. Protocol 2's reduction
+        # (``copyreg.__newobj__``) is taken for all: its state is what every protocol restores.
+        reduced = super().__reduce_ex__(max(protocol, 2))
+        if reduced[0] is not copyreg.__newobj__:  # the original class reduces itself
             return reduced
         _, args, *rest = reduced
         return (_new, (self._psp_original, self._psp_mixin, *args[1:]), *rest)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .fused import Converted
 from .registry import Head
-from .units import fused_head
+from .units import Parts, unless_hooked
 
 __all__ = ["HEADS"]
 
@@ -22,32 +22,33 @@ def _branch_modules(ppm):
     return list(blocks) if blocks is not None else list(ppm.children())
 
 
-def _upernet_parts(head):
+def _upernet_parts(head) -> Parts:
     ppm = head.psp_modules
-    return _branch_modules(ppm), head.bottleneck, False, ppm.align_corners
+    return Parts(ppm, _branch_modules(ppm), head.bottleneck, False, ppm.align_corners)
 
 
-def _beit_parts(head):
+def _beit_parts(head) -> Parts:
     ppm = head.psp_modules
     post = getattr(head, "psp_bottleneck", None) or head.bottleneck
-    return _branch_modules(ppm), post, False, getattr(ppm, "align_corners", False)
+    return Parts(ppm, _branch_modules(ppm), post, False, getattr(ppm, "align_corners", False))
 
 
 class FusedUperNetHead(Converted):
+    @unless_hooked(_upernet_parts)
     def psp_forward(self, inputs):
-        branches, post, x_last, ac = _upernet_parts(self)
-        return fused_head(inputs[-1], branches, post, x_last=x_last, align_corners=ac)
+        return _upernet_parts(self).fused(inputs[-1])
 
 
 class FusedBeitUperHead(Converted):
+    @unless_hooked(_beit_parts)
     def psp_forward(self, hidden_states):
-        branches, post, x_last, ac = _beit_parts(self)
-        return fused_head(hidden_states[-1], branches, post, x_last=x_last, align_corners=ac)
+        return _beit_parts(self).fused(hidden_states[-1])
 
 
 HEADS = [
     Head("transformers", ("UperNetHead",), "transformers UperNetHead", "psp_forward",
-         FusedUperNetHead, _upernet_parts),
+         FusedUperNetHead, _upernet_parts, pyramid=("UperNetPyramidPoolingModule",)),
     Head("transformers", ("BeitUperHead", "Data2VecVisionUperHead"),
-         "transformers BeitUperHead", "psp_forward", FusedBeitUperHead, _beit_parts),
+         "transformers BeitUperHead", "psp_forward", FusedBeitUperHead, _beit_parts,
+         pyramid=("BeitPyramidPoolingModule", "Data2VecVisionPyramidPoolingModule")),
 ]  # fmt: skip

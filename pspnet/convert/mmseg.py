@@ -19,32 +19,45 @@ import torch.nn.functional as F
 
 from .fused import Converted
 from .registry import Head, Unsupported
-from .units import fused_head
+from .units import Parts, unless_hooked
 
 __all__ = ["HEADS", "UNSUPPORTED"]
 
 
-def _fused_ppm(x, ppm, post, x_last=False):
-    return fused_head(x, list(ppm), post, x_last=x_last, align_corners=ppm.align_corners)
+def _parts(ppm: str, post: str, x_last: bool = False):
+    def parts(module) -> Parts:
+        p = getattr(module, ppm)
+        return Parts(p, list(p), getattr(module, post), x_last, p.align_corners)
+
+    return parts
+
+
+_psp_parts = _parts("psp_modules", "bottleneck")
+_icnet_parts = _parts("psp_modules", "psp_bottleneck", x_last=True)
+_fast_scnn_parts = _parts("ppm", "out")
 
 
 class FusedPSPHead(Converted):
+    @unless_hooked(_psp_parts)
     def _forward_feature(self, inputs):
-        return _fused_ppm(self._transform_inputs(inputs), self.psp_modules, self.bottleneck)
+        return _psp_parts(self).fused(self._transform_inputs(inputs))
 
 
 class FusedUPerHead(Converted):
+    @unless_hooked(_psp_parts)
     def psp_forward(self, inputs):
-        return _fused_ppm(inputs[-1], self.psp_modules, self.bottleneck)
+        return _psp_parts(self).fused(inputs[-1])
 
 
 class FusedGlobalFeatureExtractor(Converted):
+    @unless_hooked(_fast_scnn_parts)
     def forward(self, x):
         x = self.bottleneck3(self.bottleneck2(self.bottleneck1(x)))
-        return _fused_ppm(x, self.ppm, self.out)
+        return _fast_scnn_parts(self).fused(x)
 
 
 class FusedICNet(Converted):
+    @unless_hooked(_icnet_parts)
     def forward(self, x):
         def half(t):
             return F.interpolate(
@@ -57,28 +70,21 @@ class FusedICNet(Converted):
         x = backbone.layer2(x)
         outs.append(self.conv_sub2(x))
         x = backbone.layer4(backbone.layer3(half(x)))
-        x = _fused_ppm(x, self.psp_modules, self.psp_bottleneck, x_last=True)
+        x = _icnet_parts(self).fused(x)
         outs.append(self.conv_sub4(x))
         return outs
 
 
-def _parts(ppm: str, post: str, x_last: bool = False):
-    def parts(module):
-        p = getattr(module, ppm)
-        return list(p), getattr(module, post), x_last, p.align_corners
-
-    return parts
-
+_PPM = ("PPM",)  # mmseg.models.decode_heads.psp_head.PPM: the pyramid of all four
 
 HEADS = [
-    Head("mmseg", ("PSPHead",), "mmseg PSPHead", "_forward_feature", FusedPSPHead,
-         _parts("psp_modules", "bottleneck")),
-    Head("mmseg", ("UPerHead",), "mmseg UPerHead", "psp_forward", FusedUPerHead,
-         _parts("psp_modules", "bottleneck")),
-    Head("mmseg", ("ICNet",), "mmseg ICNet", "forward", FusedICNet,
-         _parts("psp_modules", "psp_bottleneck", x_last=True)),
+    Head("mmseg", ("PSPHead",), "mmseg PSPHead", "_forward_feature", FusedPSPHead, _psp_parts,
+         pyramid=_PPM),
+    Head("mmseg", ("UPerHead",), "mmseg UPerHead", "psp_forward", FusedUPerHead, _psp_parts,
+         pyramid=_PPM),
+    Head("mmseg", ("ICNet",), "mmseg ICNet", "forward", FusedICNet, _icnet_parts, pyramid=_PPM),
     Head("mmseg", ("GlobalFeatureExtractor",), "mmseg Fast-SCNN GlobalFeatureExtractor",
-         "forward", FusedGlobalFeatureExtractor, _parts("ppm", "out")),
+         "forward", FusedGlobalFeatureExtractor, _fast_scnn_parts, pyramid=_PPM),
 ]  # fmt: skip
 
 UNSUPPORTED = [

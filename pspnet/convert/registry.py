@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from .fused import convert_in_place
-from .units import check_head
+from .hooks import first_hooked
+from .units import Parts, bypassed, check_head
 
 __all__ = ["Head", "Unsupported", "library_class", "try_convert"]
 
@@ -29,10 +30,13 @@ class Head:
         label: how the log names it.
         method: the method of the class that builds the concat, replaced by ``mixin``'s.
         mixin: a :class:`~pspnet.convert.fused.Converted` subclass defining ``method``.
-        parts: ``parts(module) -> (branch modules, conv unit after the concat, x_last,
-            align_corners)``.
+        parts: ``parts(module) -> Parts`` (:class:`~pspnet.convert.units.Parts`).
         module_path: a substring the class's module path must contain (when names repeat
             within a library, as smp's two ``PSPModule`` classes).
+        pyramid: class names, in ``library``, of the pyramid module ``method`` calls
+            (``parts(module).pyramid``; ``()`` where the head is its own pyramid): the fused
+            method skips its forward, so it must be that class's own.
+        pyramid_path: a substring the pyramid class's module path must contain.
     """
 
     library: str
@@ -40,8 +44,10 @@ class Head:
     label: str
     method: str
     mixin: type
-    parts: Callable[[nn.Module], tuple]
+    parts: Callable[[nn.Module], Parts]
     module_path: str = ""
+    pyramid: tuple[str, ...] = ()
+    pyramid_path: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,28 +69,44 @@ def library_class(module: nn.Module, library: str, names, module_path: str = "")
     return None
 
 
+def _keeps(module: nn.Module, base: type | None, method: str) -> bool:
+    """Whether ``module``'s class runs ``base``'s own ``method`` (no subclass overrides it)."""
+    return base is not None and getattr(type(module), method, None) is getattr(base, method, None)
+
+
 def try_convert(module: nn.Module, head: Head) -> str | None:
     """Convert ``module`` (a ``head.names`` instance) in place; ``None``, or why it was left."""
     base = library_class(module, head.library, head.names, head.module_path)
-    if getattr(type(module), head.method, None) is not getattr(base, head.method, None):
+    if not _keeps(module, base, head.method):
         return f"{type(module).__name__} overrides {head.method}, which the converter replaces"
     try:
-        branch_modules, post_module, _, _ = head.parts(module)
+        parts = head.parts(module)
     except AttributeError as e:
         return f"its parts are not where {head.label} keeps them ({e})"
-    got = check_head(branch_modules, post_module)
+    if head.pyramid:
+        pyramid = library_class(parts.pyramid, head.library, head.pyramid, head.pyramid_path)
+        if not _keeps(parts.pyramid, pyramid, "forward"):
+            return (
+                f"its pyramid is a {type(parts.pyramid).__name__}, not a {head.library} "
+                f"{' / '.join(head.pyramid)} running that class's own forward"
+            )
+    got = check_head(parts.branches, parts.post)
     if isinstance(got, str):
         return got
+    hooks = first_hooked(bypassed(parts), module)
+    if hooks is not None:
+        return hooks
     convert_in_place(module, head.mixin)
     return None
 
 
 def describe(module: nn.Module, head: Head) -> str:
     """What the converted ``module`` runs, for the log."""
-    branch_modules, post_module, x_last, align_corners = head.parts(module)
-    parts, post = check_head(branch_modules, post_module)
+    parts = head.parts(module)
+    got, post = check_head(parts.branches, parts.post)
     k = post.conv.kernel_size[0]
     return (
-        f"bins {tuple(b for b, _ in parts)} on kernel 1, the {k}x{k} conv after the concat "
-        f"concat-free (x {'last' if x_last else 'first'}, align_corners={align_corners})"
+        f"bins {tuple(b for b, _ in got)} on kernel 1, the {k}x{k} conv after the concat "
+        f"concat-free (x {'last' if parts.x_last else 'first'}, "
+        f"align_corners={parts.align_corners})"
     )

@@ -6,15 +6,20 @@ upsampled bilinearly and concatenated with the feature map ``x`` (first or last)
 after the concat (a 3x3 or 1x1 ``Conv2d``, its norm, its activation). The libraries wrap these in
 their own classes (mmcv's ``ConvModule``, transformers' ``UperNetConvModule`` / ``BeitConvLayer``,
 smp's ``Conv2dReLU``, plain ``nn.Sequential``); :func:`conv_unit` and :func:`branch` read them
-without importing the libraries, and return a reason instead where the maths does not map.
+without importing the libraries, and return a reason instead where the maths does not map. The
+fused computation reads the blocks, pools and convs instead of calling them (of a head's modules
+it calls only norms and activations, and in eval not even the branches' ones), so each must run
+its class's own forward: a subclass overriding it (a ``Sequential`` that scales its output, say)
+is refused; :func:`bypassed` lists them for the hook checks (:mod:`.hooks`).
 
 :func:`fused_head` computes the head with ``psp_kernels``:
 
 * the branches: kernel 1 (``pyramid_pool_conv``, every bin from one read of ``x``) with each
   branch's eval BatchNorm (or conv bias: ``scale = 1``, ``shift = bias``) and ReLU folded into its
   epilogue; otherwise (training, other norms or activations) the bias-free products from kernel 1
-  and each branch's own modules on them, so BatchNorm running statistics update exactly
-  (``SyncBatchNorm`` included; batch size 1 as in :class:`pspnet.PPM`);
+  and each branch's own modules called on them as the original calls them, so BatchNorm running
+  statistics update exactly (``SyncBatchNorm`` included) and batch size 1 in training raises in
+  the bin-1 branch's BatchNorm as the original does;
 * the conv after the concat: concat-free (``psp_kernels.concat_free_conv``, 3x3 or the one-tap
   1x1 form, ``x`` first or last) where :func:`psp_kernels.concat_free_pays` says so for these
   shapes, else the conv over the concat, the same function; its own norm and activation modules
@@ -25,6 +30,9 @@ without importing the libraries, and return a reason instead where the maths doe
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -35,9 +43,22 @@ from psp_kernels import reference
 
 from .. import export_ops
 from ..heads import concat_free_conv
-from ..ppm import _bin_of, _branch_norm, _folded, _uses_batch_stats
+from ..ppm import _bin_of, _folded, _uses_batch_stats
+from .hooks import hooked
 
-__all__ = ["Unit", "conv_unit", "branch", "branches", "check_head", "fused_head", "module_is"]
+__all__ = [
+    "Parts",
+    "Unit",
+    "conv_unit",
+    "branch",
+    "branches",
+    "check_head",
+    "fused_head",
+    "module_is",
+    "plain",
+    "bypassed",
+    "unless_hooked",
+]
 
 #: Tests set this to force the conv after the concat concat-free (``True``) or over the concat
 #: (``False``) instead of deciding from the shapes (``None``).
@@ -66,6 +87,33 @@ def module_is(module: nn.Module, library: str, names) -> bool:
     return cls.__name__ in names and cls.__module__.split(".")[0] == library
 
 
+def plain(module: nn.Module, cls: type) -> bool:
+    """Whether ``module`` is a ``cls`` running ``cls``'s own forward (not a subclass's override,
+    which a fused computation skipping that forward would silently drop)."""
+    return isinstance(module, cls) and type(module).forward is cls.forward
+
+
+class Parts(NamedTuple):
+    """Where a head keeps what :func:`fused_head` reads (a head's ``parts`` function gives it)."""
+
+    #: The pyramid module the head's original method calls (its branches, upsampled), or
+    #: ``None`` where the head is the pyramid itself.
+    pyramid: nn.Module | None
+    #: The branch modules, in concat order.
+    branches: list[nn.Module]
+    #: The conv unit after the concat.
+    post: nn.Module
+    #: Whether ``x`` comes last in the concat.
+    x_last: bool
+    align_corners: bool
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's ``post(cat(...))`` on ``x`` by :func:`fused_head`."""
+        return fused_head(
+            x, self.branches, self.post, x_last=self.x_last, align_corners=self.align_corners
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Unit:
     """A ``Conv2d`` and the modules applied to its output, in order (norm, activation)."""
@@ -74,14 +122,13 @@ class Unit:
     post: tuple[nn.Module, ...]
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        y = self.conv(y)
+        return self.finish(self.conv(y))
+
+    def finish(self, y: torch.Tensor) -> torch.Tensor:
+        """The modules after the conv on its output ``y``, each called as a module."""
         for m in self.post:
             y = m(y)
         return y
-
-
-def _plain_conv(conv) -> bool:
-    return isinstance(conv, nn.Conv2d) and type(conv).forward is nn.Conv2d.forward
 
 
 def conv_unit(module: nn.Module) -> Unit | str:
@@ -95,7 +142,7 @@ def conv_unit(module: nn.Module) -> Unit | str:
             [module.activate] if module.with_activation else []
         )
         conv, post = module.conv, tuple(post)
-    elif isinstance(module, nn.Sequential) or any(
+    elif plain(module, nn.Sequential) or any(
         module_is(module, lib, names) for lib, names in SEQUENTIAL_UNITS.items()
     ):
         children = list(module.children())
@@ -104,7 +151,7 @@ def conv_unit(module: nn.Module) -> Unit | str:
         conv, post = children[0], tuple(children[1:])
     else:
         return f"{type(module).__name__} is not a conv block this converter knows"
-    if not _plain_conv(conv):
+    if not plain(conv, nn.Conv2d):
         return f"its conv is a {type(conv).__name__}, not a plain Conv2d"
     if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
         return "its conv is strided, dilated or grouped"
@@ -115,16 +162,16 @@ def conv_unit(module: nn.Module) -> Unit | str:
 
 def branch(module: nn.Module) -> tuple[int, Unit] | str:
     """``(bin, unit)`` of a pyramid branch (``AdaptiveAvgPool2d(bin)`` then a 1x1 conv unit)."""
-    if isinstance(module, nn.Sequential) or any(
+    if plain(module, nn.Sequential) or any(
         module_is(module, lib, names) for lib, names in BRANCH_BLOCKS.items()
     ):
         children = list(module.children())
-        if len(children) == 1 and isinstance(children[0], nn.Sequential):
+        if len(children) == 1 and plain(children[0], nn.Sequential):
             children = list(children[0].children())  # smp's PSPBlock: its `pool` Sequential
     else:
         return f"the branch {type(module).__name__} is not a pooling block this converter knows"
-    if len(children) < 2 or not isinstance(children[0], nn.AdaptiveAvgPool2d):
-        return "a branch does not start with AdaptiveAvgPool2d"
+    if len(children) < 2 or not plain(children[0], nn.AdaptiveAvgPool2d):
+        return "a branch does not start with a plain AdaptiveAvgPool2d"
     b = _bin_of(children[0])
     if b is None:
         return f"a branch pools to {children[0].output_size}, not a square bin"
@@ -173,15 +220,20 @@ def _is_relu(m: nn.Module) -> bool:
     return type(m) is nn.ReLU
 
 
+def _foldable_norm(m: nn.Module) -> bool:
+    # (SyncBatchNorm has a forward of its own; the other BatchNorms share _BatchNorm's)
+    return plain(m, _BatchNorm) or plain(m, nn.SyncBatchNorm)
+
+
 def _folded_pyramid(units: list[Unit], dtype: torch.dtype):
     """``(weights, scale, shift, relu)`` with every branch's bias, eval BatchNorm and ReLU folded
     into kernel 1's epilogue, or ``None`` where a branch has anything else (or batch statistics)."""
     weights, scale, shift, relus = [], [], [], set()
     for u in units:
-        post = [m for m in u.post if not isinstance(m, nn.Identity)]
+        post = [m for m in u.post if not plain(m, nn.Identity)]
         relu = bool(post) and _is_relu(post[-1])
         norms = post[:-1] if relu else post
-        if len(norms) > 1 or (norms and not isinstance(norms[0], _BatchNorm)):
+        if len(norms) > 1 or (norms and not _foldable_norm(norms[0])):
             return None
         if norms and _uses_batch_stats(norms[0]):
             return None
@@ -206,12 +258,6 @@ def _folded_pyramid(units: list[Unit], dtype: torch.dtype):
     return weights, scale, shift, relus.pop()
 
 
-def _apply_post(unit: Unit, y: torch.Tensor) -> torch.Tensor:
-    for m in unit.post:
-        y = _branch_norm(m, y) if isinstance(m, _BatchNorm) else m(y)
-    return y
-
-
 def pyramid(x: torch.Tensor, parts: list[tuple[int, Unit]]) -> list[torch.Tensor]:
     """Every branch's output at its ``b x b`` resolution (see the module docstring)."""
     bins = tuple(b for b, _ in parts)
@@ -227,7 +273,7 @@ def pyramid(x: torch.Tensor, parts: list[tuple[int, Unit]]) -> list[torch.Tensor
     for u, y in zip(units, ys):
         if u.conv.bias is not None:
             y = y + u.conv.bias.to(y.dtype)[None, :, None, None]
-        out.append(_apply_post(u, y).to(x.dtype))
+        out.append(u.finish(y).to(x.dtype))
     return out
 
 
@@ -250,6 +296,36 @@ def fused_head(x, branch_modules, post_module, *, x_last: bool, align_corners: b
         out = conv(torch.cat(ups + [x], 1))
     else:
         out = conv(psp_kernels.upsample_concat(x, ys, align_corners=align_corners))
-    for m in post.post:
-        out = m(out)
-    return out
+    return post.finish(out)
+
+
+def bypassed(parts: Parts) -> Iterator[nn.Module]:
+    """The modules whose forward :func:`fused_head` skips for ``parts``: the pyramid, every
+    module of every branch (their norms and activations too: eval folds them), the conv unit
+    after the concat and its conv (its norm and activation modules are called)."""
+    if parts.pyramid is not None:
+        yield parts.pyramid
+    for b in parts.branches:
+        yield from b.modules()
+    yield parts.post
+    post = conv_unit(parts.post)
+    if isinstance(post, Unit):
+        yield post.conv
+
+
+def unless_hooked(parts_of: Callable[[nn.Module], Parts]):
+    """Decorate a converted head's method (a :class:`~pspnet.convert.fused.Converted` mixin's,
+    computing with ``parts_of(self)``): while a module it skips has hooks, or module hooks are
+    registered globally, the original class's method runs instead, so every hook runs as it
+    would unconverted (hooks may be added after the conversion, which refused hooked heads)."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            if hooked(bypassed(parts_of(self))):
+                return getattr(self._psp_original, method.__name__)(self, *args, **kwargs)
+            return method(self, *args, **kwargs)
+
+        return run
+
+    return decorate
