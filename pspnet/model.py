@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.nn.modules.module as _module
 
 from psp_kernels import upsample_cross_entropy
 
 from . import export_ops
 from .heads import concat_free_conv3x3
+from .hooks import hooked
 from .ppm import PPM
 from .resnet import _LAYERS, Bottleneck, ResNet, resnet50, resnet101, resnet152
 
@@ -29,15 +29,6 @@ __all__ = ["PSPNet", "TinyPSPNet", "fused_loss_options"]
 _BACKBONES = {50: resnet50, 101: resnet101, 152: resnet152}
 _HEADS = ("concat", "concat_free")
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` would run a hook: its own (forward, backward) or a global one."""
-    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
-           module._backward_pre_hooks)  # fmt: skip
-    glob = (_module._global_forward_hooks, _module._global_forward_pre_hooks,
-            _module._global_backward_hooks, _module._global_backward_pre_hooks)  # fmt: skip
-    return any(own) or any(glob)
 
 
 def fused_loss_options(criterion) -> dict | None:
@@ -49,7 +40,7 @@ def fused_loss_options(criterion) -> dict | None:
         return None
     if type(criterion).forward is not nn.CrossEntropyLoss.forward:
         return None
-    if _has_hooks(criterion):
+    if hooked([criterion]):
         return None
     if criterion.label_smoothing != 0.0 or criterion.reduction not in ("mean", "sum"):
         return None

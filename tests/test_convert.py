@@ -128,7 +128,7 @@ def test_modules_overriding_forward_are_not_read_as_plain_ones():
 def test_hooked_sees_module_and_global_hooks():
     """What a converted head checks before it skips modules: their own hooks of every kind
     (named, at the conversion) and module hooks registered globally."""
-    from pspnet.convert.hooks import first_hooked, hooked
+    from pspnet.hooks import first_hooked, hooked
 
     root = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Sequential(nn.ReLU()))
     assert not hooked(root.modules()) and first_hooked(root.modules(), root) is None

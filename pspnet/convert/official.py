@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..hooks import first_hooked, global_hooks
 from ..ppm import PPM, _bin_of
-from .hooks import first_hooked, global_hooks
 
 __all__ = ["is_official_ppm", "refusal", "to_fused", "csail_reason"]
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
+from ..hooks import first_hooked
 from .fused import convert_in_place
-from .hooks import first_hooked
 from .units import Parts, bypassed, check_head
 
 __all__ = ["Head", "Unsupported", "library_class", "try_convert"]

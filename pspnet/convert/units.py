@@ -43,8 +43,8 @@ from psp_kernels import reference
 
 from .. import export_ops
 from ..heads import concat_free_conv
+from ..hooks import hooked
 from ..ppm import _bin_of, _folded, _uses_batch_stats
-from .hooks import hooked
 
 __all__ = [
     "Parts",

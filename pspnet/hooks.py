@@ -1,6 +1,7 @@
-"""The hooks a converted head would skip: those of the modules whose forward it does not call.
+"""The hooks a fused computation would skip: those of the modules whose forward it does not call.
 
-A fused computation reads a module's weights instead of calling it, so the module's forward
+A converted head (:mod:`pspnet.convert`) reads its modules' weights instead of calling them, and
+the model's fused loss computes its criterion without calling it, so the module's forward
 hooks, forward pre-hooks and backward hooks would not run; ``torch.nn.utils.weight_norm``,
 ``spectral_norm`` and ``torch.nn.utils.prune`` recompute the weight in a forward pre-hook, so
 skipping it would even compute with a stale weight. Module hooks registered globally
