@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from psp_kernels import reference, shifted_upsample_add
+from psp_kernels.ops import utils as ops_utils
 from psp_kernels.ops.shifted_upsample_add import configs, launch
 from psp_kernels.ops.shifted_upsample_add.op import _bwd_op, _fwd_op
 from psp_kernels.ops.shifted_upsample_add.separable import separable_shifted_upsample_add
@@ -182,6 +183,50 @@ def test_gradcheck(taps, device):
     base, maps = _inputs(1, 1, 3, 4, [(1, 1), (2, 1)], torch.float64, device, taps=taps)
     fn = lambda b, *m: shifted_upsample_add(b, list(m), align_corners=False, backend="triton")
     assert torch.autograd.gradcheck(fn, (base, *maps), eps=1e-6, atol=1e-8, fast_mode=True)
+
+
+@pytest.mark.parametrize("taps", [9, 1])
+def test_gradgradcheck(taps, device):
+    """The backward is differentiable too (its gradient is the forward's maps' part)."""
+    skip_unless_kernels_take(torch.float64, device)
+    base, maps = _inputs(1, 1, 3, 4, [(1, 1), (2, 1)], torch.float64, device, taps=taps)
+    fn = lambda b, *m: shifted_upsample_add(b, list(m), align_corners=True, backend="triton")
+    assert torch.autograd.gradgradcheck(fn, (base, *maps), eps=1e-6, atol=1e-8, fast_mode=True)
+
+
+def test_offsets_beyond_int32_take_the_other_path():
+    """A sample of base with offsets past 2**31 (int32 inside the kernels) is not the kernels':
+    ``kernel_limit`` names it, so ``auto`` takes the separable path and ``triton`` refuses."""
+    sizes = [(1, 1), (2, 2)]
+    fits = torch.empty_strided((1, 3, 2, 2), (12, 4, 2, 1), device="meta")
+    wide = torch.empty_strided((1, 3, 2, 2), (0, 2**31 - 2**20, 2, 1), device="meta")
+    big = torch.empty((1, 512, 2048, 2049), device="meta")
+    assert launch.kernel_limit(sizes, 9, fits) is None
+    assert "int32" in launch.kernel_limit(sizes, 9, wide)
+    assert "int32" in launch.kernel_limit(sizes, 9, big)
+    assert launch.kernel_limit(sizes, 9, big[:, :256]) is None
+
+
+def test_gpu_tiles_backward_on_cpu(monkeypatch, device):
+    """The GPU tiles' backward runs under the interpreter (no CUDA device asked for its SMs or
+    architecture: one SM, every kernel variant), plane kernel included, equal to the reference."""
+    if device == "cuda":
+        pytest.skip("the GPU tiles run natively on CUDA in the other tests")
+    monkeypatch.setattr(ops_utils, "GPU_TILES", True)
+    launched = []
+    kernel = launch._shifted_upsample_add_bwd_plane_kernel
+    monkeypatch.setattr(launch, "_shifted_upsample_add_bwd_plane_kernel", _Spy(kernel, launched))
+    for channels_last in (False, True):
+        base, maps = _inputs(2, 3, 13, 17, [(1, 1), (3, 3), (6, 6)], torch.float64, device,
+                             channels_last)  # fmt: skip
+        out = shifted_upsample_add(base, maps, align_corners=False, backend="triton")
+        ref = reference.shifted_upsample_add(base, maps, align_corners=False)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, [base, *maps], g)
+        want = torch.autograd.grad(ref, [base, *maps], g)
+        for a, b in zip(got, want, strict=True):
+            assert (a - b).abs().max().item() < 1e-10
+    assert len(launched) == 2  # the plane kernel, both layouts
 
 
 @pytest.mark.parametrize("taps", [9, 1])

@@ -114,12 +114,15 @@ def _cuda_properties(index: int) -> tuple[int, int]:
     return props.multi_processor_count, 10 * props.major + props.minor
 
 
-def _properties(device: torch.device) -> tuple[int, int]:
+def _properties(device: torch.device) -> tuple[int, int | None]:
     """:func:`_cuda_properties` of ``device`` (the current device when it has no index), or the
-    simulated GPU's (:mod:`.target`)."""
+    simulated GPU's (:mod:`.target`), or for tensors off CUDA (the interpreter, GPU tiles forced
+    by tests) one SM (few programs) and no architecture (every kernel variant allowed)."""
     gpu = simulated_gpu()
     if gpu is not None:
         return gpu.num_sms, gpu.arch
+    if device.type != "cuda":
+        return 1, None
     if device.index is not None:
         return _cuda_properties(device.index)
     return _cuda_properties(torch.cuda.current_device() if device.type == "cuda" else 0)
@@ -127,13 +130,13 @@ def _properties(device: torch.device) -> tuple[int, int]:
 
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA ``device`` (cached per device index), or of the GPU
-    being simulated (:mod:`.target`)."""
+    being simulated (:mod:`.target`); 1 off CUDA."""
     return _properties(device)[0]
 
 
-def compute_arch(device: torch.device) -> int:
+def compute_arch(device: torch.device) -> int | None:
     """Compute capability of a CUDA ``device`` as one number (80: A100, 90: H100 / H200), or of
-    the GPU being simulated (:mod:`.target`)."""
+    the GPU being simulated (:mod:`.target`); ``None`` off CUDA (no kernel variant excluded)."""
     return _properties(device)[1]
 
 

@@ -19,6 +19,7 @@ from ..utils import (
     gpu_tiles,
     num_sms,
     pow2_divisor,
+    sample_fits_int32,
 )
 from . import configs
 from .kernels import (
@@ -47,16 +48,20 @@ def map_sizes(maps) -> tuple:
     return tuple((int(m.shape[-2]), int(m.shape[-1])) for m in maps)
 
 
-def kernel_limit(sizes, taps: int = 9) -> str | None:
-    """Why maps of these ``(h, w)`` sizes exceed the kernels' single K/J tile, else ``None``."""
+def kernel_limit(sizes, taps: int = 9, base: torch.Tensor | None = None) -> str | None:
+    """Why maps of these ``(h, w)`` sizes exceed the kernels' single K/J tile, or ``base`` (its
+    output and gradient, contiguous or laid out as ``base``) has offsets inside a sample beyond
+    int32, else ``None``."""
     s = 3 if taps == 9 else 1
     k, j = s * sum(h for h, _ in sizes), s * sum(w for _, w in sizes)
-    if k <= configs.MAX_K and j <= configs.MAX_K:
-        return None
-    return (
-        f"maps of sizes {sizes} exceed the kernel's tile ({s} * sum(h) and {s} * sum(w) must be "
-        f"<= {configs.MAX_K})"
-    )
+    if k > configs.MAX_K or j > configs.MAX_K:
+        return (
+            f"maps of sizes {sizes} exceed the kernel's tile ({s} * sum(h) and {s} * sum(w) "
+            f"must be <= {configs.MAX_K})"
+        )
+    if base is not None and (not sample_fits_int32(base) or base[0].numel() >= 2**31):
+        return "a sample of base has offsets beyond int32"
+    return None
 
 
 def _packed_width(total: int) -> int:
@@ -125,6 +130,8 @@ def launch_backward(grad, sizes, align_corners, taps=9):
     )
     dv = torch.empty(n, o, _packed_width(total), dtype=grad.dtype, device=grad.device)
     layout = _layout(grad)
+    if not sample_fits_int32(grad):  # (kernel_limit checked a contiguous one fits)
+        grad = grad.contiguous()
     gpu = gpu_tiles()
     arch = compute_arch(grad.device) if gpu else None
     plane = configs.plane_tiles(grad.dtype, layout, height, width, arch)

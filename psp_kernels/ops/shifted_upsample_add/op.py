@@ -57,6 +57,26 @@ def _backward(ctx, grad):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _setup_bwd_context(ctx, inputs, output):
+    grad, _, align_corners, _ = inputs
+    ctx.align_corners = align_corners
+    ctx.grad_meta = (grad.shape, grad.dtype, grad.device)
+    ctx.map_shapes = [g.shape for g in output]
+
+
+def _backward_of_backward(ctx, grad_maps):
+    """The backward is linear in ``grad`` (the maps' part of the forward, transposed), so its
+    own gradient is the forward's maps' part applied to ``grad_maps``."""
+    shape, dtype, device = ctx.grad_meta
+    maps = [torch.zeros(s, dtype=dtype, device=device) if g is None else g
+            for g, s in zip(grad_maps, ctx.map_shapes, strict=True)]  # fmt: skip
+    base = torch.zeros(shape, dtype=dtype, device=device)
+    return _fwd_op(base, maps, ctx.align_corners), None, None, None
+
+
+_bwd_op.register_autograd(_backward_of_backward, setup_context=_setup_bwd_context)
+
+
 def shifted_upsample_add(base, maps, *, align_corners=True, backend="auto"):
     """Return ``base`` plus the nine 3x3-shifted bilinear upsamplings of every map.
 
@@ -70,13 +90,16 @@ def shifted_upsample_add(base, maps, *, align_corners=True, backend="auto"):
         backend: ``"auto"`` (Triton on CUDA or under the interpreter, otherwise the separable
             PyTorch path), ``"triton"`` or ``"reference"`` (the literal definition).
 
-    Differentiable in ``base`` and every map; deterministic.
+    Differentiable in ``base`` and every map (twice: the backward is differentiable too);
+    deterministic. A non-finite value in a map reaches its whole output channel (the kernels and
+    the separable path interpolate with dense products, where ``0 * inf`` is ``nan``), not only
+    the pixels its taps touch.
     """
     check_backend(backend)
     maps = check_shifted_upsample_add(base, maps)
     if backend == "reference":
         return reference.shifted_upsample_add(base, maps, align_corners=align_corners)
-    limit = kernel_limit(map_sizes(maps), maps[0].shape[1])
+    limit = kernel_limit(map_sizes(maps), maps[0].shape[1], base)
     if resolve_backend(backend, base, kernel_limit=limit) == "triton":
         return _fwd_op(base, list(maps), bool(align_corners))
     return separable_shifted_upsample_add(base, maps, align_corners)
