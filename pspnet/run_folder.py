@@ -2,8 +2,9 @@
 
 A folder holds a run when it has ``last.pth``, ``metrics.jsonl`` or ``eval.json``. Such a folder
 is never written over silently: a new run there is refused (:func:`check_run_folder`) unless it
-continues that run (``--resume``) or replaces it on purpose (``--overwrite``, which deletes the
-old run's files first). The checks run before anything is trained.
+continues that run (``--resume auto`` or ``--resume <folder>/last.pth``, with that ``last.pth``
+present) or replaces it on purpose (``--overwrite``, which deletes the old run's files first).
+The checks run before anything is trained.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from .atomic import check_writable, remove_stale_temps, write_text_atomic
 from .config import Config
 from .errors import UserError
 
-__all__ = ["RUN_FILES", "RUN_RESULTS", "check_run_folder", "prepare_run_folder"]
+__all__ = [
+    "RUN_FILES",
+    "RUN_RESULTS",
+    "check_run_folder",
+    "prepare_run_folder",
+]
 
 #: every file a run writes in its folder
 RUN_FILES = ("last.pth", "metrics.jsonl", "eval.json", "curves.png", "config.yaml")
@@ -28,18 +34,46 @@ def _held(out: Path) -> list[str]:
     return [name for name in RUN_RESULTS if (out / name).exists()]
 
 
+def continues_run(cfg: Config) -> bool:
+    """Whether ``cfg.resume`` continues the run in ``cfg.out_dir``: it is ``auto`` or a path
+    that resolves to ``<out_dir>/last.pth``, and that file exists."""
+    last = cfg.out_dir / "last.pth"
+    if not cfg.resume or not last.is_file():
+        return False
+    if cfg.resume == "auto":
+        return True
+    return Path(cfg.resume).resolve() == last.resolve()
+
+
 def check_run_folder(cfg: Config) -> None:
     """Refuse, before any work, an output folder that cannot be written or that holds another
-    run this one would overwrite (no ``resume``, no ``overwrite``)."""
+    run this one would overwrite: without ``overwrite``, a folder holding a run may only be
+    continued (:func:`continues_run`)."""
     out = cfg.out_dir
     check_writable(out, "the output folder", folder=True)
     held = _held(out) if out.is_dir() else []
-    if held and not cfg.resume and not cfg.overwrite:
+    if not held or cfg.overwrite:
+        return
+    if continues_run(cfg):
+        return
+    fresh = "or pass --output-dir with a new folder"
+    replace = "replace it with --overwrite (its files are deleted first)"
+    if not (out / "last.pth").is_file():
         raise UserError(
-            f"{out} holds another run ({', '.join(held)}): continue it with --resume auto, "
-            "replace it with --overwrite (its files are deleted first), or pass --output-dir "
-            "with a new folder"
+            f"{out} holds a run ({', '.join(held)}) but no last.pth to continue from: {replace}, "
+            f"{fresh}"
         )
+    if cfg.resume and cfg.resume != "auto":
+        if not Path(cfg.resume).is_file():
+            return  # named by find_resume: no such checkpoint, or a folder
+        raise UserError(
+            f"{out} holds another run ({', '.join(held)}) and --resume {cfg.resume} is not its "
+            f"last.pth: {replace}, {fresh}"
+        )
+    raise UserError(
+        f"{out} holds another run ({', '.join(held)}): continue it with --resume auto, "
+        f"{replace}, {fresh}"
+    )
 
 
 def prepare_run_folder(cfg: Config, epochs_done: int, say: Callable) -> None:
@@ -48,7 +82,7 @@ def prepare_run_folder(cfg: Config, epochs_done: int, say: Callable) -> None:
     ``metrics.jsonl`` rows past the checkpoint resumed from; write ``config.yaml``."""
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.overwrite and not cfg.resume and _held(out):
+    if cfg.overwrite and not continues_run(cfg) and _held(out):
         gone = [name for name in RUN_FILES if (out / name).exists()]
         for name in gone:
             (out / name).unlink()

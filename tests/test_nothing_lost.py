@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from tests.cli_run import SMALL_SYNTHETIC, one_error_line, run_cli, train_words
+from tests.cli_run import SMALL_SYNTHETIC, one_error_line, run_cli, run_cli_each, train_words
 
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
 
@@ -48,6 +48,68 @@ def test_a_folder_holding_a_run_is_refused_resumed_or_overwritten_on_purpose(tmp
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1]
     assert "seed: 1" in (out / "config.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory):
+    """A finished one-epoch run folder (copied by each test that changes it)."""
+    out = tmp_path_factory.mktemp("one_run") / "run"
+    r = run_cli(*train_words(out, *SMALL_SYNTHETIC))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_resuming_another_runs_checkpoint_does_not_write_over_this_folder(one_run, tmp_path):
+    """``--resume PATH`` continues the folder's run only when PATH is its own last.pth."""
+    other = _copy_run(one_run, tmp_path / "A")
+    out = tmp_path / "C"
+    first = run_cli(*train_words(out, *SMALL_SYNTHETIC, "--epochs", "2", "--seed", "5"))
+    assert first.returncode == 0, first.stderr
+    before = _files(out)
+    r = run_cli(
+        *train_words(out, *SMALL_SYNTHETIC, "--resume", other / "last.pth", "--epochs", "3")
+    )
+    line = one_error_line(r, "train")
+    assert str(out) in line and "--overwrite" in line and "--output-dir" in line
+    assert str(other / "last.pth") in line
+    assert _files(out) == before
+    # the folder's own last.pth, however spelled, continues it
+    own = tmp_path / "C" / ".." / "C" / "last.pth"
+    more = run_cli(*train_words(out, *SMALL_SYNTHETIC, "--resume", own, "--epochs", "3"))
+    assert more.returncode == 0, more.stderr
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
+    # another run's checkpoint into a new folder: allowed (the new folder holds no run)
+    new = run_cli(*train_words(tmp_path / "D", *SMALL_SYNTHETIC, "--resume", other / "last.pth",
+                                "--epochs", "2"))  # fmt: skip
+    assert new.returncode == 0, new.stderr
+    rows = (tmp_path / "D" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [2]
+
+
+def test_a_run_without_its_last_pth_is_not_resumed_from_scratch(one_run, tmp_path):
+    """A folder that holds a run but no last.pth: ``--resume auto`` is refused rather than
+    starting over (which would delete the old metrics), and the refusal of a plain run does not
+    recommend it."""
+    out = _copy_run(one_run, tmp_path / "run")
+    (out / "last.pth").unlink()
+    before = _files(out)
+    plain, auto = run_cli_each(
+        train_words(out, *SMALL_SYNTHETIC), train_words(out, *SMALL_SYNTHETIC, "--resume", "auto")
+    )
+    for r in (plain, auto):
+        line = one_error_line(r, "train")
+        assert str(out) in line and "no last.pth" in line and "--overwrite" in line, line
+        assert "--resume auto" not in line
+    assert "starting from scratch" not in auto.stdout
+    assert _files(out) == before
 
 
 def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path):
