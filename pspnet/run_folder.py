@@ -4,13 +4,17 @@ A folder holds a run when it has ``last.pth``, ``metrics.jsonl`` or ``eval.json`
 is never written over silently: a new run there is refused (:func:`check_run_folder`) unless it
 continues that run (``--resume auto`` or ``--resume <folder>/last.pth``, with that ``last.pth``
 present) or replaces it on purpose (``--overwrite``, which deletes the old run's files first).
-The checks run before anything is trained.
+A training holds an exclusive lock on the folder (:func:`hold_run_folder`) for its whole run, so
+that two trainings never share a folder. The checks run before anything is trained.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .atomic import check_writable, remove_stale_temps, write_text_atomic
@@ -18,9 +22,11 @@ from .config import Config
 from .errors import UserError
 
 __all__ = [
+    "LOCK_NAME",
     "RUN_FILES",
     "RUN_RESULTS",
     "check_run_folder",
+    "hold_run_folder",
     "prepare_run_folder",
 ]
 
@@ -28,6 +34,8 @@ __all__ = [
 RUN_FILES = ("last.pth", "metrics.jsonl", "eval.json", "curves.png", "config.yaml")
 #: the files whose presence means the folder holds a run
 RUN_RESULTS = ("last.pth", "metrics.jsonl", "eval.json")
+#: the lock file a training holds in its folder (:func:`hold_run_folder`)
+LOCK_NAME = ".pspnet.lock"
 
 
 def _held(out: Path) -> list[str]:
@@ -74,6 +82,60 @@ def check_run_folder(cfg: Config) -> None:
         f"{out} holds another run ({', '.join(held)}): continue it with --resume auto, "
         f"{replace}, {fresh}"
     )
+
+
+@contextlib.contextmanager
+def hold_run_folder(cfg: Config) -> Iterator[None]:
+    """Hold an exclusive lock on ``cfg.out_dir`` (``flock`` on its ``.pspnet.lock``) while the
+    block runs: another training in that folder is refused (one-line :class:`UserError`) before
+    it touches any file there. Folders created for the lock that are still empty at the end (the
+    run failed before writing anything) are removed again, and so is the lock file."""
+    out = cfg.out_dir
+    check_writable(out, "the output folder", folder=True)
+    created = []
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_NAME
+    fd = _lock(lock, out)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still locked: a waiting process sees a new file (see _lock)
+        os.close(fd)
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _lock(lock: Path, out: Path) -> int:
+    """An open descriptor of ``lock`` holding its exclusive ``flock``; UserError when another
+    process holds it. Retries when the file was removed (by its previous holder) in between."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(
+                f"another training is using {out} (it holds {lock}): wait for it to finish, "
+                "or pass --output-dir with another folder"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
 
 
 def prepare_run_folder(cfg: Config, epochs_done: int, say: Callable) -> None:

@@ -22,6 +22,7 @@ CUDA and gloo on CPU, and only rank 0 logs and writes files.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import torch
@@ -35,6 +36,7 @@ from .data.loaders import build_train_loader
 from .evaluate import evaluate
 from .guard import StopSignals
 from .plotting import draw_curves
+from .run_folder import hold_run_folder
 from .runtime import preserved_rng
 from .session import TrainRun, setup
 
@@ -248,7 +250,17 @@ def train(cfg: Config, log=print) -> dict:
     :class:`~pspnet.guard.TrainingInterrupted`; ``resume="auto"`` then continues exactly as an
     uninterrupted run. A bad sample stops the run naming its file and index, or is skipped
     (``skip_bad_samples``) and counted in the epoch's row.
+
+    Rank 0 holds the output folder's lock (:func:`pspnet.run_folder.hold_run_folder`) for the
+    whole run: a second training in the same folder is refused before it touches any file there.
     """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(cfg, log)
+    with hold_run_folder(cfg):
+        return _train(cfg, log)
+
+
+def _train(cfg: Config, log) -> dict:
     run = setup(cfg, log)
     history: list[dict] = []
     metrics = None

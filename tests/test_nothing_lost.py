@@ -112,6 +112,31 @@ def test_a_run_without_its_last_pth_is_not_resumed_from_scratch(one_run, tmp_pat
     assert _files(out) == before
 
 
+def test_two_trainings_never_share_a_folder(one_run, tmp_path):
+    """While a training holds the folder's lock, another one is refused before it touches any
+    file there (a leftover temporary file included)."""
+    import fcntl
+    import os
+
+    out = _copy_run(one_run, tmp_path / "run")
+    stale = out / ".last.pth.k2j4x9q1.tmp"
+    stale.write_bytes(b"the other training's save in flight")
+    before = _files(out, RUN + (stale.name,))
+    fd = os.open(out / ".pspnet.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = run_cli(*train_words(out, *SMALL_SYNTHETIC, "--resume", "auto", "--epochs", "2"))
+    finally:
+        os.close(fd)
+    line = one_error_line(r, "train")
+    assert f"another training is using {out}" in line
+    assert _files(out, RUN + (stale.name,)) == before
+    # once it is released, the folder can be continued; the lock file is not left behind
+    r = run_cli(*train_words(out, *SMALL_SYNTHETIC, "--resume", "auto", "--epochs", "2"))
+    assert r.returncode == 0, r.stderr
+    assert not stale.exists() and not (out / ".pspnet.lock").exists()
+
+
 def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path):
     from pspnet.config import Config
     from pspnet.train import train
