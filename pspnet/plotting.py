@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 __all__ = ["draw_curves"]
@@ -19,8 +18,13 @@ def draw_curves(log_path: Path, png_path: Path) -> str | None:
     except Exception as e:  # noqa: BLE001 - reported in one line by the caller
         return f"matplotlib cannot be imported ({type(e).__name__}: {e}); pip install matplotlib"
     from .atomic import write_atomic
+    from .errors import UserError
+    from .run_folder import read_log_rows
 
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    try:
+        rows = read_log_rows(log_path)
+    except (UserError, OSError) as e:  # a damaged log: reported in one line by the caller
+        return str(e).splitlines()[0]
     if not rows:
         return f"{log_path} holds no epoch yet"
     fig = None

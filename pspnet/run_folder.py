@@ -28,6 +28,7 @@ __all__ = [
     "check_run_folder",
     "hold_run_folder",
     "prepare_run_folder",
+    "read_log_rows",
 ]
 
 #: every file a run writes in its folder
@@ -56,13 +57,14 @@ def continues_run(cfg: Config) -> bool:
 def check_run_folder(cfg: Config) -> None:
     """Refuse, before any work, an output folder that cannot be written or that holds another
     run this one would overwrite: without ``overwrite``, a folder holding a run may only be
-    continued (:func:`continues_run`)."""
+    continued (:func:`continues_run`), and its ``metrics.jsonl`` must be readable."""
     out = cfg.out_dir
     check_writable(out, "the output folder", folder=True)
     held = _held(out) if out.is_dir() else []
     if not held or cfg.overwrite:
         return
     if continues_run(cfg):
+        read_log_rows(out / "metrics.jsonl")  # a damaged log is refused before any work
         return
     fresh = "or pass --output-dir with a new folder"
     replace = "replace it with --overwrite (its files are deleted first)"
@@ -138,6 +140,29 @@ def _lock(lock: Path, out: Path) -> int:
         os.close(fd)
 
 
+def read_log_rows(log_path: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl`` (blank lines skipped); a line that is not a JSON object
+    (a damaged or hand-edited file) is a :class:`UserError` naming the file and the line."""
+    if not log_path.exists():
+        return []
+    rows = []
+    for n, raw in enumerate(log_path.read_bytes().split(b"\n"), 1):
+        try:
+            text = raw.decode("utf-8")
+            if not text.strip():
+                continue
+            row = json.loads(text)
+            if not isinstance(row, dict):
+                raise ValueError(f"a JSON {type(row).__name__}, not an object")
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
+            raise UserError(
+                f"{log_path} line {n} is not a metrics row ({str(e).splitlines()[0]}): repair or "
+                "delete that line (the other rows are kept), or start over with --overwrite"
+            ) from e
+        rows.append(row)
+    return rows
+
+
 def prepare_run_folder(cfg: Config, epochs_done: int, say: Callable) -> None:
     """Rank 0, once the run is set up: create the folder; with ``overwrite`` (and no resume)
     delete the previous run's files; remove temporary files an interrupted save left; drop the
@@ -165,7 +190,7 @@ def _trim_log(log_path: Path, epochs_done: int) -> None:
     if epochs_done == 0:
         log_path.unlink()
         return
-    rows = [r for r in log_path.read_text().splitlines() if r.strip()]
-    keep = [r for r in rows if json.loads(r).get("epoch", 0) <= epochs_done]
+    rows = read_log_rows(log_path)
+    keep = [r for r in rows if r.get("epoch", 0) <= epochs_done]
     if keep != rows:
-        write_text_atomic(log_path, "".join(r + "\n" for r in keep))
+        write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in keep))

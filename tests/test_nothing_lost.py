@@ -137,6 +137,28 @@ def test_two_trainings_never_share_a_folder(one_run, tmp_path):
     assert not stale.exists() and not (out / ".pspnet.lock").exists()
 
 
+@pytest.mark.parametrize(
+    "damage", [b'{"epoch": 3, "loss": 0.1', b"\xff\n"], ids=["truncated", "not-utf8"]
+)
+def test_a_damaged_metrics_log_is_named_not_a_traceback(one_run, tmp_path, damage):
+    out = _copy_run(one_run, tmp_path / "run")
+    with open(out / "metrics.jsonl", "ab") as f:
+        f.write(damage)
+    before = _files(out)
+    r = run_cli(*train_words(out, *SMALL_SYNTHETIC, "--resume", "auto", "--epochs", "2"))
+    line = one_error_line(r, "train")
+    assert f"{out / 'metrics.jsonl'} line 2 is not a metrics row" in line
+    assert "--overwrite" in line
+    assert _files(out) == before
+    # the curves reader reports it in one line instead of raising
+    from pspnet.plotting import draw_curves
+
+    why = draw_curves(out / "metrics.jsonl", tmp_path / "curves.png")
+    if "matplotlib cannot be imported" not in (why or ""):
+        assert "line 2 is not a metrics row" in why
+        assert not (tmp_path / "curves.png").exists()
+
+
 def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path):
     from pspnet.config import Config
     from pspnet.train import train
