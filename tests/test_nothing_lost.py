@@ -92,6 +92,13 @@ def test_resuming_another_runs_checkpoint_does_not_write_over_this_folder(one_ru
     assert new.returncode == 0, new.stderr
     rows = (tmp_path / "D" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [2]
+    # --overwrite with another run's checkpoint: this folder's old run is deleted, not mixed in
+    over = run_cli(*train_words(out, *SMALL_SYNTHETIC, "--resume", other / "last.pth",
+                                 "--epochs", "2", "--overwrite"))  # fmt: skip
+    assert over.returncode == 0, over.stderr
+    assert "--overwrite: deleted the previous run's" in over.stdout
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [2]
 
 
 def test_a_run_without_its_last_pth_is_not_resumed_from_scratch(one_run, tmp_path):
