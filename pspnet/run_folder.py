@@ -11,7 +11,6 @@ that two trainings never share a folder. The checks run before anything is train
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -20,6 +19,11 @@ from pathlib import Path
 from .atomic import check_writable, remove_stale_temps, write_text_atomic
 from .config import Config
 from .errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX (Windows): trainings are not locked
+    fcntl = None
 
 __all__ = [
     "LOCK_NAME",
@@ -93,6 +97,9 @@ def hold_run_folder(cfg: Config) -> Iterator[None]:
     it touches any file there. Folders created for the lock that are still empty at the end (the
     run failed before writing anything) are removed again, and so is the lock file."""
     out = cfg.out_dir
+    if fcntl is None:  # pragma: no cover - not POSIX
+        yield
+        return
     check_writable(out, "the output folder", folder=True)
     created = []
     probe = out
