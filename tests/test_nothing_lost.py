@@ -142,6 +142,23 @@ def test_predict_checks_its_options_before_writing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_predict_refuses_to_write_over_an_input_of_the_call(tmp_path):
+    from tests.cli_run import make_checkpoint
+
+    ck = make_checkpoint(tmp_path / "ck.pth")
+    d = tmp_path / "d"
+    _rgb(d / "a.png", 0)
+    _rgb(d / "a_mask.png", 1)
+    before = (d / "a_mask.png").read_bytes()
+    # the output folder named another way: the check compares resolved paths
+    r = run_cli("predict", d / "a.png", d / "a_mask.png", "--checkpoint", ck,
+                "--out", tmp_path / "d" / ".." / "d")  # fmt: skip
+    line = one_error_line(r, "predict")
+    assert "a_mask.png would overwrite the input image" in line and str(d / "a_mask.png") in line
+    assert (d / "a_mask.png").read_bytes() == before
+    assert sorted(p.name for p in d.iterdir()) == ["a.png", "a_mask.png"]
+
+
 # ------------------------------------------------------------------ files written atomically
 
 
