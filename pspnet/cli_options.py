@@ -97,7 +97,7 @@ OPTIONS: tuple[tuple[str, Any, str | None], ...] = (
     ("seed", int, "random seed"),
     ("output_dir", str, "where to write (default: runs/<preset>)"),
     ("device", str, "auto | cpu | cuda | cuda:N"),
-    ("threads", int, "CPU threads for torch (0: torch's default)"),
+    ("threads", int, "CPU threads for torch (0: torch's default; at most 4096)"),
     ("compile", bool, "torch.compile the model"),
     ("compile_backend", str, "torch.compile backend (aot_eager: trace only)"),
     ("amp", str, "none | bf16 | fp16 (CUDA only)"),

@@ -27,7 +27,7 @@ import torch.fx.experimental._config  # noqa: F401 (torch.fx.experimental._confi
 import torch.nn as nn
 
 from .atomic import check_writable, remove_stale_temps, write_atomic
-from .errors import MissingDependency
+from .errors import MissingDependency, UserError
 
 __all__ = [
     "export_onnx",
@@ -69,9 +69,9 @@ def _check_size(example_size) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in example_size)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"example_size must be (height, width), got {example_size!r}") from e
+        raise UserError(f"example_size must be (height, width), got {example_size!r}") from e
     if h < 1 or w < 1:
-        raise ValueError(f"example_size must be positive, got {example_size!r}")
+        raise UserError(f"example size (--static) must be positive, got {h} x {w}")
     return h, w
 
 
@@ -225,6 +225,8 @@ def export_checkpoint(checkpoint, path, cfg=None, *, static=None, opset: int | N
     from .build import model_from_checkpoint
 
     _require_onnx()  # before loading the checkpoint
+    if static is not None:
+        _check_size(static)
     check_writable(path, "the ONNX model")
     model, cfg, class_names = model_from_checkpoint(checkpoint, cfg)
     metadata = {CONFIG_KEY: cfg.to_dict()}

@@ -141,15 +141,14 @@ def run_predict(
     out = check_writable(out_dir, "predictions to", folder=True)
     stems = output_stems([Path(p) for p in images])
     _refuse_inputs_as_outputs(images, out, stems)
+    device = torch.device("cpu") if onnx is not None else resolve_device(cfg.device)
     set_max_image_pixels(cfg.max_image_pixels)
     loaded = [(Path(p), read_image(p)) for p in images]  # fail early on a bad file
     if onnx is not None:
         from .onnx_runtime import model_from_onnx
 
         model, cfg, _ = model_from_onnx(onnx, cfg, threads=cfg.threads)
-        device = torch.device("cpu")
     else:
-        device = resolve_device(cfg.device)
         model, cfg, _ = model_from_checkpoint(checkpoint, cfg)
         model.to(device)
     out.mkdir(parents=True, exist_ok=True)

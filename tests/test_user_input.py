@@ -98,6 +98,76 @@ def test_bad_flags_give_one_line(tmp_path):
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
+BAD_VALUES = [
+    ("base_lr: .nan\n", "base_lr: expected a finite number, got nan"),
+    ("base_lr: .inf\n", "base_lr: expected a finite number, got inf"),
+    ("scales: [1.0, -.inf]\n", "scales[1]: expected a finite number, got -inf"),
+    ("momentum: -1\n", "momentum must be >= 0, got -1.0"),
+    ("weight_decay: -1\n", "weight_decay must be >= 0, got -1.0"),
+    ("power: -1\n", "power must be > 0, got -1.0"),
+    ("power: 0\n", "power must be > 0, got 0.0"),
+    ("bins: []\n", "bins must be a non-empty list of positive ints, got []"),
+    ("bins: [1, 0]\n", "bins must be a non-empty list of positive ints, got [1, 0]"),
+    ("preset: [a]\n", "preset: expected a string, got ['a'] (a list)"),
+    ("seed: -1\n", "seed must be in 0..2**63-1, got -1"),
+    ("seed: 9223372036854775808\n", "seed must be in 0..2**63-1, got 9223372036854775808"),
+    ("threads: 100000\n", "threads must be at most 4096, got 100000"),
+]
+
+
+def test_config_values_out_of_range_are_one_line_naming_the_key(tmp_path):
+    commands = []
+    for i, (text, _) in enumerate(BAD_VALUES):
+        (tmp_path / f"c{i}.yaml").write_text(text)
+        commands.append(["train", "--config", tmp_path / f"c{i}.yaml", "--output-dir", tmp_path])
+    results = run_cli_each(*commands)
+    for i, ((_, expected), r) in enumerate(zip(BAD_VALUES, results, strict=True)):
+        line = one_error_line(r, "train")
+        assert f"config file {tmp_path / f'c{i}.yaml'}" in line and expected in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"c{i}.yaml" for i in range(len(BAD_VALUES))
+    )
+
+
+def test_bad_numbers_and_devices_on_the_command_line_give_one_line(tmp_path):
+    from tests.cli_run import make_checkpoint
+
+    ck = make_checkpoint(tmp_path / "ck.pth")
+    run = train_words(tmp_path / "run")
+    cases = [
+        ("train", [*run, "--threads", "100000"], "threads must be at most 4096, got 100000"),
+        ("train", [*run, "--scales", "inf"], "scales[0]: expected a finite number, got inf"),
+        ("train", [*run, "--scales", "nan"], "scales[0]: expected a finite number, got nan"),
+        ("train", [*run, "--device", "meta"], "device 'meta'"),
+        ("eval", ["eval", "--checkpoint", ck, "--device", "meta"], "device 'meta'"),
+        ("export", ["export", "--checkpoint", ck, "--out", tmp_path / "m.onnx", "--static", "0",
+                    "0"], "example size (--static) must be positive, got 0 x 0"),
+    ]  # fmt: skip
+    import torch
+
+    for kind in ("mps", "xpu", "hpu", "mtia"):
+        backend = getattr(torch, kind, None)
+        if backend is not None and backend.is_available():
+            continue  # this machine has one
+        cases += [
+            ("train", [*run, "--device", kind], f"device '{kind}' requested but {kind} is not"),
+            ("predict", ["predict", ck, "--checkpoint", ck, "--out", tmp_path / "out", "--device",
+                         kind], f"device '{kind}'"),
+        ]  # fmt: skip
+    results = run_cli_each(*(words for _, words, _ in cases))
+    for (command, _, expected), r in zip(cases, results, strict=True):
+        assert expected in one_error_line(r, command)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pth"]
+
+
+def test_a_scale_so_small_the_image_rounds_to_nothing_evaluates_on_one_pixel():
+    from pspnet.evaluate import scaled_size
+
+    assert scaled_size(33, 20, 0.001) == (1, 1)
+    assert scaled_size(20, 33, 0.01) == (1, 1)
+    assert scaled_size(33, 33, 1.0) == (33, 33)
+
+
 # ---------------------------------------------------------------------------- label values
 
 
