@@ -71,7 +71,7 @@ def _check_size(example_size) -> tuple[int, int]:
     except (TypeError, ValueError) as e:
         raise UserError(f"example_size must be (height, width), got {example_size!r}") from e
     if h < 1 or w < 1:
-        raise UserError(f"example size (--static) must be positive, got {h} x {w}")
+        raise UserError(f"example_size (--static) must be positive, got {h} x {w}")
     return h, w
 
 

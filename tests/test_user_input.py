@@ -141,7 +141,7 @@ def test_bad_numbers_and_devices_on_the_command_line_give_one_line(tmp_path):
         ("train", [*run, "--device", "meta"], "device 'meta'"),
         ("eval", ["eval", "--checkpoint", ck, "--device", "meta"], "device 'meta'"),
         ("export", ["export", "--checkpoint", ck, "--out", tmp_path / "m.onnx", "--static", "0",
-                    "0"], "example size (--static) must be positive, got 0 x 0"),
+                    "0"], "example_size (--static) must be positive, got 0 x 0"),
     ]  # fmt: skip
     import torch
 
