@@ -168,6 +168,77 @@ def test_a_scale_so_small_the_image_rounds_to_nothing_evaluates_on_one_pixel():
     assert scaled_size(33, 33, 1.0) == (33, 33)
 
 
+def _checkpoint_trained_elsewhere(path, **saved):
+    """The tiny test checkpoint, its saved config changed to ``saved`` (e.g. the device of the
+    machine it was trained on)."""
+    from pspnet.checkpoint import save_checkpoint
+    from pspnet.config import Config
+    from pspnet.model import TinyPSPNet
+
+    cfg = Config.from_dict(
+        {
+            **dict(
+                arch="tiny", tiny_width=4, classes=3, pretrained=False, crop_size=(33, 33),
+                workers=0, progress=False, val_batch_size=4,
+                dataset_kwargs={"size": 33, "length": 4, "num_classes": 3, "max_shapes": 2},
+            ),
+            **saved,
+        }
+    )  # fmt: skip
+    save_checkpoint(path, TinyPSPNet(classes=3, width=4).eval(), epoch=1, cfg=cfg)
+    return path
+
+
+def test_a_checkpoint_does_not_bring_the_device_or_threads_of_its_machine(tmp_path):
+    import torch
+
+    from pspnet.cli_options import config_from_args
+    from pspnet.config import Config
+
+    if torch.cuda.is_available():
+        pytest.skip("the saved device cuda would work here")
+    ck = _checkpoint_trained_elsewhere(
+        tmp_path / "ck.pth", device="cuda", threads=3, workers=5, amp="bf16", compile=True
+    )
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "a.png")
+    ev, pr, pr_dev = run_cli_each(
+        ["eval", "--checkpoint", ck],
+        ["predict", tmp_path / "a.png", "--checkpoint", ck, "--out", tmp_path / "out"],
+        ["predict", tmp_path / "a.png", "--checkpoint", ck, "--out", tmp_path / "out2",
+         "--device", "cuda"],
+    )  # fmt: skip
+    assert ev.returncode == 0, ev.stderr
+    assert pr.returncode == 0, pr.stderr
+    assert (tmp_path / "out" / "a_mask.png").is_file()
+    # asked for on the command line, the device is checked as before
+    assert "CUDA is not available" in one_error_line(pr_dev, "predict")
+    # the other saved runtime keys: the defaults, or the command line's
+    from types import SimpleNamespace
+
+    base = Config(device="cuda", threads=3, workers=5, amp="bf16", compile=True, seed=7)
+    cfg = config_from_args(SimpleNamespace(threads=2), base=base)
+    defaults = Config()
+    got = (cfg.device, cfg.threads, cfg.workers, cfg.amp, cfg.compile)
+    assert got == (defaults.device, 2, defaults.workers, defaults.amp, defaults.compile)
+    assert cfg.seed == 7  # not a runtime key: the saved one
+
+
+def test_eval_on_another_dataset_drops_the_saved_dataset_options(tmp_path):
+    from tests.cli_run import make_checkpoint
+
+    ck = make_checkpoint(tmp_path / "ck.pth")  # saved: synthetic with size, length...
+    data = tmp_path / "data"
+    (data / "val.txt").write_text("\n".join(list_pairs(data, ["v0", "v1"])) + "\n")
+    other, same = run_cli_each(
+        ["eval", "--checkpoint", ck, "--dataset", "list", "--val-list-file", data / "val.txt",
+         "--data-root", data, "--dataset-opt", "num_classes=3"],
+        # the same dataset keeps them (and takes more)
+        ["eval", "--checkpoint", ck, "--dataset", "synthetic", "--dataset-opt", "length=2"],
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    assert same.returncode == 0, same.stderr
+
+
 # ---------------------------------------------------------------------------- label values
 
 
