@@ -179,12 +179,21 @@ def check_writable(path: str | os.PathLike, what: str = "output", folder: bool =
 
 def remove_stale_temps(folder: str | os.PathLike, names) -> list[Path]:
     """Delete the temporary files that :func:`atomic_path` left for ``names`` in ``folder`` when
-    its process was killed mid-write (``.NAME.*.tmp``); returns them. Call it only where no other
-    process writes these files at the same time."""
+    its process was killed mid-write (``.NAME.*.tmp``), and the temporary folders of the same
+    names (a large ONNX export writes its model and data file in one); returns them. An entry
+    that cannot be removed is left (the write that follows uses a name of its own). Call it only
+    where no other process writes these files at the same time."""
+    import shutil
+
     removed = []
     for name in names:
         for tmp in Path(folder).glob(f".{glob_escape(name)}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                removed.append(tmp)
+            try:
+                if tmp.is_dir() and not tmp.is_symlink():
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
+            except OSError:  # gone already, or not ours to remove (permissions...): left
+                continue
+            removed.append(tmp)
     return removed

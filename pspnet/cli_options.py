@@ -97,7 +97,7 @@ OPTIONS: tuple[tuple[str, Any, str | None], ...] = (
     ("seed", int, "random seed"),
     ("output_dir", str, "where to write (default: runs/<preset>)"),
     ("device", str, "auto | cpu | cuda | cuda:N"),
-    ("threads", int, "CPU threads for torch (0: torch's default)"),
+    ("threads", int, "CPU threads for torch (0: torch's default; at most 4096)"),
     ("compile", bool, "torch.compile the model"),
     ("compile_backend", str, "torch.compile backend (aot_eager: trace only)"),
     ("amp", str, "none | bf16 | fp16 (CUDA only)"),
@@ -165,16 +165,31 @@ def add_config_arguments(
         )
 
 
+#: the settings of the machine a run was on: a saved config's (a checkpoint's, an exported
+#: model's) are not applied by ``eval`` / ``predict`` / ``export``
+RUNTIME_KEYS = (
+    "device", "threads", "workers", "compile", "compile_backend", "amp", "channels_last",
+)  # fmt: skip
+
+
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
     """Build the Config from parsed arguments (see :func:`add_config_arguments`).
 
     ``base`` (e.g. the config saved in a checkpoint) replaces defaults + preset + YAML when
-    neither ``--preset`` nor ``--config`` was given; command-line overrides apply on top.
+    neither ``--preset`` nor ``--config`` was given; command-line overrides apply on top. From
+    ``base``, the runtime keys (:data:`RUNTIME_KEYS`) are not taken (the defaults are), nor its
+    ``dataset_kwargs`` when ``--dataset`` names another dataset.
     """
     overrides = {k: v for k, v in vars(args).items() if k in _NAMES and v is not None}
     preset, path = getattr(args, "preset", None), getattr(args, "config", None)
     if base is not None and preset is None and path is None:
-        cfg = base.replace(**overrides)
+        defaults = Config()
+        # where the saved model was trained says nothing about this machine: the runtime keys
+        # come from this command line or the defaults
+        inherited = {k: getattr(defaults, k) for k in RUNTIME_KEYS}
+        if overrides.get("dataset", base.dataset) != base.dataset:
+            inherited["dataset_kwargs"] = {}  # the saved options were the other dataset's
+        cfg = base.replace(**{**inherited, **overrides})
     else:
         cfg = load_config(path, preset, **overrides)
     opts = getattr(args, "dataset_opt", None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,19 @@ class Config:
         for name in _NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.base_lr <= 0:
-            raise UserError(f"base_lr must be > 0, got {self.base_lr}")
+        for name in ("momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("base_lr", "power"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.bins or min(self.bins) < 1:
+            bins = list(self.bins)
+            raise UserError(f"bins must be a non-empty list of positive ints, got {bins}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed must be in 0..2**63-1, got {self.seed}")
+        if self.threads > MAX_THREADS:
+            raise UserError(f"threads must be at most {MAX_THREADS}, got {self.threads}")
         if not self.scales or min(self.scales) <= 0:
             raise UserError(f"scales must be positive, got {list(self.scales)}")
         if not 0 < self.stride_rate <= 1:
@@ -183,6 +195,11 @@ _CHOICES = {
     "arch": ("pspnet", "tiny"),
     "zoom_factor": (1, 2, 4, 8),
 }
+#: the largest ``seed`` (torch.manual_seed takes 64 bits; the run's RNG states are int64)
+MAX_SEED = 2**63 - 1
+#: the most CPU threads (``threads``) asked of torch: far above any machine's cores, below the
+#: counts at which OpenMP fails to start its threads (100000 crashes the process)
+MAX_THREADS = 4096
 _NON_NEGATIVE = (
     "threads", "workers", "max_iters_per_epoch", "eval_every", "max_bad_steps", "max_image_pixels",
     "base_size", "classes",
@@ -205,6 +222,8 @@ def _scalar(name: str, value, kind: str):
     if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(float(value)):
+            raise UserError(f"{name}: expected a finite number, got {value}")
         return float(value)
     if kind == "str" and isinstance(value, str):
         return value
@@ -324,6 +343,9 @@ def load_config(path: str | Path | None = None, preset: str | None = None, **ove
     """Defaults -> preset -> YAML file ``path`` -> ``overrides``."""
     data = _read_yaml(path) if path is not None else {}
     name = preset or data.get("preset") or "synthetic"
+    if not isinstance(name, str):
+        with _from(f"config file {path}") if path is not None else contextlib.nullcontext():
+            _scalar("preset", name, "str")
     data["preset"] = name
     base = preset_config(name)
     with _from(f"config file {path}") if path is not None else contextlib.nullcontext():

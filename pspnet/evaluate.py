@@ -113,7 +113,7 @@ def scaled_size(h: int, w: int, scale: float, base_size: int = 0) -> tuple[int, 
     """Official multi-scale size: long side ``round(scale * base_size)``, aspect kept
     (``base_size=0``: the image's long side)."""
     base = base_size or max(h, w)
-    long_size = round(scale * base)
+    long_size = max(1, round(scale * base))  # a scale so small it rounds to 0: one pixel
     if h > w:
         return long_size, max(1, round(long_size / h * w))
     return max(1, round(long_size / w * h)), long_size

@@ -27,7 +27,7 @@ import torch.fx.experimental._config  # noqa: F401 (torch.fx.experimental._confi
 import torch.nn as nn
 
 from .atomic import check_writable, remove_stale_temps, write_atomic
-from .errors import MissingDependency
+from .errors import MissingDependency, UserError
 
 __all__ = [
     "export_onnx",
@@ -69,9 +69,9 @@ def _check_size(example_size) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in example_size)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"example_size must be (height, width), got {example_size!r}") from e
+        raise UserError(f"example_size must be (height, width), got {example_size!r}") from e
     if h < 1 or w < 1:
-        raise ValueError(f"example_size must be positive, got {example_size!r}")
+        raise UserError(f"example_size (--static) must be positive, got {h} x {w}")
     return h, w
 
 
@@ -111,6 +111,27 @@ def export_program(model: nn.Module, *, example_size=(473, 473), dynamic: bool =
         return torch.export.export(model, (x,), dynamic_shapes=shapes)
 
 
+def _max_opset() -> int:
+    """The newest ONNX opset the installed ``onnx`` package knows."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def _check_opset(opset) -> None:
+    """Refuse, before tracing, an ``opset`` that is not an int in ``1..`` :func:`_max_opset` (an
+    opset the exporter cannot convert the model to is refused after tracing, before writing)."""
+    if opset is None:
+        return
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 1:
+        raise UserError(f"opset (--opset) must be a positive int or None, got {opset!r}")
+    if opset > _max_opset():
+        raise UserError(
+            f"opset (--opset) {opset} is newer than the installed onnx package knows "
+            f"(at most {_max_opset()})"
+        )
+
+
 def _require_onnx() -> None:
     missing = []
     for name in ("onnx", "onnxscript"):
@@ -127,17 +148,27 @@ def _require_onnx() -> None:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """Hide the exporter's notices about optional packages it does not need (torchvision) and
-    a deprecation inside torch's own pytree code."""
-    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Hide the exporter's notices about optional packages it does not need (torchvision), a
+    deprecation inside torch's own pytree code, and the version converter's tracebacks (an opset
+    it cannot convert to is refused by :func:`export_onnx` in one line)."""
+    loggers = [
+        logging.getLogger(name)
+        for name in (
+            "torch.onnx._internal.exporter._registration",
+            "torch.onnx._internal.exporter._compat",
+            "onnxscript.version_converter",
+        )
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def export_onnx(
@@ -165,10 +196,9 @@ def export_onnx(
     ``deploy`` extra (``onnx``, ``onnxscript``); a missing package raises ``ImportError`` with
     the pip command. Returns ``path`` as a ``pathlib.Path``.
     """
-    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 1):
-        raise ValueError(f"opset must be a positive int or None, got {opset!r}")
     x, shapes = _example_and_shapes(model, example_size, dynamic)
     _require_onnx()
+    _check_opset(opset)
     path = check_writable(os.fspath(path), "the ONNX model")  # before tracing
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     with _quiet_exporter(), torch.no_grad():
@@ -182,6 +212,12 @@ def export_onnx(
             opset_version=opset,
             external_data=nbytes > _SINGLE_FILE_LIMIT,
             verbose=False,
+        )
+    written = program.model.opset_imports.get("", None)
+    if opset is not None and written != opset:  # the exporter could not convert to it
+        raise UserError(
+            f"opset (--opset) {opset}: the exporter cannot convert this model to it (it made "
+            f"opset {written}); nothing was written. Leave --opset out for opset {written}"
         )
     if metadata:
         props = program.model.metadata_props
@@ -225,6 +261,9 @@ def export_checkpoint(checkpoint, path, cfg=None, *, static=None, opset: int | N
     from .build import model_from_checkpoint
 
     _require_onnx()  # before loading the checkpoint
+    _check_opset(opset)
+    if static is not None:
+        _check_size(static)
     check_writable(path, "the ONNX model")
     model, cfg, class_names = model_from_checkpoint(checkpoint, cfg)
     metadata = {CONFIG_KEY: cfg.to_dict()}

@@ -268,6 +268,8 @@ class TinyPSPNet(PSPNet):
         w = int(width)
         if w < 1:
             raise ValueError(f"tiny_width must be >= 1, got {width}")
+        if not bins:
+            raise ValueError(f"bins must be a non-empty sequence of positive ints, got {bins!r}")
         if (32 * w) % len(bins):
             raise ValueError(f"32 * tiny_width must be divisible by len(bins) = {len(bins)}")
         super().__init__(

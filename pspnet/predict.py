@@ -87,6 +87,32 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
+def _refuse_inputs_as_outputs(images: Sequence[str], out: Path, stems: Sequence[str]) -> None:
+    """Raise UserError, before any work, if an output path of the call is one of its inputs
+    (compared resolved, and as the same file where both exist, as on a case-insensitive file
+    system): writing it would replace the user's image."""
+
+    def file_id(path: Path):
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    by_path = {Path(p).resolve(): Path(p) for p in images}
+    by_id = {file_id(r): given for r, given in by_path.items()}
+    by_id.pop(None, None)
+    for stem in stems:
+        for kind in ("mask", "overlay"):
+            target = out / f"{stem}_{kind}.png"
+            given = by_path.get(target.resolve()) or by_id.get(file_id(target))
+            if given is not None:
+                raise UserError(
+                    f"output {target} would overwrite the input image {given}: "
+                    "choose another --out folder"
+                )
+
+
 def run_predict(
     cfg: Config,
     checkpoint,
@@ -113,19 +139,19 @@ def run_predict(
     if not 0.0 <= alpha <= 1.0:
         raise UserError(f"alpha (--alpha) must be in [0, 1], got {alpha}")
     out = check_writable(out_dir, "predictions to", folder=True)
+    stems = output_stems([Path(p) for p in images])
+    _refuse_inputs_as_outputs(images, out, stems)
+    device = torch.device("cpu") if onnx is not None else resolve_device(cfg.device)
     set_max_image_pixels(cfg.max_image_pixels)
     loaded = [(Path(p), read_image(p)) for p in images]  # fail early on a bad file
     if onnx is not None:
         from .onnx_runtime import model_from_onnx
 
         model, cfg, _ = model_from_onnx(onnx, cfg, threads=cfg.threads)
-        device = torch.device("cpu")
     else:
-        device = resolve_device(cfg.device)
         model, cfg, _ = model_from_checkpoint(checkpoint, cfg)
         model.to(device)
     out.mkdir(parents=True, exist_ok=True)
-    stems = output_stems([path for path, _ in loaded])
     remove_stale_temps(out, [f"{s}_{kind}.png" for s in stems for kind in ("mask", "overlay")])
     written: list[Path] = []
     for (_, img), stem in zip(loaded, stems, strict=True):

@@ -58,6 +58,17 @@ def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     if spec == "auto":
         spec = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(spec)
+    if dev.type == "meta":
+        raise UserError(f"device {spec!r} holds no data: use auto, cpu, cuda or cuda:N")
+    if dev.type not in ("cpu", "cuda"):
+        backend = getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        try:
+            ok = bool(available()) if callable(available) else False
+        except Exception:  # a backend that cannot even tell: not usable here
+            ok = False
+        if not ok:
+            raise UserError(f"device {spec!r} requested but {dev.type} is not available")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device {spec!r} requested but CUDA is not available")

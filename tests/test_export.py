@@ -182,6 +182,26 @@ def test_missing_onnxruntime_names_the_pip_command(tmp_path, monkeypatch):
         OnnxModel(tmp_path / "m.onnx")
 
 
+def test_an_opset_the_exporter_cannot_make_is_refused(tmp_path):
+    from tests.cli_run import make_checkpoint, one_error_line, run_cli_each
+
+    pytest.importorskip("onnxscript")
+    ck = make_checkpoint(tmp_path / "ck.pth")
+    old, new, default = run_cli_each(
+        ["export", "--checkpoint", ck, "--out", tmp_path / "m.onnx", "--static", "33", "33",
+         "--opset", "1"],  # traced, then not convertible: refused before writing
+        ["export", "--checkpoint", ck, "--out", tmp_path / "m.onnx", "--opset", "99"],  # no tracing
+        ["export", "--checkpoint", ck, "--out", tmp_path / "m.onnx", "--opset", "0"],
+    )  # fmt: skip
+    line = one_error_line(old, "export")
+    assert "opset (--opset) 1: the exporter cannot convert this model to it" in line
+    assert "opset (--opset) 99 is newer than the installed onnx package knows" in one_error_line(
+        new, "export"
+    )
+    assert "opset (--opset) must be a positive int" in one_error_line(default, "export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pth"]
+
+
 def test_bad_arguments(tmp_path):
     model = build_export_model("tiny", "concat")
     for size in [(0, 5), (5,), "big", None]:

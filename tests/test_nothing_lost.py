@@ -216,6 +216,37 @@ def test_validating_does_not_change_what_is_trained(tmp_path):
         assert torch.equal(v, runs[1]["model"].state_dict()[k]), k
 
 
+def test_a_temporary_folder_left_by_a_killed_export_does_not_block_the_next(tmp_path):
+    from tests.cli_run import make_checkpoint
+
+    pytest.importorskip("onnxscript")
+    ck = make_checkpoint(tmp_path / "ck.pth")
+    out = tmp_path / "out"
+    left = out / ".m.onnx.x1y2z3.tmp"  # as tempfile.mkdtemp names the folder of a large export
+    left.mkdir(parents=True)
+    (left / "m.onnx").write_bytes(b"partial")
+    (left / "m.onnx.data").write_bytes(b"partial")
+    r = run_cli("export", "--checkpoint", ck, "--out", out / "m.onnx", "--static", "33", "33")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["m.onnx"]
+
+
+def test_stale_temporaries_that_cannot_be_removed_are_left(tmp_path, monkeypatch):
+    import shutil
+
+    from pspnet.atomic import remove_stale_temps
+
+    (tmp_path / ".a.png.1.tmp").mkdir()
+    (tmp_path / ".a.png.2.tmp").write_bytes(b"x")
+
+    def refuse(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    assert remove_stale_temps(tmp_path, ["a.png"]) == [tmp_path / ".a.png.2.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.png.1.tmp"]
+
+
 # ------------------------------------------------------------------------------ predictions
 
 
@@ -256,6 +287,23 @@ def test_predict_checks_its_options_before_writing(tmp_path):
                 "--alpha", "2")  # fmt: skip
     assert "alpha (--alpha) must be in [0, 1], got 2.0" in one_error_line(r, "predict")
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_to_write_over_an_input_of_the_call(tmp_path):
+    from tests.cli_run import make_checkpoint
+
+    ck = make_checkpoint(tmp_path / "ck.pth")
+    d = tmp_path / "d"
+    _rgb(d / "a.png", 0)
+    _rgb(d / "a_mask.png", 1)
+    before = (d / "a_mask.png").read_bytes()
+    # the output folder named another way: the check compares resolved paths
+    r = run_cli("predict", d / "a.png", d / "a_mask.png", "--checkpoint", ck,
+                "--out", tmp_path / "d" / ".." / "d")  # fmt: skip
+    line = one_error_line(r, "predict")
+    assert "a_mask.png would overwrite the input image" in line and str(d / "a_mask.png") in line
+    assert (d / "a_mask.png").read_bytes() == before
+    assert sorted(p.name for p in d.iterdir()) == ["a.png", "a_mask.png"]
 
 
 # ------------------------------------------------------------------ files written atomically

@@ -98,6 +98,147 @@ def test_bad_flags_give_one_line(tmp_path):
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
+BAD_VALUES = [
+    ("base_lr: .nan\n", "base_lr: expected a finite number, got nan"),
+    ("base_lr: .inf\n", "base_lr: expected a finite number, got inf"),
+    ("scales: [1.0, -.inf]\n", "scales[1]: expected a finite number, got -inf"),
+    ("momentum: -1\n", "momentum must be >= 0, got -1.0"),
+    ("weight_decay: -1\n", "weight_decay must be >= 0, got -1.0"),
+    ("power: -1\n", "power must be > 0, got -1.0"),
+    ("power: 0\n", "power must be > 0, got 0.0"),
+    ("bins: []\n", "bins must be a non-empty list of positive ints, got []"),
+    ("bins: [1, 0]\n", "bins must be a non-empty list of positive ints, got [1, 0]"),
+    ("preset: [a]\n", "preset: expected a string, got ['a'] (a list)"),
+    ("seed: -1\n", "seed must be in 0..2**63-1, got -1"),
+    ("seed: 9223372036854775808\n", "seed must be in 0..2**63-1, got 9223372036854775808"),
+    ("threads: 100000\n", "threads must be at most 4096, got 100000"),
+]
+
+
+def test_config_values_out_of_range_are_one_line_naming_the_key(tmp_path):
+    commands = []
+    for i, (text, _) in enumerate(BAD_VALUES):
+        (tmp_path / f"c{i}.yaml").write_text(text)
+        commands.append(["train", "--config", tmp_path / f"c{i}.yaml", "--output-dir", tmp_path])
+    results = run_cli_each(*commands)
+    for i, ((_, expected), r) in enumerate(zip(BAD_VALUES, results, strict=True)):
+        line = one_error_line(r, "train")
+        assert f"config file {tmp_path / f'c{i}.yaml'}" in line and expected in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"c{i}.yaml" for i in range(len(BAD_VALUES))
+    )
+
+
+def test_bad_numbers_and_devices_on_the_command_line_give_one_line(tmp_path):
+    from tests.cli_run import make_checkpoint
+
+    ck = make_checkpoint(tmp_path / "ck.pth")
+    run = train_words(tmp_path / "run")
+    cases = [
+        ("train", [*run, "--threads", "100000"], "threads must be at most 4096, got 100000"),
+        ("train", [*run, "--scales", "inf"], "scales[0]: expected a finite number, got inf"),
+        ("train", [*run, "--scales", "nan"], "scales[0]: expected a finite number, got nan"),
+        ("train", [*run, "--device", "meta"], "device 'meta'"),
+        ("eval", ["eval", "--checkpoint", ck, "--device", "meta"], "device 'meta'"),
+        ("export", ["export", "--checkpoint", ck, "--out", tmp_path / "m.onnx", "--static", "0",
+                    "0"], "example_size (--static) must be positive, got 0 x 0"),
+    ]  # fmt: skip
+    import torch
+
+    for kind in ("mps", "xpu", "hpu", "mtia"):
+        backend = getattr(torch, kind, None)
+        if backend is not None and backend.is_available():
+            continue  # this machine has one
+        cases += [
+            ("train", [*run, "--device", kind], f"device '{kind}' requested but {kind} is not"),
+            ("predict", ["predict", ck, "--checkpoint", ck, "--out", tmp_path / "out", "--device",
+                         kind], f"device '{kind}'"),
+        ]  # fmt: skip
+    results = run_cli_each(*(words for _, words, _ in cases))
+    for (command, _, expected), r in zip(cases, results, strict=True):
+        assert expected in one_error_line(r, command)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pth"]
+
+
+def test_a_scale_so_small_the_image_rounds_to_nothing_evaluates_on_one_pixel():
+    from pspnet.evaluate import scaled_size
+
+    assert scaled_size(33, 20, 0.001) == (1, 1)
+    assert scaled_size(20, 33, 0.01) == (1, 1)
+    assert scaled_size(33, 33, 1.0) == (33, 33)
+
+
+def _checkpoint_trained_elsewhere(path, **saved):
+    """The tiny test checkpoint, its saved config changed to ``saved`` (e.g. the device of the
+    machine it was trained on)."""
+    from pspnet.checkpoint import save_checkpoint
+    from pspnet.config import Config
+    from pspnet.model import TinyPSPNet
+
+    cfg = Config.from_dict(
+        {
+            **dict(
+                arch="tiny", tiny_width=4, classes=3, pretrained=False, crop_size=(33, 33),
+                workers=0, progress=False, val_batch_size=4,
+                dataset_kwargs={"size": 33, "length": 4, "num_classes": 3, "max_shapes": 2},
+            ),
+            **saved,
+        }
+    )  # fmt: skip
+    save_checkpoint(path, TinyPSPNet(classes=3, width=4).eval(), epoch=1, cfg=cfg)
+    return path
+
+
+def test_a_checkpoint_does_not_bring_the_device_or_threads_of_its_machine(tmp_path):
+    import torch
+
+    from pspnet.cli_options import config_from_args
+    from pspnet.config import Config
+
+    if torch.cuda.is_available():
+        pytest.skip("the saved device cuda would work here")
+    ck = _checkpoint_trained_elsewhere(
+        tmp_path / "ck.pth", device="cuda", threads=3, workers=5, amp="bf16", compile=True
+    )
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "a.png")
+    ev, pr, pr_dev = run_cli_each(
+        ["eval", "--checkpoint", ck],
+        ["predict", tmp_path / "a.png", "--checkpoint", ck, "--out", tmp_path / "out"],
+        ["predict", tmp_path / "a.png", "--checkpoint", ck, "--out", tmp_path / "out2",
+         "--device", "cuda"],
+    )  # fmt: skip
+    assert ev.returncode == 0, ev.stderr
+    assert pr.returncode == 0, pr.stderr
+    assert (tmp_path / "out" / "a_mask.png").is_file()
+    # asked for on the command line, the device is checked as before
+    assert "CUDA is not available" in one_error_line(pr_dev, "predict")
+    # the other saved runtime keys: the defaults, or the command line's
+    from types import SimpleNamespace
+
+    base = Config(device="cuda", threads=3, workers=5, amp="bf16", compile=True, seed=7)
+    cfg = config_from_args(SimpleNamespace(threads=2), base=base)
+    defaults = Config()
+    got = (cfg.device, cfg.threads, cfg.workers, cfg.amp, cfg.compile)
+    assert got == (defaults.device, 2, defaults.workers, defaults.amp, defaults.compile)
+    assert cfg.seed == 7  # not a runtime key: the saved one
+
+
+def test_eval_on_another_dataset_drops_the_saved_dataset_options(tmp_path):
+    from tests.cli_run import make_checkpoint
+
+    ck = make_checkpoint(tmp_path / "ck.pth")  # saved: synthetic with size, length...
+    data = tmp_path / "data"
+    (data / "val.txt").write_text("\n".join(list_pairs(data, ["v0", "v1"])) + "\n")
+    other, same = run_cli_each(
+        ["eval", "--checkpoint", ck, "--dataset", "list", "--val-list-file", data / "val.txt",
+         "--data-root", data, "--dataset-opt", "num_classes=3"],
+        # the same dataset keeps them (and takes more)
+        ["eval", "--checkpoint", ck, "--dataset", "synthetic", "--dataset-opt", "length=2"],
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    assert same.returncode == 0, same.stderr
+
+
 # ---------------------------------------------------------------------------- label values
 
 
