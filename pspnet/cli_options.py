@@ -166,10 +166,9 @@ def add_config_arguments(
 
 
 #: the settings of the machine a run was on: a saved config's (a checkpoint's, an exported
-#: model's) are not applied by ``eval`` / ``predict`` / ``export``
-RUNTIME_KEYS = (
-    "device", "threads", "workers", "compile", "compile_backend", "amp", "channels_last",
-)  # fmt: skip
+#: model's) are not applied by ``eval`` / ``predict`` / ``export`` (``workers``, the DataLoader's
+#: processes, is kept: it works on any machine)
+RUNTIME_KEYS = ("device", "threads", "compile", "compile_backend", "amp", "channels_last")
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
