@@ -100,20 +100,24 @@ def train_words(out_dir, *extra) -> list[str]:
     ]  # fmt: skip
 
 
-def make_checkpoint(path):
+def make_checkpoint(path, **saved):
     """A training checkpoint of the width-4 tiny model (3 classes, untrained) whose config
     evaluates on a small synthetic set: what ``eval`` / ``predict`` / ``export`` need, in a
-    fraction of a second."""
+    fraction of a second. ``saved``: other values of its saved config (e.g. the device of the
+    machine it was trained on)."""
     from pspnet.checkpoint import save_checkpoint
     from pspnet.config import Config
     from pspnet.model import TinyPSPNet
 
     cfg = Config.from_dict(
-        dict(
-            arch="tiny", tiny_width=4, classes=3, pretrained=False, crop_size=(33, 33),
-            workers=0, progress=False, val_batch_size=4,
-            dataset_kwargs={"size": 33, "length": 4, "num_classes": 3, "max_shapes": 2},
-        )
+        {
+            **dict(
+                arch="tiny", tiny_width=4, classes=3, pretrained=False, crop_size=(33, 33),
+                workers=0, progress=False, val_batch_size=4,
+                dataset_kwargs={"size": 33, "length": 4, "num_classes": 3, "max_shapes": 2},
+            ),
+            **saved,
+        }
     )  # fmt: skip
     save_checkpoint(path, TinyPSPNet(classes=3, width=4).eval(), epoch=1, cfg=cfg)
     return path

@@ -177,21 +177,20 @@ def test_non_contiguous_base(device):
         assert_close_to_reference(out, ref, dtype, "output")
 
 
+@pytest.mark.parametrize(
+    "check, align_corners",
+    [(torch.autograd.gradcheck, False), (torch.autograd.gradgradcheck, True)],
+    ids=["gradcheck", "gradgradcheck"],
+)
 @pytest.mark.parametrize("taps", [9, 1])
-def test_gradcheck(taps, device):
+def test_gradcheck(taps, check, align_corners, device):
+    """The gradients, and the backward's own (it is differentiable too: its gradient is the
+    forward's maps' part)."""
     skip_unless_kernels_take(torch.float64, device)
     base, maps = _inputs(1, 1, 3, 4, [(1, 1), (2, 1)], torch.float64, device, taps=taps)
-    fn = lambda b, *m: shifted_upsample_add(b, list(m), align_corners=False, backend="triton")
-    assert torch.autograd.gradcheck(fn, (base, *maps), eps=1e-6, atol=1e-8, fast_mode=True)
-
-
-@pytest.mark.parametrize("taps", [9, 1])
-def test_gradgradcheck(taps, device):
-    """The backward is differentiable too (its gradient is the forward's maps' part)."""
-    skip_unless_kernels_take(torch.float64, device)
-    base, maps = _inputs(1, 1, 3, 4, [(1, 1), (2, 1)], torch.float64, device, taps=taps)
-    fn = lambda b, *m: shifted_upsample_add(b, list(m), align_corners=True, backend="triton")
-    assert torch.autograd.gradgradcheck(fn, (base, *maps), eps=1e-6, atol=1e-8, fast_mode=True)
+    fn = lambda b, *m: shifted_upsample_add(b, list(m), align_corners=align_corners,
+                                            backend="triton")  # fmt: skip
+    assert check(fn, (base, *maps), eps=1e-6, atol=1e-8, fast_mode=True)
 
 
 def test_offsets_beyond_int32_take_the_other_path():

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli_run import list_pairs, one_error_line, run_cli, run_cli_each, train_words
+from tests.cli_run import (
+    list_pairs,
+    make_checkpoint,
+    one_error_line,
+    run_cli,
+    run_cli_each,
+    train_words,
+)
 
 pytestmark = pytest.mark.usefixtures("plain_torch_cpu")
 
@@ -130,8 +137,6 @@ def test_config_values_out_of_range_are_one_line_naming_the_key(tmp_path):
 
 
 def test_bad_numbers_and_devices_on_the_command_line_give_one_line(tmp_path):
-    from tests.cli_run import make_checkpoint
-
     ck = make_checkpoint(tmp_path / "ck.pth")
     run = train_words(tmp_path / "run")
     cases = [
@@ -168,27 +173,6 @@ def test_a_scale_so_small_the_image_rounds_to_nothing_evaluates_on_one_pixel():
     assert scaled_size(33, 33, 1.0) == (33, 33)
 
 
-def _checkpoint_trained_elsewhere(path, **saved):
-    """The tiny test checkpoint, its saved config changed to ``saved`` (e.g. the device of the
-    machine it was trained on)."""
-    from pspnet.checkpoint import save_checkpoint
-    from pspnet.config import Config
-    from pspnet.model import TinyPSPNet
-
-    cfg = Config.from_dict(
-        {
-            **dict(
-                arch="tiny", tiny_width=4, classes=3, pretrained=False, crop_size=(33, 33),
-                workers=0, progress=False, val_batch_size=4,
-                dataset_kwargs={"size": 33, "length": 4, "num_classes": 3, "max_shapes": 2},
-            ),
-            **saved,
-        }
-    )  # fmt: skip
-    save_checkpoint(path, TinyPSPNet(classes=3, width=4).eval(), epoch=1, cfg=cfg)
-    return path
-
-
 def test_a_checkpoint_does_not_bring_the_device_or_threads_of_its_machine(tmp_path):
     import torch
 
@@ -197,7 +181,7 @@ def test_a_checkpoint_does_not_bring_the_device_or_threads_of_its_machine(tmp_pa
 
     if torch.cuda.is_available():
         pytest.skip("the saved device cuda would work here")
-    ck = _checkpoint_trained_elsewhere(
+    ck = make_checkpoint(
         tmp_path / "ck.pth", device="cuda", threads=3, workers=0, amp="bf16", compile=True
     )
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "a.png")
@@ -224,8 +208,6 @@ def test_a_checkpoint_does_not_bring_the_device_or_threads_of_its_machine(tmp_pa
 
 
 def test_eval_on_another_dataset_drops_the_saved_dataset_options(tmp_path):
-    from tests.cli_run import make_checkpoint
-
     ck = make_checkpoint(tmp_path / "ck.pth")  # saved: synthetic with size, length...
     data = tmp_path / "data"
     (data / "val.txt").write_text("\n".join(list_pairs(data, ["v0", "v1"])) + "\n")
@@ -294,8 +276,6 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
 
 
 def test_predict_scales_a_16_bit_image(tmp_path):
-    from tests.cli_run import make_checkpoint
-
     ck = make_checkpoint(tmp_path / "ck.pth")
     values = _grey16(tmp_path / "deep.png")
     r = run_cli("predict", tmp_path / "deep.png", "--checkpoint", ck, "--out", tmp_path / "out")
@@ -321,8 +301,6 @@ def _bomb_png(path, width=20000, height=10000):
 
 
 def test_an_image_over_the_pixel_limit_is_named_skipped_or_allowed(tmp_path):
-    from tests.cli_run import make_checkpoint
-
     ck = make_checkpoint(tmp_path / "ck.pth")
     bomb = _bomb_png(tmp_path / "huge.png")
     data = tmp_path / "data"
