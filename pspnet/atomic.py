@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -183,8 +184,6 @@ def remove_stale_temps(folder: str | os.PathLike, names) -> list[Path]:
     names (a large ONNX export writes its model and data file in one); returns them. An entry
     that cannot be removed is left (the write that follows uses a name of its own). Call it only
     where no other process writes these files at the same time."""
-    import shutil
-
     removed = []
     for name in names:
         for tmp in Path(folder).glob(f".{glob_escape(name)}.*.tmp"):

@@ -137,9 +137,6 @@ class Config:
         for name in _NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("momentum", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("base_lr", "power"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -202,7 +199,7 @@ MAX_SEED = 2**63 - 1
 MAX_THREADS = 4096
 _NON_NEGATIVE = (
     "threads", "workers", "max_iters_per_epoch", "eval_every", "max_bad_steps", "max_image_pixels",
-    "base_size", "classes",
+    "base_size", "classes", "momentum", "weight_decay",
 )  # fmt: skip
 
 

@@ -87,6 +87,11 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
+def _output_names(stem: str) -> tuple[str, str]:
+    """The mask's and the overlay's file names of an input of output stem ``stem``."""
+    return f"{stem}_mask.png", f"{stem}_overlay.png"
+
+
 def _refuse_inputs_as_outputs(images: Sequence[str], out: Path, stems: Sequence[str]) -> None:
     """Raise UserError, before any work, if an output path of the call is one of its inputs
     (compared resolved, and as the same file where both exist, as on a case-insensitive file
@@ -103,8 +108,8 @@ def _refuse_inputs_as_outputs(images: Sequence[str], out: Path, stems: Sequence[
     by_id = {file_id(r): given for r, given in by_path.items()}
     by_id.pop(None, None)
     for stem in stems:
-        for kind in ("mask", "overlay"):
-            target = out / f"{stem}_{kind}.png"
+        for name in _output_names(stem):
+            target = out / name
             given = by_path.get(target.resolve()) or by_id.get(file_id(target))
             if given is not None:
                 raise UserError(
@@ -152,12 +157,12 @@ def run_predict(
         model, cfg, _ = model_from_checkpoint(checkpoint, cfg)
         model.to(device)
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out, [f"{s}_{kind}.png" for s in stems for kind in ("mask", "overlay")])
+    remove_stale_temps(out, [name for s in stems for name in _output_names(s)])
     written: list[Path] = []
     for (_, img), stem in zip(loaded, stems, strict=True):
         mask = segment(model, img, cfg, device)
         mask_im = colorize(mask, int(cfg.classes))
-        m_path, o_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
+        m_path, o_path = (out / name for name in _output_names(stem))
         # atomic: an interrupted run leaves whole PNGs (old or new), never a truncated one
         write_atomic(m_path, lambda tmp, im=mask_im: im.save(tmp, format="PNG"))
         ov = overlay(img, mask_im, alpha)
